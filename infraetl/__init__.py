@@ -1,0 +1,3 @@
+"""infraetl: a secure, streaming ETL of RandomUser records."""
+
+__version__ = "0.1.0"

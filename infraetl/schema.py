@@ -1,0 +1,138 @@
+"""The user record: which fields travel, their types, and the columnar batch.
+
+The producer checks each API user (see ``validate.check_records``), then
+flattens the good ones into a *columnar batch*: a dict from a dotted field
+path to a list with one value per user, in the order of :data:`FIELDS`.
+That is what goes on the wire (msgpack decodes a few long lists far faster
+than hundreds of small nested maps) and what the consumer's validation,
+statistics and audit read.
+
+Fields are carried with their API types, except ``location.postcode``,
+which the API gives as a number or a string by nationality and which we
+carry as a string, and ``id.value``, which is ``None`` for IR, NZ, TR and
+UA users (valid data, not a defect). The API's ``login.salt``, ``md5``,
+``sha1`` and ``sha256`` are dropped at the producer: unsalted hashes of
+common words are as good as the plaintext, and nothing downstream needs
+them. Picture URLs are dropped too (never shown, one third of the bytes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+#: Nationality codes the RandomUser API v1.4 knows.
+NATIONALITIES: tuple[str, ...] = (
+    "AU", "BR", "CA", "CH", "DE", "DK", "ES", "FI", "FR", "GB", "IE",
+    "IN", "IR", "MX", "NL", "NO", "NZ", "RS", "TR", "UA", "US",
+)
+
+
+@dataclass(frozen=True)
+class Field:
+    """One carried field: dotted path, Python type(s), required or optional."""
+
+    path: str
+    kind: str  # "str", "int", "str|int" (postcode), "float-str" (coordinates)
+    required: bool = True
+
+
+#: Every field the wire carries, in column order.
+FIELDS: tuple[Field, ...] = (
+    Field("gender", "str"),
+    Field("name.title", "str"),
+    Field("name.first", "str"),
+    Field("name.last", "str"),
+    Field("location.street.number", "int"),
+    Field("location.street.name", "str"),
+    Field("location.city", "str"),
+    Field("location.state", "str"),
+    Field("location.country", "str"),
+    Field("location.postcode", "str|int"),
+    Field("location.coordinates.latitude", "str"),
+    Field("location.coordinates.longitude", "str"),
+    Field("location.timezone.offset", "str"),
+    Field("location.timezone.description", "str"),
+    Field("email", "str"),
+    Field("login.uuid", "str"),
+    Field("login.username", "str"),
+    # The empty password is a finding (the worst one), not a missing value.
+    Field("login.password", "str"),
+    Field("dob.date", "str"),
+    Field("dob.age", "int"),
+    Field("registered.date", "str"),
+    Field("registered.age", "int"),
+    Field("phone", "str"),
+    Field("cell", "str"),
+    Field("id.name", "str", required=False),
+    Field("id.value", "str", required=False),
+    Field("nat", "str"),
+)
+
+FIELD_PATHS: tuple[str, ...] = tuple(f.path for f in FIELDS)
+#: Fields that may legitimately be empty strings.
+MAY_BE_EMPTY: frozenset[str] = frozenset({"login.password", "id.name", "id.value"})
+#: Fields holding free text (checked for strange characters on the consumer).
+TEXT_FIELDS: tuple[str, ...] = tuple(
+    f.path for f in FIELDS if f.kind == "str" and f.path not in ("login.uuid",)
+)
+INT_FIELDS: tuple[str, ...] = tuple(f.path for f in FIELDS if f.kind == "int")
+
+Columns = dict[str, list[Any]]
+
+_SPLIT: tuple[tuple[str, ...], ...] = tuple(tuple(p.split(".")) for p in FIELD_PATHS)
+
+
+def get_path(user: dict[str, Any], parts: tuple[str, ...]) -> Any:
+    """Return the value at ``parts`` in a nested user, or raise KeyError/TypeError."""
+    value: Any = user
+    for part in parts:
+        value = value[part]
+    return value
+
+
+def to_columns(users: Iterable[dict[str, Any]]) -> Columns:
+    """Flatten checked API users into a columnar batch (see module doc)."""
+    users = list(users)
+    cols: Columns = {}
+    for path, parts in zip(FIELD_PATHS, _SPLIT):
+        if len(parts) == 1:
+            key = parts[0]
+            cols[path] = [u[key] for u in users]
+        elif len(parts) == 2:
+            a, b = parts
+            cols[path] = [u[a][b] for u in users]
+        else:
+            a, b, c = parts
+            cols[path] = [u[a][b][c] for u in users]
+    cols["location.postcode"] = [str(v) for v in cols["location.postcode"]]
+    return cols
+
+
+def column_length(cols: Columns) -> int:
+    """Number of users in a columnar batch (0 for an empty one)."""
+    for values in cols.values():
+        return len(values)
+    return 0
+
+
+def take(cols: Columns, keep: list[int]) -> Columns:
+    """Return the rows ``keep`` (indexes, in order) of a columnar batch."""
+    return {k: [v[i] for i in keep] for k, v in cols.items()}
+
+
+def row(cols: Columns, i: int) -> dict[str, Any]:
+    """Return user ``i`` of a batch as a flat ``{path: value}`` dict."""
+    return {k: v[i] for k, v in cols.items()}
+
+
+def to_nested(flat: dict[str, Any]) -> dict[str, Any]:
+    """Turn a flat ``{path: value}`` user back into the API's nested shape."""
+    out: dict[str, Any] = {}
+    for path, value in flat.items():
+        node = out
+        parts = path.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
