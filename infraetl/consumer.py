@@ -1,0 +1,316 @@
+"""The consumer daemon: open, validate, aggregate, commit, ACK; render on END.
+
+One main thread owns the ZeroMQ sockets and the SQLite store, so a batch is
+handled start to finish without locks: open the frame (anything that fails
+is counted by reason and dropped), validate, build the batch's mergeable
+statistics and audit partials, commit them in one transaction keyed by
+(run, seq), then ACK. When a run has every batch its END named, the
+dashboard is re-rendered and the END is ACKed with the dashboard's URL.
+The HTTP server runs in its own threads and only reads what the main thread
+hands it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+import zmq
+
+from . import wire
+from .audit import AuditSummary, fingerprint_key
+from .config import ConsumerSettings, split_bind
+from .daemon import Notifier, RateLimitedLog, Signals
+from .exceptions import InfraETLError, StoreError, WireError
+from .metrics import ConsumerMetrics
+from .sockets import bind, bound_endpoint, make_socket
+from .store import Store
+from .stream_stats import StatsSummary
+from .validate import validate_columns
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("open", "validate", "stats", "audit", "commit", "render")
+STORE_RETRY = 2.0  # seconds between attempts to write while the disk is failing
+
+
+class Consumer:
+    """The consumer's main loop (see module docstring)."""
+
+    def __init__(self, settings: ConsumerSettings) -> None:
+        self.s = settings
+        self.sealer = wire.Sealer(settings.keys, ttl=settings.token_ttl, max_size=settings.max_frame)
+        self.fp_key = fingerprint_key(settings.keys[0])
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store(settings.state_dir / "consumer.sqlite3")
+        self.site_dir = settings.state_dir / "www"
+        self.ctx = zmq.Context()
+        self.signals = Signals()
+        self.notifier = Notifier()
+        self.metrics = ConsumerMetrics()
+        self._warn = RateLimitedLog(logger)
+        self.store_error: str | None = None
+        self._retry_at = 0.0
+        self._pending: list[bytes] = []   # frames held back while the store cannot write
+        self.url = ""
+        self.server: Any = None
+
+    # -- set-up --
+    def _open(self) -> None:
+        from .curve import apply_server
+        from .dashboard.server import DashboardServer
+
+        s = self.s
+        self.data = make_socket(self.ctx, zmq.PULL, max_frame=s.max_frame, hwm=1000)
+        self.acks = make_socket(self.ctx, zmq.PUB, max_frame=64 * 1024, hwm=10000)
+        apply_server(self.data, s.curve_secret, s.curve_allow, self.ctx)
+        apply_server(self.acks, s.curve_secret, s.curve_allow, self.ctx)
+        bind(self.data, s.data_bind)
+        bind(self.acks, s.ack_bind)
+        host, port = split_bind(s.http_bind)
+        self.server = DashboardServer(host, port, site_dir=self.site_dir,
+                                      metrics=self.metrics.render, health=self._health)
+        self.server.start()
+        shown_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        self.url = s.public_url or f"http://{shown_host}:{self.server.port}/"
+        endpoints = {"data": bound_endpoint(self.data), "ack": bound_endpoint(self.acks),
+                     "http": f"{shown_host}:{self.server.port}", "url": self.url, "pid": os.getpid()}
+        tmp = s.state_dir / ".endpoints.json.tmp"
+        tmp.write_text(json.dumps(endpoints))
+        os.replace(tmp, s.state_dir / "endpoints.json")
+        self.render()
+        logger.info("consumer: data on %s, acks on %s, dashboard at %s",
+                    endpoints["data"], endpoints["ack"], self.url)
+
+    # -- main loop --
+    def serve(self) -> int:
+        """Run until SIGTERM; return the exit status."""
+        self.signals.install()
+        try:
+            self._open()
+            self.notifier.ready(self._status_line())
+            poller = zmq.Poller()
+            poller.register(self.data, zmq.POLLIN)
+            while not self.signals.stop:
+                if self.store_error:
+                    self._retry_store()
+                    # Not reading is the back-pressure: the producers keep their spools.
+                    events = {} if self.store_error else dict(poller.poll(100))
+                    if self.store_error:
+                        self._sleep_responsive(0.1)
+                else:
+                    events = dict(poller.poll(100))
+                if self.data in events:
+                    for _ in range(256):
+                        try:
+                            parts = self.data.recv_multipart(zmq.NOBLOCK, copy=True)
+                        except zmq.Again:
+                            break
+                        self._on_frame(parts)
+                        if self.store_error or self.signals.stop:
+                            break
+                self.notifier.ping()
+                if self.signals.reload:
+                    self._reload_keys()
+            self.notifier.stopping()
+            logger.info("consumer stopping")
+            return 0
+        finally:
+            if self.server is not None:
+                self.server.close()
+            for sock in ("data", "acks"):
+                if hasattr(self, sock):
+                    getattr(self, sock).close()
+            from .curve import stop_authenticators
+
+            stop_authenticators()
+            self.ctx.term()
+            self.store.close()
+            self.notifier.close()
+
+    def _sleep_responsive(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end and not self.signals.stop:
+            time.sleep(0.02)
+
+    def _on_frame(self, parts: list[bytes]) -> None:
+        if len(parts) != 1:
+            self._reject("multipart", "multi-part message on the data socket")
+            return
+        frame = parts[0]
+        t0 = time.perf_counter()
+        try:
+            msg = self.sealer.open(frame)
+        except WireError as e:
+            self._reject(e.reason, str(e))
+            return
+        self.metrics.stage("open", time.perf_counter() - t0)
+        kind = msg["kind"]
+        try:
+            if kind == "data":
+                self._on_data(msg)
+            elif kind == "begin":
+                self.store.begin_run(msg["run"], producer=msg["producer"], source=msg["source"],
+                                     requested=msg["requested"],
+                                     meta={"nat": msg.get("nat"), "seed": msg.get("seed")})
+                self._ack(msg, "begin", "applied")
+            elif kind == "end":
+                self._on_end(msg)
+            elif kind == "abort":
+                self.store.fail_run(msg["run"], producer=msg["producer"], reason=msg["reason"])
+                self._ack(msg, "abort", "applied")
+                logger.warning("run %s failed on the producer: %s", msg["run"], msg["reason"])
+                self.render()
+            else:
+                self._reject("bad_schema", f"{kind} message on the data socket")
+        except StoreError as e:
+            self._store_failed(e, frame)
+
+    def _on_data(self, msg: dict[str, Any]) -> None:
+        run_id, seq = msg["run"], msg["seq"]
+        t = time.perf_counter()
+        checked = validate_columns(msg["cols"])
+        t, dt = time.perf_counter(), time.perf_counter() - t
+        self.metrics.stage("validate", dt)
+        stats = StatsSummary.from_columns(checked.cols)
+        quarantine = Counter(msg["quarantine"])
+        quarantine.update(checked.quarantine)
+        stats.add_counts(quarantine=quarantine, warnings=checked.warnings)
+        t2 = time.perf_counter()
+        self.metrics.stage("stats", t2 - t)
+        audit = AuditSummary.from_columns(checked.cols, self.fp_key, reveal=self.s.reveal_passwords)
+        t3 = time.perf_counter()
+        self.metrics.stage("audit", t3 - t2)
+        kept = msg["n"] - sum(checked.quarantine.values())
+        applied = self.store.apply_batch(
+            run_id, seq, producer=msg["producer"], delivered=msg["n"], kept=kept,
+            quarantined=sum(quarantine.values()), stats=stats, audit=audit,
+        )
+        self.metrics.stage("commit", time.perf_counter() - t3)
+        if applied.duplicate:
+            self.metrics.duplicates.inc()
+            self._ack(msg, "data", "duplicate")
+            return
+        self.metrics.batches.inc()
+        self.metrics.users.inc(kept)
+        self._ack(msg, "data", "applied")
+        if applied.run_complete:
+            self._complete(msg)
+        elif self.server is not None and seq % 10 == 0:
+            row = self.store.run(run_id) or {}
+            self.server.publish("progress", {"run_id": run_id, "applied_batches": row.get("applied"),
+                                             "users": row.get("kept"), "requested": row.get("requested")})
+
+    def _on_end(self, msg: dict[str, Any]) -> None:
+        complete = self.store.end_run(msg["run"], producer=msg["producer"], batches=msg["batches"],
+                                      requested=msg.get("requested"))
+        if complete:
+            self._complete(msg, render=False)
+        # Otherwise some batches are still on their way: the END is ACKed when the last lands.
+
+    def _complete(self, msg: dict[str, Any], render: bool = True) -> None:
+        run_id = msg["run"]
+        row = self.store.run(run_id) or {}
+        if render or not (self.site_dir / "index.html").exists():
+            self.render()
+            self.metrics.runs.inc()
+            logger.info("run %s complete: %d users kept, %d quarantined; dashboard re-rendered",
+                        run_id, row.get("kept", 0), row.get("quarantined", 0))
+        self._ack({"run": run_id, "seq": -1, "producer": row.get("producer") or msg["producer"]},
+                  "end", "complete", url=self.url, applied=row.get("kept", 0))
+
+    def _ack(self, msg: dict[str, Any], of: str, status: str, **extra: Any) -> None:
+        producer = msg["producer"]
+        frame = self.sealer.seal(wire.make("ack", msg["run"], msg["seq"], producer=producer,
+                                           of=of, status=status, **extra))
+        try:
+            self.acks.send(producer.encode() + b"\0" + frame, zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # a lost ACK costs a re-send, which is ACKed again
+
+    def _reject(self, reason: str, detail: str) -> None:
+        self.metrics.rejected.labels(reason).inc()
+        self._warn.warning(reason, "rejected frame (%s): %s", reason, detail)
+
+    # -- failure of the store (disk full, read-only) --
+    def _store_failed(self, e: StoreError, frame: bytes) -> None:
+        if self.store_error is None:
+            logger.error("cannot commit, not ACKing until the state directory is writable again: %s", e)
+        self.store_error = str(e)
+        self.metrics.store_ok.set(0)
+        self._retry_at = time.monotonic() + STORE_RETRY
+        # The producer re-sends unACKed frames; keep nothing, lose nothing.
+
+    def _retry_store(self) -> None:
+        if time.monotonic() < self._retry_at:
+            return
+        try:
+            self.store.writable()
+        except StoreError as e:
+            self.store_error = str(e)
+            self._retry_at = time.monotonic() + STORE_RETRY
+            return
+        logger.info("state directory writable again; resuming")
+        self.store_error = None
+        self.metrics.store_ok.set(1)
+
+    def _health(self) -> tuple[int, dict[str, Any]]:
+        if self.store_error:
+            return 503, {"status": "degraded", "store": self.store_error}
+        return 200, {"status": "ok", "store": "ok"}
+
+    # -- rendering --
+    def stats(self) -> dict[str, Any]:
+        """The document ``/api/stats.json`` serves."""
+        from .figures import build_stats
+
+        return build_stats(self.store, reveal=self.s.reveal_passwords)
+
+    def render(self) -> None:
+        """Re-render the site (files + the server's in-memory copy) and announce it."""
+        from .dashboard.render import write_site
+
+        t = time.perf_counter()
+        doc = self.stats()
+        now = doc["generated_at"]
+        try:
+            write_site(self.site_dir, doc, generated_at=now)
+        except OSError as e:
+            self._warn.warning("render", "could not write the site files under %s: %s", self.site_dir, e)
+        if self.server is not None:
+            self.server.update(doc, now)
+            self.server.publish("run-complete", {"generated_at": now,
+                                                 "run_id": (doc.get("last_run") or {}).get("run_id")})
+        self.metrics.stage("render", time.perf_counter() - t)
+        self.notifier.status(self._status_line())
+
+    def _status_line(self) -> str:
+        return (f"{int(self.metrics.batches._value.get())} batches applied, "
+                f"{int(self.metrics.runs._value.get())} runs complete")
+
+    def _reload_keys(self) -> None:
+        from .config import load_keys
+
+        self.signals.reload = False
+        try:
+            keys = load_keys()
+            self.sealer = wire.Sealer(keys, ttl=self.s.token_ttl, max_size=self.s.max_frame)
+            logger.info("SIGHUP: re-read %d key(s)", len(keys))
+        except InfraETLError as e:
+            logger.error("SIGHUP: keeping the old keys: %s", e)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``infraetl-consumer``."""
+    from .cli_daemons import consumer_cli
+
+    consumer_cli(args=argv, auto_envvar_prefix="INFRAETL")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,179 @@
+"""The control protocol between ``infraetl-ctl`` and the producer.
+
+Requests and replies are sealed like every other frame, so without the key
+nobody can start or cancel a run. A request the producer cannot open gets
+the fixed, unsealed answer :data:`NOT_AUTHORISED` (it reveals nothing and
+costs nothing), which the client turns into "not authorised".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+import zmq
+
+from . import wire
+from .exceptions import ControlError, InfraETLError, NotAuthorised, WireError
+from .sockets import connect, make_socket
+
+if TYPE_CHECKING:
+    from .producer import Producer
+
+logger = logging.getLogger(__name__)
+
+NOT_AUTHORISED = b"infraetl: not authorised"
+COMMANDS = ("start-run", "status", "cancel", "ping")
+
+
+# --- producer side --------------------------------------------------------
+
+def handle_control(producer: "Producer", frame: bytes) -> bytes:
+    """Open one control request, run it, and return the sealed reply frame."""
+    try:
+        msg = producer.sealer.open(frame)
+        if msg["kind"] != "control":
+            raise WireError("bad_schema", "not a control message")
+    except WireError as e:
+        producer.rejects[e.reason] += 1
+        producer._warn.warning("control-" + e.reason, "rejected control frame: %s", e)
+        return NOT_AUTHORISED
+    try:
+        result = _dispatch(producer, msg["cmd"], msg["args"])
+        reply = wire.make("reply", msg["run"], msg["seq"], ok=True, result=result)
+    except InfraETLError as e:
+        reply = wire.make("reply", msg["run"], msg["seq"], ok=False, error=str(e))
+    return producer.sealer.seal(reply)
+
+
+def _dispatch(producer: "Producer", cmd: str, args: dict[str, Any]) -> Any:
+    from .producer import check_run_args, new_run_id
+
+    if cmd == "ping":
+        return {"producer_id": producer.producer_id, "pid": os.getpid()}
+    if cmd == "start-run":
+        spec = check_run_args(args)
+        run_id = new_run_id()
+        producer.spool.create_run(run_id, spec)
+        producer._start_worker(run_id, spec)
+        logger.info("run %s started: %d users from %s (nat %s, seed %s)", run_id, spec["users"],
+                    spec["source"], ",".join(spec["nat"]) or "all", spec["seed"])
+        return {"run_id": run_id, **spec}
+    if cmd == "status":
+        run_id = args.get("run_id")
+        if run_id:
+            row = producer.spool.run(str(run_id))
+            if row is None:
+                raise InfraETLError(f"no run {run_id} on this producer")
+            return {"runs": [row.as_dict()], "in_flight": len(producer.in_flight)}
+        limit = args.get("limit", 20)
+        limit = limit if type(limit) is int and 0 < limit <= 1000 else 20
+        return {"runs": [r.as_dict() for r in producer.spool.runs(limit)],
+                "in_flight": len(producer.in_flight), "producer_id": producer.producer_id,
+                "rejected": dict(producer.rejects)}
+    if cmd == "cancel":
+        run_id = str(args.get("run_id", ""))
+        row = producer.spool.run(run_id)
+        if row is None:
+            raise InfraETLError(f"no run {run_id} on this producer")
+        if row.state != "running":
+            raise InfraETLError(f"run {run_id} is already {row.state}")
+        worker = producer.workers.get(run_id)
+        if worker is None:
+            raise InfraETLError(f"run {run_id} has delivered all its users; it completes on the consumer's ACK")
+        worker.cancel.set()
+        return {"run_id": run_id, "state": "cancelling"}
+    raise InfraETLError(f"unknown command {cmd!r}; known: {', '.join(COMMANDS)}")
+
+
+# --- client side ----------------------------------------------------------
+
+class ControlClient:
+    """A sealed request/reply client for the producer's control socket."""
+
+    def __init__(self, endpoint: str, sealer: wire.Sealer, *, timeout: float = 5.0,
+                 curve_secret: Any = None, curve_server_key: Any = None) -> None:
+        self.endpoint = endpoint
+        self._sealer = sealer
+        self._timeout = timeout
+        self._ctx = zmq.Context()
+        self._sock = make_socket(self._ctx, zmq.DEALER, max_frame=1 << 20)
+        from .curve import apply_client
+
+        apply_client(self._sock, curve_secret, curve_server_key)
+        connect(self._sock, endpoint)
+        self._seq = 0
+
+    def close(self) -> None:
+        """Close the socket and the context."""
+        self._sock.close(linger=0)
+        self._ctx.term()
+
+    def __enter__(self) -> "ControlClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def call(self, cmd: str, **args: Any) -> Any:
+        """Send one command; return its result or raise ControlError / NotAuthorised."""
+        self._seq += 1
+        nonce = os.urandom(6).hex()
+        self._sock.send(self._sealer.seal(wire.make("control", nonce, self._seq, cmd=cmd, args=args)))
+        deadline = time.monotonic() + self._timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._sock.poll(int(left * 1000), zmq.POLLIN):
+                raise ControlError(
+                    f"no answer from the producer at {self.endpoint} within {self._timeout:g}s; "
+                    "is infraetl-producer running there?"
+                )
+            frame = self._sock.recv()
+            if frame == NOT_AUTHORISED:
+                raise NotAuthorised(
+                    f"not authorised: the producer at {self.endpoint} could not open our command "
+                    "(different encryption key?)"
+                )
+            try:
+                reply = self._sealer.open(frame)
+            except WireError as e:
+                raise ControlError(f"unreadable reply from the producer ({e.reason})") from None
+            if reply["kind"] != "reply" or reply["run"] != nonce:
+                continue  # a late answer to an earlier, timed-out request
+            if not reply["ok"]:
+                raise ControlError(str(reply.get("error")))
+            return reply.get("result")
+
+
+def wait_run(client: ControlClient, run_id: str, *, timeout: float,
+             on_progress: Any = None, poll: float = 0.2) -> dict[str, Any]:
+    """Poll the producer until ``run_id`` is complete, failed or cancelled; return its row.
+
+    Raises ControlError when ``timeout`` passes first. A producer restart in the
+    middle is ridden out: unanswered polls are retried until the deadline.
+    """
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        try:
+            row = client.call("status", run_id=run_id)["runs"][0]
+            last_error = None
+            if on_progress is not None:
+                on_progress(row)
+            if row["state"] != "running":
+                return dict(row)
+        except NotAuthorised:
+            raise
+        except ControlError as e:
+            if "no run" in str(e):
+                raise
+            last_error = e
+        if time.monotonic() > deadline:
+            why = f" (last error: {last_error})" if last_error else ""
+            raise ControlError(
+                f"run {run_id} is not finished after {timeout:g}s{why}; "
+                f"follow it with `infraetl-ctl wait {run_id}`"
+            )
+        time.sleep(poll)

@@ -1,0 +1,237 @@
+"""``infraetl-ctl``: the operator's command line.
+
+Commands are thin: parse, call one library function, print (formatting
+lives in ``cli_output``). Library errors become one line on stderr and exit
+1; usage errors exit 2 (click's convention). No traceback reaches a user.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import config, wire
+from .cli_daemons import env_option
+from .cli_output import Progress, emit_json, runs_table
+from .control import ControlClient, wait_run
+from .exceptions import InfraETLError
+
+PATH = click.Path(path_type=Path)
+
+
+class Ctx:
+    """What every subcommand shares."""
+
+    def __init__(self, producer: str, timeout: float, curve_secret: Path | None,
+                 curve_server_key: Path | None) -> None:
+        self.producer = producer
+        self.timeout = timeout
+        self.curve_secret = curve_secret
+        self.curve_server_key = curve_server_key
+
+    def client(self) -> ControlClient:
+        """A control client sealed with the key from the environment."""
+        keys = config.load_keys()
+        sealer = wire.Sealer(keys, ttl=config.TOKEN_TTL, max_size=1 << 20)
+        return ControlClient(self.producer, sealer, timeout=self.timeout,
+                             curve_secret=self.curve_secret, curve_server_key=self.curve_server_key)
+
+
+class Group(click.Group):
+    """Turns InfraETLError into one line on stderr and exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except InfraETLError as e:
+            raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@env_option("--producer", default=config.PRODUCER, help="The producer's control endpoint.")
+@env_option("--call-timeout", type=click.FloatRange(0.1), default=5.0,
+            help="Seconds to wait for each answer from the producer.")
+@env_option("--curve-secret", type=PATH, default=None, help="CURVE: this client's .key_secret file.")
+@env_option("--curve-server-key", type=PATH, default=None, help="CURVE: the producer's public .key file.")
+@click.version_option(package_name="infraetl")
+@click.pass_context
+def cli(ctx: click.Context, producer: str, call_timeout: float, curve_secret: Path | None,
+        curve_server_key: Path | None) -> None:
+    """Operate an infraetl pipeline: start and follow runs, make keys, run the demo."""
+    ctx.obj = Ctx(producer, call_timeout, curve_secret, curve_server_key)
+
+
+@cli.command()
+@click.option("--curve", "curve_dir", type=PATH, default=None,
+              help="Instead of a Fernet key, write a CURVE key pair NAME.key / NAME.key_secret into DIR.")
+@click.option("--name", default="infraetl", show_default=True, help="Base name of the CURVE key files.")
+def keygen(curve_dir: Path | None, name: str) -> None:
+    """Print a new Fernet key on stdout (redirect it into a 0600 file)."""
+    if curve_dir is not None:
+        from .curve import create_keypair
+
+        public, secret = create_keypair(curve_dir, name)
+        click.echo(f"wrote {public} (public: give it to the peers) and {secret} (secret, mode 0600)")
+        return
+    if sys.stdout.isatty():
+        click.echo("note: this is a secret; redirect it into a file: infraetl-ctl keygen > etl-key", err=True)
+    click.echo(config.new_key())
+
+
+def _nat(value: str | None) -> list[str]:
+    return [c.strip().upper() for c in (value or "").split(",") if c.strip()]
+
+
+@cli.command("start-run")
+@click.option("--users", type=click.IntRange(1, 10_000_000), required=True, help="How many users to process.")
+@click.option("--nat", default=None, help="Comma-separated nationality codes to keep (default: all).")
+@click.option("--seed", default=None, help="Seed for reproducible users (default: random).")
+@click.option("--source", default="synthetic", show_default=True,
+              help="randomuser (the API), synthetic (offline) or file:PATH (on the producer's host).")
+@click.option("--deadline", type=click.FloatRange(1), default=None,
+              help="Seconds the producer may spend fetching before the run fails (default: its --run-deadline).")
+@click.option("--no-wait", is_flag=True, help="Return as soon as the run is accepted.")
+@click.option("--timeout", type=click.FloatRange(0.1), default=900.0, show_default=True,
+              help="Seconds to wait for the dashboard to show the run.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+def start_run(obj: Ctx, users: int, nat: str | None, seed: str | None, source: str,
+              deadline: float | None, no_wait: bool, timeout: float, as_json: bool) -> None:
+    """Start a run; by default wait until the dashboard shows it."""
+    with obj.client() as client:
+        started = client.call("start-run", users=users, nat=_nat(nat), seed=seed, source=source,
+                              deadline=deadline)
+        run_id = started["run_id"]
+        if no_wait:
+            emit_json(started) if as_json else click.echo(run_id)
+            return
+        if not as_json:
+            click.echo(f"run {run_id}: {users} users from {source}", err=True)
+        _follow(client, run_id, users, timeout, as_json)
+
+
+def _follow(client: ControlClient, run_id: str, requested: int, timeout: float, as_json: bool) -> None:
+    progress = Progress(requested, enabled=not as_json and sys.stderr.isatty())
+    try:
+        row = wait_run(client, run_id, timeout=timeout, on_progress=progress)
+    finally:
+        progress.close()
+    if as_json:
+        emit_json(row)
+    if row["state"] != "complete":
+        raise InfraETLError(f"run {run_id} {row['state']}: {row.get('reason') or 'no reason given'}")
+    if not as_json:
+        click.echo(f"run {run_id} complete: {row['applied_users']} users applied, "
+                   f"{row['quarantined']} quarantined")
+        click.echo(f"dashboard: {row.get('url')}")
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--timeout", type=click.FloatRange(0.1), default=900.0, show_default=True,
+              help="Seconds to wait.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+def wait(obj: Ctx, run_id: str, timeout: float, as_json: bool) -> None:
+    """Wait until RUN_ID is rendered on the dashboard (exit 1 if it failed)."""
+    with obj.client() as client:
+        row = client.call("status", run_id=run_id)["runs"][0]
+        _follow(client, run_id, row["requested"] or 0, timeout, as_json)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="Runs to list.")
+@click.pass_obj
+def status(obj: Ctx, as_json: bool, limit: int) -> None:
+    """List the producer's runs: state, requested, sent, acked."""
+    with obj.client() as client:
+        result = client.call("status", limit=limit)
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(runs_table(result["runs"]))
+        click.echo(f"{result['in_flight']} frame(s) awaiting ACK")
+
+
+@cli.command()
+@click.argument("run_id")
+@click.pass_obj
+def cancel(obj: Ctx, run_id: str) -> None:
+    """Cancel a running run (it is marked failed; nothing of it is counted)."""
+    with obj.client() as client:
+        client.call("cancel", run_id=run_id)
+    click.echo(f"run {run_id}: cancelling")
+
+
+@cli.command()
+@click.option("--users", type=click.IntRange(1, 10_000_000), default=300, show_default=True,
+              help="Users in the demo run.")
+@click.option("--once", is_flag=True, help="Exit 0 after the run instead of serving until Ctrl-C.")
+@click.option("--http-port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="Dashboard port on 127.0.0.1 (0 or busy: any free port).")
+@click.option("--seed", default="demo", show_default=True, help="Seed of the offline users.")
+def demo(users: int, once: bool, http_port: int, seed: str) -> None:
+    """Start a consumer and a producer on 127.0.0.1 and run the offline source through them."""
+    from .localcluster import LocalCluster
+
+    with tempfile.TemporaryDirectory(prefix="infraetl-demo-") as tmp:
+        port = http_port if http_port and _port_free(http_port) else 0
+        cluster = LocalCluster(Path(tmp), http_port=port)
+        try:
+            cluster.start()
+            click.echo(f"consumer and producer up (state in {tmp}); dashboard: {cluster.url}", err=True)
+            keys = config.parse_keys(cluster.key_file.read_text(), "the demo key")
+            sealer = wire.Sealer(keys, ttl=config.TOKEN_TTL, max_size=1 << 20)
+            with ControlClient(cluster.control, sealer, timeout=10) as client:
+                started = client.call("start-run", users=users, seed=seed, source="synthetic")
+                click.echo(f"run {started['run_id']}: {users} synthetic users", err=True)
+                _follow(client, started["run_id"], users, 300.0, as_json=False)
+            if once:
+                return
+            click.echo("serving the dashboard; press Ctrl-C to stop", err=True)
+            signal.signal(signal.SIGTERM, _interrupt)
+            try:
+                while cluster.consumer.alive():
+                    time.sleep(0.5)
+            except KeyboardInterrupt:
+                return
+            raise InfraETLError("the consumer stopped unexpectedly; see its log above")
+        except InfraETLError:
+            click.echo(cluster.consumer.log()[-2000:], err=True)
+            raise
+        finally:
+            cluster.stop()
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def main() -> None:
+    """Entry point of ``infraetl-ctl``."""
+    cli(auto_envvar_prefix="INFRAETL")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,485 @@
+"""Render the dashboard from a stats document: template context, HTML page, sections, files.
+
+``stats`` is what ``/api/stats.json`` returns (see the dashboard section of
+DESIGN.md). Any key may be missing, empty or of the wrong type (before the
+first run, or from an older state): the page then says "no data yet".
+
+The context every template gets (built by :func:`build_context`)::
+
+    generated_at   float (the JSON's, to compare against in the live script)
+    updated        "2024-05-01 12:20:00 UTC" or "never"; updated_iso for <time>
+    last_run_id, last_run_state     str | None
+    views          {"last": View, "all": View}
+    runs           {"rows": [RunRow], "total": int, "shown": int}
+
+    View   = {id, title, subtitle, empty: bool, cards: [Card], panels: [Panel]}
+    Card   = {id, label, value: str, sub: str | None}
+    Panel  = {id (data-chart), key (JSON path), title, svg: Markup | None,
+              columns: [str], rows: [Row], note: str | None, wide: bool}
+    Row    = {key: str, cells: [(display: str, raw: number | str | None)]}
+    RunRow = {run_id, source, requested, delivered, quarantined, duration,
+              started, state, state_class, reason}   (display strings)
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import os
+import pathlib
+import re
+import tempfile
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import jinja2
+from markupsafe import Markup
+
+from infraetl.dashboard import charts
+from infraetl.dashboard.charts import clean, fmt_int, fmt_num, fmt_pct
+
+logger = logging.getLogger(__name__)
+
+TOP_N = 10
+MAX_RUN_ROWS = 50
+STATIC_DIR = pathlib.Path(__file__).parent / "static"
+#: Files served under /static/ and copied by write_site: name -> content type.
+STATIC_FILES: dict[str, str] = {
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "dashboard.css": "text/css; charset=utf-8",
+}
+#: The ids of the swappable sections, in page order.
+SECTION_IDS: tuple[str, ...] = ("status", "last", "all", "runs")
+_STATES = {"running", "complete", "failed"}
+_MASKED = re.compile(r"^[^*]?\*+[^*]?$")
+
+
+def _finalize(value: Any) -> Any:
+    # Every {{ }} of plain text goes through here before autoescape: neutralise bidi overrides.
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return clean(value)
+    return "" if value is None else value
+
+
+ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("infraetl.dashboard", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    finalize=_finalize,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    auto_reload=False,
+)
+
+
+# ---------------------------------------------------------------- sanitising
+
+def _plain_slow(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain_slow(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_slow(v) for v in value]
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return float(value) if math.isfinite(value) else None
+    if hasattr(value, "item"):  # numpy scalar
+        return _plain_slow(value.item())
+    return str(value)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy scalar
+        return value.item()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=str)
+    return str(value)
+
+
+def _plain(value: Any) -> Any:
+    """Deep-copy into JSON types: numpy scalars unwrapped, NaN/inf -> None, keys -> str."""
+    try:
+        # The C encoder and decoder copy a large state ten times faster than a Python walk.
+        text = json.dumps(value, default=_json_default)
+    except (TypeError, ValueError):  # e.g. a numpy integer as a key
+        return _plain_slow(value)
+    return json.loads(text, parse_constant=lambda _: None)
+
+
+def mask_password(value: Any) -> str:
+    """Return ``value`` masked (``s****t``) unless it already is."""
+    text = "" if value is None else str(value)
+    if not text or _MASKED.match(text):
+        return text
+    return "*" * len(text) if len(text) <= 2 else text[0] + "*" * (len(text) - 2) + text[-1]
+
+
+def _mask_audit(figures: Any) -> None:
+    # Defence in depth: the audit masks already, but a plaintext must never reach a page or the API.
+    audit = figures.get("audit") if isinstance(figures, dict) else None
+    if not isinstance(audit, dict):
+        return
+    reuse = audit.get("reuse")
+    lists = [audit.get("top_passwords"), reuse.get("top_reused") if isinstance(reuse, dict) else None]
+    for rows in lists:
+        for row in rows if isinstance(rows, list) else []:
+            if isinstance(row, dict) and "password" in row:
+                row["password"] = mask_password(row["password"])
+    best = audit.get("most_secure_password")
+    if isinstance(best, dict) and "password" in best:
+        best["password"] = mask_password(best["password"])
+
+
+def public_stats(stats: Any, *, generated_at: float) -> dict[str, Any]:
+    """The stats as served and rendered: JSON-safe, passwords masked, ``generated_at`` set."""
+    doc = _plain(stats) if isinstance(stats, dict) else {}
+    doc["generated_at"] = generated_at
+    for key in ("last_run", "cumulative"):
+        doc.setdefault(key, None)
+        _mask_audit(doc[key])
+    if not isinstance(doc.get("runs"), list):
+        doc["runs"] = []
+    return doc
+
+
+def to_json(doc: Any) -> bytes:
+    """Serialise a public document (ASCII-only, so bidi characters travel escaped)."""
+    return json.dumps(doc, ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode("ascii")
+
+
+# ---------------------------------------------------------------- figures -> panels
+
+def _map(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _counts(value: Any) -> list[tuple[str, float]]:
+    """The numeric entries of a {label: count} mapping."""
+    return [(str(k), n) for k, v in _map(value).items() if (n := _num(v)) is not None]
+
+
+def _top(items: list[tuple[str, float]], n: int = TOP_N) -> list[tuple[str, float]]:
+    return sorted(items, key=lambda kv: (-kv[1], kv[0]))[:n]
+
+
+def _numeric_key(label: str) -> float:
+    match = re.match(r"[+-]?\d+(\.\d+)?", label)
+    return float(match.group()) if match else math.inf
+
+
+def _ordered(items: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    return sorted(items, key=lambda kv: (_numeric_key(kv[0]), kv[0]))
+
+
+def _share_rows(items: list[tuple[str, float]], labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    total = sum(v for _, v in items) or 1.0
+    return [{"key": k, "cells": [((labels or {}).get(k, k), k), (fmt_int(v), v), (fmt_pct(100 * v / total), round(100 * v / total, 1))]}
+            for k, v in items]
+
+
+def _panel(pid: str, key: str, title: str, items: list[tuple[str, float]], draw: Callable[..., Markup],
+           header: str, *, labels: dict[str, str] | None = None, note: str | None = None,
+           **opts: Any) -> dict[str, Any]:
+    shown = [((labels or {}).get(k, k), v) for k, v in items]
+    return {"id": pid, "key": key, "title": title, "note": note, "wide": False,
+            "svg": draw(shown, label=title, **opts) if items else None,
+            "columns": [header, "Users", "Share"], "rows": _share_rows(items, labels)}
+
+
+def _table_panel(pid: str, key: str, title: str, columns: list[str], rows: list[dict[str, Any]],
+                 note: str | None = None) -> dict[str, Any]:
+    return {"id": pid, "key": key, "title": title, "svg": None, "columns": columns, "rows": rows,
+            "note": note, "wide": False}
+
+
+COMPLEXITY = {"lowercase_only": "Lowercase only", "numbers_only": "Numbers only",
+              "letters_and_numbers": "Letters and numbers", "includes_symbols": "Includes symbols",
+              "empty": "Empty"}
+
+
+def _filled(items: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """Integer-keyed bins in order, with the missing ones between as zero."""
+    keyed = {int(k): v for k, v in items if re.fullmatch(r"-?\d+", k)}
+    if not keyed or len(keyed) != len(items):
+        return _ordered(items)
+    keys = sorted(keyed)
+    step = min((b - a for a, b in itertools.pairwise(keys)), default=1) or 1
+    if (keys[-1] - keys[0]) / step > 200:  # sparse outliers: do not draw hundreds of empty bins
+        return [(str(k), keyed[k]) for k in keys]
+    return [(str(k), keyed.get(k, 0.0)) for k in range(keys[0], keys[-1] + step, step)]
+
+
+def _panels(f: dict[str, Any]) -> list[dict[str, Any]]:
+    audit = _map(f.get("audit"))
+    gender = _top(_counts(f.get("gender")))
+    entropy = _filled(_counts(_map(audit.get("entropy_bits")).get("histogram")))
+    ent_step = int(_numeric_key(entropy[1][0]) - _numeric_key(entropy[0][0])) if len(entropy) > 1 else 10
+    ent_labels = {k: f"{k}–{int(_numeric_key(k)) + ent_step}" for k, _ in entropy}
+    zx = _map(audit.get("zxcvbn_score"))
+    strength = [(s, _num(zx.get(s)) or 0.0) for s in "01234"] if zx else []
+    complexity = [(k, v) for k in COMPLEXITY if (v := _num(_map(audit.get("complexity")).get(k))) is not None]
+    panels = [
+        _panel("gender", "gender", "Gender", gender, charts.donut_chart, "Gender"),
+        _panel("age_decades", "age.decades", "Age by decade", _ordered(_counts(_map(f.get("age")).get("decades"))),
+               charts.bar_chart, "Decade", x_title="Age", y_title="Users"),
+        _panel("countries", "countries", "Top 10 countries", _top(_counts(f.get("countries"))),
+               charts.hbar_chart, "Country", note=f"{len(_map(f.get('countries'))):,} countries in all"),
+        _panel("complexity", "audit.complexity", "Password complexity", complexity, charts.hbar_chart,
+               "Complexity", labels=COMPLEXITY),
+        _panel("password_length", "password_length.histogram", "Password length",
+               _filled(_counts(_map(f.get("password_length")).get("histogram"))), charts.histogram, "Length",
+               x_title="Characters", y_title="Users"),
+        _panel("registration_years", "registration_years", "Registrations by year",
+               _ordered(_counts(f.get("registration_years"))), charts.line_chart, "Year",
+               x_title="Year", y_title="Users"),
+        _panel("timezones", "timezones", "Top 10 time zones", _top(_counts(f.get("timezones"))),
+               charts.hbar_chart, "UTC offset"),
+        _panel("strength", "audit.zxcvbn_score", "Strength (zxcvbn score)", strength, charts.bar_chart,
+               "Score", x_title="Score (0 weakest – 4 strongest)", y_title="Users"),
+        _panel("entropy", "audit.entropy_bits.histogram", "Entropy", entropy, charts.histogram, "Bits",
+               labels=ent_labels, x_title="Estimated entropy (bits)", y_title="Users",
+               note=(f"mean {fmt_num(m)} bits" if (m := _num(_map(audit.get("entropy_bits")).get("mean")))
+                     is not None else None)),
+        _panel("personal_info", "audit.personal_info", "Personal information in passwords",
+               _top(_counts(audit.get("personal_info"))), charts.hbar_chart, "Kind"),
+        _weak_panel(audit),
+        _panel("quarantine", "quarantine", "Quarantined, by reason", _top(_counts(f.get("quarantine"))),
+               charts.hbar_chart, "Reason"),
+        _panel("warnings", "warnings", "Warnings, by reason", _top(_counts(f.get("warnings"))),
+               charts.hbar_chart, "Reason"),
+        _password_table("top_passwords", "audit.top_passwords", "Top 10 passwords (masked)",
+                        audit.get("top_passwords")),
+        _reuse_panel(_map(audit.get("reuse"))),
+        _table_panel("masks", "audit.masks", "Top password masks", ["Mask", "Users"],
+                     [{"key": str(r.get("mask")), "cells": [(str(r.get("mask")), str(r.get("mask"))),
+                                                            (fmt_int(n), n)]}
+                      for r in _rows(audit.get("masks")) if (n := _num(r.get("count"))) is not None][:TOP_N]),
+    ]
+    for p in panels:
+        p["wide"] = p["id"] in {"registration_years", "top_passwords", "reuse"}
+    return panels
+
+
+def _rows(value: Any) -> list[dict[str, Any]]:
+    return [r for r in value if isinstance(r, dict)] if isinstance(value, list) else []
+
+
+def _password_table(pid: str, key: str, title: str, value: Any, note: str | None = None) -> dict[str, Any]:
+    rows = []
+    for i, r in enumerate(_rows(value)[:TOP_N], 1):
+        count = _num(r.get("count"))
+        pw = mask_password(r.get("password"))
+        rows.append({"key": pw, "cells": [(str(i), i), (pw, pw), (fmt_int(count), count)]})
+    return _table_panel(pid, key, title, ["#", "Password", "Users"], rows, note)
+
+
+def _reuse_panel(reuse: dict[str, Any]) -> dict[str, Any]:
+    sharing, largest = _num(reuse.get("users_sharing")), _num(reuse.get("largest_group"))
+    note = None
+    if sharing is not None or largest is not None:
+        note = f"{fmt_int(sharing)} users share a password with someone; the largest group is {fmt_int(largest)}."
+    return _password_table("reuse", "audit.reuse.top_reused", "Password reuse", reuse.get("top_reused"), note)
+
+
+def _weak_panel(audit: dict[str, Any]) -> dict[str, Any]:
+    items = []
+    for nat, row in _map(audit.get("by_nationality")).items():
+        row = _map(row)
+        pct, users, weak = _num(row.get("percent_weak")), _num(row.get("users")), _num(row.get("weak"))
+        if pct is None and users and weak is not None:
+            pct = 100 * weak / users
+        if pct is not None:
+            items.append((str(nat), pct, users, weak))
+    items.sort(key=lambda r: (-r[1], r[0]))
+    items = items[:25]
+    title = "Weak passwords by nationality"
+    return {"id": "weak_by_nationality", "key": "audit.by_nationality", "title": title, "note": None,
+            "wide": False, "columns": ["Nationality", "Users", "Weak", "Weak share"],
+            "svg": charts.hbar_chart([(n, p) for n, p, _, _ in items], label=title, fmt=fmt_pct,
+                                     max_value=100) if items else None,
+            "rows": [{"key": n, "cells": [(n, n), (fmt_int(u), u), (fmt_int(w), w), (fmt_pct(p), p)]}
+                     for n, p, u, w in items]}
+
+
+def _cards(f: dict[str, Any]) -> list[dict[str, Any]]:
+    audit = _map(f.get("audit"))
+    users = _num(f.get("total_users"))
+    age, plen = _map(f.get("age")), _map(f.get("password_length"))
+    gender = _top(_counts(f.get("gender")), 1)
+    gtotal = sum(v for _, v in _counts(f.get("gender"))) or 1
+    strength = _map(audit.get("strength"))
+    strong_pct = _num(strength.get("percent_strong"))
+    strong, weak = _num(strength.get("strong")), _num(strength.get("weak"))
+    if strong_pct is None and strong is not None and (strong + (weak or 0)) > 0:
+        strong_pct = 100 * strong / (strong + (weak or 0))
+    best = _map(audit.get("most_secure_password"))
+
+    def share(n: float | None) -> str | None:
+        return f"{fmt_pct(100 * n / users)} of users" if n is not None and users else None
+
+    def card(cid: str, label: str, value: str, sub: str | None = None) -> dict[str, Any]:
+        return {"id": cid, "label": label, "value": value, "sub": sub}
+
+    quarantined = sum(v for _, v in _counts(f.get("quarantine")))
+    name_in, user_in, year_in = (_num(audit.get(k)) for k in
+                                 ("name_in_password", "username_in_password", "birthyear_in_password"))
+    return [
+        card("total_users", "Users", fmt_int(users), f"{fmt_int(quarantined)} quarantined" if quarantined else None),
+        card("average_age", "Average age", fmt_num(_num(age.get("mean"))),
+             f"median {fmt_num(_num(age.get('median')))} · {fmt_int(_num(age.get('min')))}–{fmt_int(_num(age.get('max')))}"
+             if age else None),
+        card("top_gender", "Most frequent gender", gender[0][0] if gender else "–",
+             fmt_pct(100 * gender[0][1] / gtotal) if gender else None),
+        card("countries", "Countries", fmt_int(len(_map(f.get("countries")))) if f.get("countries") else "–"),
+        card("password_length", "Average password length", fmt_num(_num(plen.get("mean"))),
+             f"{fmt_pct(s)} shorter than 8" if (s := _num(plen.get("short_pct"))) is not None else None),
+        card("password_length_range", "Password length min / max",
+             f"{fmt_int(_num(plen.get('min')))} / {fmt_int(_num(plen.get('max')))}" if plen else "–"),
+        card("strong_share", "Strong passwords", fmt_pct(strong_pct), f"{fmt_int(strong)} strong" if strong is not None else None),
+        card("name_in_password", "Name in password", fmt_int(name_in), share(name_in)),
+        card("birthyear_in_password", "Birth year in password", fmt_int(year_in), share(year_in)),
+        card("username_in_password", "Username in password", fmt_int(user_in), share(user_in)),
+        card("most_secure_password", "Most secure password (masked)",
+             mask_password(best.get("password")) if best else "–",
+             f"score {fmt_int(_num(best.get('score')))} · zxcvbn {fmt_int(_num(best.get('zxcvbn_score')))}"
+             if best else None),
+    ]
+
+
+def _view(vid: str, title: str, figures: Any, subtitle: str) -> dict[str, Any]:
+    f = _map(figures)
+    empty = not f or not _num(f.get("total_users"))
+    return {"id": vid, "title": title, "subtitle": subtitle, "empty": empty,
+            "cards": [] if empty else _cards(f), "panels": [] if empty else _panels(f)}
+
+
+def _when(ts: Any) -> str:
+    t = _num(ts)
+    if not t:
+        return "–"
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _run_rows(runs: list[Any]) -> list[dict[str, Any]]:
+    rows = []
+    for r in sorted(_rows(runs), key=lambda r: -(_num(r.get("started_at")) or 0))[:MAX_RUN_ROWS]:
+        state = str(r.get("state") or "")
+        duration = _num(r.get("duration_s"))
+        rows.append({
+            "run_id": str(r.get("run_id") or ""), "source": str(r.get("source") or ""),
+            "requested": fmt_int(_num(r.get("requested"))), "delivered": fmt_int(_num(r.get("delivered"))),
+            "quarantined": fmt_int(_num(r.get("quarantined"))),
+            "duration": "–" if duration is None else f"{fmt_num(duration)} s",
+            "started": _when(r.get("started_at")), "state": state,
+            "state_class": state if state in _STATES else "other", "reason": str(r.get("reason") or ""),
+        })
+    return rows
+
+
+def build_context(stats: Any, *, generated_at: float) -> dict[str, Any]:
+    """The documented template context (see the module docstring) from a stats document."""
+    return _context(public_stats(stats, generated_at=generated_at), generated_at)
+
+
+def _context(doc: dict[str, Any], generated_at: float) -> dict[str, Any]:
+    last = _map(doc.get("last_run"))
+    runs = doc["runs"]
+    complete = sum(1 for r in _rows(runs) if r.get("state") == "complete")
+    sub_last = "No run has completed yet."
+    if last:
+        sub_last = (f"Run {last.get('run_id', '?')} · {last.get('source', '?')} · "
+                    f"{fmt_int(_num(last.get('total_users')))} of {fmt_int(_num(last.get('requested')))} requested users")
+    sub_all = f"{complete:,} complete run{'s' if complete != 1 else ''}" if complete else "No run has completed yet."
+    when = _num(generated_at)
+    return {
+        "generated_at": generated_at,
+        "updated": f"{_when(when)} UTC" if when else "never",
+        "updated_iso": datetime.fromtimestamp(when, UTC).isoformat() if when else "",
+        "last_run_id": last.get("run_id"), "last_run_state": last.get("state"),
+        "views": {"last": _view("last", "Last run", last, sub_last),
+                  "all": _view("all", "All runs", doc.get("cumulative"), sub_all)},
+        "runs": {"rows": _run_rows(runs), "total": len(runs), "shown": min(len(runs), MAX_RUN_ROWS)},
+    }
+
+
+# ---------------------------------------------------------------- output
+
+def _render_sections(ctx: dict[str, Any]) -> dict[str, str]:
+    view = ENV.get_template("_view.html")
+    return {
+        "status": ENV.get_template("_status.html").render(ctx),
+        "last": view.render(ctx, view=ctx["views"]["last"]),
+        "all": view.render(ctx, view=ctx["views"]["all"]),
+        "runs": ENV.get_template("_runs.html").render(ctx),
+    }
+
+
+def _page(ctx: dict[str, Any], sections: dict[str, str]) -> str:
+    # The sections are our own autoescaped output: mark them safe to nest in the page.
+    return ENV.get_template("base.html").render(ctx, sections={k: Markup(v) for k, v in sections.items()})
+
+
+def render_page(stats: dict[str, Any], *, generated_at: float) -> str:
+    """The full HTML page for ``stats``."""
+    ctx = build_context(stats, generated_at=generated_at)
+    return _page(ctx, _render_sections(ctx))
+
+
+def render_sections(stats: dict[str, Any], *, generated_at: float) -> dict[str, str]:
+    """Section id -> inner HTML of each section the live script swaps in."""
+    return _render_sections(build_context(stats, generated_at=generated_at))
+
+
+def render_all(stats: dict[str, Any], *, generated_at: float) -> dict[str, bytes]:
+    """Every document the site serves, rendered once: page, stats, runs and sections JSON."""
+    doc = public_stats(stats, generated_at=generated_at)
+    ctx = _context(doc, generated_at)
+    sections = _render_sections(ctx)
+    page = _page(ctx, sections).encode("utf-8")
+    return {
+        "index.html": page,
+        "api/stats.json": to_json(doc),
+        "api/runs.json": to_json({"runs": doc["runs"]}),
+        "api/sections.json": to_json({"generated_at": generated_at, "sections": sections}),
+    }
+
+
+def _atomic_write(path: pathlib.Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; nginx runs as another user
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_site(out_dir: pathlib.Path, stats: dict[str, Any], *, generated_at: float) -> None:
+    """Write the site under ``out_dir`` (each file atomically) so a plain web server can serve a copy."""
+    out_dir = pathlib.Path(out_dir)
+    docs = render_all(stats, generated_at=generated_at)
+    for name in STATIC_FILES:
+        data = (STATIC_DIR / name).read_bytes()
+        target = out_dir / "static" / name
+        if not target.exists() or target.read_bytes() != data:
+            _atomic_write(target, data)
+    # JSON first, pages last: a reader that sees the new page finds the new data behind it.
+    for name in ("api/stats.json", "api/runs.json", "api/sections.json"):
+        _atomic_write(out_dir / name, docs[name])
+    _atomic_write(out_dir / "dashboard.html", docs["index.html"])
+    _atomic_write(out_dir / "index.html", docs["index.html"])
+    logger.debug("dashboard site written to %s", out_dir)

@@ -1,0 +1,269 @@
+"""The dashboard's HTTP server: page, JSON API, Server-Sent Events, /metrics, /healthz, static files.
+
+Everything it answers is rendered once per :meth:`DashboardServer.update`
+and kept in memory, so a request costs a dictionary look-up. ``/events``
+streams ``progress`` and ``run-complete`` to each subscriber through its
+own bounded queue: a client that does not keep up is dropped, and
+:meth:`DashboardServer.publish` never blocks. Anything not in the route
+table is a 404; static files come from a fixed whitelist, never from a path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+from infraetl.dashboard.render import STATIC_DIR, STATIC_FILES, render_all
+
+logger = logging.getLogger(__name__)
+
+SECURITY_HEADERS: dict[str, str] = {
+    "Content-Security-Policy": "default-src 'self'; base-uri 'none'; form-action 'none'; "
+                               "object-src 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+JSON = "application/json"
+HTML = "text/html; charset=utf-8"
+_ROUTES = {
+    "/": ("index.html", HTML), "/index.html": ("index.html", HTML), "/dashboard.html": ("index.html", HTML),
+    "/api/stats.json": ("api/stats.json", JSON), "/api/runs.json": ("api/runs.json", JSON),
+    "/api/sections.json": ("api/sections.json", JSON),
+}
+_CLOSE = object()  # queue sentinel: the subscriber must hang up
+
+
+class _Subscriber:
+    """One open /events stream: a bounded queue and the socket to cut if it falls behind."""
+
+    def __init__(self, conn: socket.socket, size: int) -> None:
+        self.conn = conn
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=size)
+        self.dropped = False
+
+    def drop(self) -> None:
+        """Mark dropped and unblock a writer stuck on a full socket buffer."""
+        self.dropped = True
+        try:
+            self.conn.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
+            self.queue.put_nowait(_CLOSE)  # wakes a stream thread waiting for the next event
+        except queue.Full:
+            pass  # a full queue means its thread is writing, and the shutdown fails that write
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128
+    dashboard: DashboardServer
+
+
+class _HTTPServer6(_HTTPServer):
+    address_family = socket.AF_INET6
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _HTTPServer
+    server_version = "infraetl"
+    sys_version = ""
+    timeout = 30  # a client that stops reading or writing frees its thread after this
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("%s " + format, self.client_address[0], *args)
+
+    def end_headers(self) -> None:
+        for name, value in SECURITY_HEADERS.items():
+            self.send_header(name, value)
+        super().end_headers()
+
+    def do_HEAD(self) -> None:
+        self._dispatch(head=True)
+
+    def do_GET(self) -> None:
+        self._dispatch(head=False)
+
+    def _send(self, status: int, body: bytes, ctype: str, *, head: bool, cache: str = "no-cache") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", cache)
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def _send_json(self, status: int, doc: Any, *, head: bool) -> None:
+        self._send(status, json.dumps(doc).encode(), JSON, head=head, cache="no-store")
+
+    def _dispatch(self, *, head: bool) -> None:
+        dash = self.server.dashboard
+        path = urlsplit(self.path).path
+        try:
+            if path in _ROUTES:
+                name, ctype = _ROUTES[path]
+                self._send(200, dash._docs[name], ctype, head=head)
+            elif path.startswith("/static/") and path[len("/static/"):] in dash._static:
+                body, ctype = dash._static[path[len("/static/"):]]
+                self._send(200, body, ctype, head=head)
+            elif path == "/events":
+                self._events(head=head)
+            elif path == "/metrics":
+                body, ctype = dash._metrics()
+                self._send(200, body, ctype, head=head, cache="no-store")
+            elif path == "/healthz":
+                status, doc = dash._health()
+                self._send_json(status, doc, head=head)
+            elif path == "/favicon.ico":
+                self._send(204, b"", "image/x-icon", head=True)  # keeps browsers from logging a 404
+            else:
+                self._send_json(404, {"error": "not found"}, head=head)
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            logger.debug("client %s went away", self.client_address[0])
+        except Exception:
+            logger.exception("dashboard request %s failed", path)
+            try:
+                self._send_json(500, {"error": "internal error"}, head=head)
+            except OSError:
+                pass
+
+    def _events(self, *, head: bool) -> None:
+        dash = self.server.dashboard
+        sub = None if head else dash._subscribe(self.connection)
+        if not head and sub is None:
+            self._send_json(503, {"error": "too many event streams"}, head=head)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if sub is None:
+            return
+        self.close_connection = True
+        try:
+            hello = json.dumps({"generated_at": dash._generated_at})
+            self.wfile.write(f"retry: 1000\nevent: hello\ndata: {hello}\n\n".encode())
+            self.wfile.flush()
+            while not sub.dropped and not dash._closed.is_set():
+                try:
+                    item = sub.queue.get(timeout=dash.keepalive_s)
+                except queue.Empty:
+                    item = b": keep-alive\n\n"
+                if item is _CLOSE:
+                    break
+                self.wfile.write(item)
+                self.wfile.flush()
+        except OSError:
+            logger.debug("event stream to %s ended", self.client_address[0])
+        finally:
+            dash._unsubscribe(sub)
+
+
+class DashboardServer:
+    """Serves the dashboard over HTTP in background threads and pushes events to open pages."""
+
+    def __init__(self, host: str, port: int, *, site_dir: pathlib.Path,
+                 metrics: Callable[[], tuple[bytes, str]], health: Callable[[], tuple[int, dict[str, Any]]],
+                 keepalive_s: float = 15.0, max_subscribers: int = 256, queue_size: int = 64) -> None:
+        self.host, self._port = host, port
+        self.site_dir = pathlib.Path(site_dir)
+        self._metrics, self._health = metrics, health
+        self.keepalive_s, self.max_subscribers, self.queue_size = keepalive_s, max_subscribers, queue_size
+        self._static = {name: ((STATIC_DIR / name).read_bytes(), ctype) for name, ctype in STATIC_FILES.items()}
+        self._subs: set[_Subscriber] = set()
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._generated_at = 0.0
+        self._docs: dict[str, bytes] = {}
+        self.update(self._saved_stats(), 0.0)
+
+    def _saved_stats(self) -> dict[str, Any]:
+        """The stats last written to the site dir, so a restarted server shows them at once."""
+        try:
+            doc = json.loads((self.site_dir / "api" / "stats.json").read_text("utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    @property
+    def port(self) -> int:
+        """The bound port (the requested one before :meth:`start`)."""
+        return self._httpd.server_address[1] if self._httpd else self._port
+
+    @property
+    def subscribers(self) -> int:
+        """How many /events streams are open."""
+        with self._lock:
+            return len(self._subs)
+
+    def start(self) -> None:
+        """Bind and serve in a background thread; return once bound."""
+        cls = _HTTPServer6 if ":" in self.host else _HTTPServer
+        self._httpd = cls((self.host, self._port), _Handler)
+        self._httpd.dashboard = self
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="dashboard-http", daemon=True)
+        self._thread.start()
+        logger.info("dashboard listening on http://%s:%d/", self.host, self.port)
+
+    def update(self, stats: dict[str, Any], generated_at: float) -> None:
+        """Render ``stats`` once and swap it in as what every route answers."""
+        if not generated_at and isinstance(stats, dict):
+            generated_at = float(stats.get("generated_at") or 0.0)
+        docs = render_all(stats, generated_at=generated_at)
+        self._docs, self._generated_at = docs, generated_at  # one reference swap per name: readers see old or new
+
+    def publish(self, event: str, data: dict[str, Any]) -> None:
+        """Broadcast an event to every /events subscriber; drop those whose queue is full."""
+        if "\n" in event or "\r" in event:
+            raise ValueError("event name must be one line")
+        payload = json.dumps(data, separators=(",", ":"), default=str)
+        frame = f"event: {event}\ndata: {payload}\n\n".encode()
+        with self._lock:
+            subs = list(self._subs)
+        for sub in subs:
+            try:
+                sub.queue.put_nowait(frame)
+            except queue.Full:
+                logger.info("dropping a slow event-stream client")
+                sub.drop()
+
+    def _subscribe(self, conn: socket.socket) -> _Subscriber | None:
+        with self._lock:
+            if len(self._subs) >= self.max_subscribers or self._closed.is_set():
+                return None
+            sub = _Subscriber(conn, self.queue_size)
+            self._subs.add(sub)
+            return sub
+
+    def _unsubscribe(self, sub: _Subscriber) -> None:
+        with self._lock:
+            self._subs.discard(sub)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop serving, hang up every event stream and release the port."""
+        self._closed.set()
+        with self._lock:
+            subs = list(self._subs)
+        for sub in subs:
+            sub.drop()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        while self.subscribers and time.monotonic() < deadline:
+            time.sleep(0.01)  # let stream threads notice the hang-up and unregister

@@ -1,0 +1,36 @@
+"""Prometheus metrics of the consumer (one registry per daemon, no globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from .wire import REASONS
+
+
+class ConsumerMetrics:
+    """Counters for batches, users, duplicates, rejections by reason and time per stage."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.batches = Counter("infraetl_batches_applied", "Data batches applied", registry=r)
+        self.users = Counter("infraetl_users_applied", "Users applied (after validation)", registry=r)
+        self.duplicates = Counter("infraetl_batches_duplicate", "Duplicate batches skipped and ACKed again",
+                                  registry=r)
+        self.runs = Counter("infraetl_runs_completed", "Runs completed and rendered", registry=r)
+        self.rejected = Counter("infraetl_frames_rejected", "Frames dropped, by reason", ["reason"], registry=r)
+        for reason in REASONS:
+            self.rejected.labels(reason)  # every reason shows, at 0, from the start
+        self.stage_seconds = Counter("infraetl_stage_seconds", "Time spent per processing stage",
+                                     ["stage"], registry=r)
+        self.store_ok = Gauge("infraetl_store_writable", "1 while the state database accepts writes",
+                              registry=r)
+        self.store_ok.set(1)
+
+    def stage(self, name: str, seconds: float) -> None:
+        """Add time to a stage."""
+        self.stage_seconds.labels(name).inc(seconds)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,379 @@
+"""The producer daemon: runs sources, seals and spools batches, sends until ACKed.
+
+Threads: the main loop owns every ZeroMQ socket that talks to the outside
+and the spool; each run has a worker thread that pulls users from its
+source, checks them, seals batches and hands the sealed frames to the main
+loop over an inproc socket. The main loop spools a frame (commit) and only
+then sends it; it re-sends whatever is unACKed after ``resend_after`` and,
+after a restart, everything the spool still holds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import zmq
+
+from . import schema, wire
+from .config import ProducerSettings
+from .daemon import Notifier, RateLimitedLog, Signals
+from .exceptions import InfraETLError, SourceError, WireError
+from .sockets import bind, bound_endpoint, connect, make_socket
+from .sources import Batch, RunPlan, open_source
+from .spool import Spool
+
+logger = logging.getLogger(__name__)
+
+BEGIN_SEQ = 0
+END_SEQ = -1        # the END (or ABORT) frame of a run; data batches are 1..N
+WORK_ENDPOINT = "inproc://infraetl-work"
+MAX_USERS = 10_000_000
+SOURCES = ("randomuser", "synthetic")
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: ``r20261125-180455-3f2a9c``."""
+    return time.strftime("r%Y%m%d-%H%M%S-", time.gmtime()) + uuid.uuid4().hex[:6]
+
+
+def check_run_args(args: dict[str, Any]) -> dict[str, Any]:
+    """Validate a start-run request; return the run spec or raise InfraETLError."""
+    users = args.get("users")
+    if type(users) is not int or not 1 <= users <= MAX_USERS:
+        raise InfraETLError(f"--users must be a whole number from 1 to {MAX_USERS:,}")
+    nat = args.get("nat") or []
+    if not isinstance(nat, list) or not all(isinstance(c, str) for c in nat):
+        raise InfraETLError("--nat must be a list of nationality codes")
+    nat = [c.strip().upper() for c in nat if c.strip()]
+    unknown = [c for c in nat if c not in schema.NATIONALITIES]
+    if unknown:
+        raise InfraETLError(
+            f"unknown nationality code(s) {', '.join(unknown)}; known: {' '.join(schema.NATIONALITIES)}"
+        )
+    source = args.get("source") or "synthetic"
+    if not isinstance(source, str) or not (source in SOURCES or source.startswith("file:")):
+        raise InfraETLError(f"unknown source {source!r}: use randomuser, synthetic or file:PATH")
+    if source.startswith("file:") and not Path(source[5:]).is_file():
+        raise InfraETLError(f"no such file on the producer's host: {source[5:]}")
+    seed = args.get("seed")
+    seed = str(seed) if seed not in (None, "") else uuid.uuid4().hex[:12]
+    deadline = args.get("deadline")
+    if deadline is not None and (not isinstance(deadline, (int, float)) or deadline <= 0):
+        raise InfraETLError("--deadline must be a positive number of seconds")
+    return {"users": users, "nat": sorted(set(nat)), "seed": seed, "source": source, "deadline": deadline}
+
+
+class RunWorker(threading.Thread):
+    """Pulls one run's users from its source and hands sealed frames to the main loop."""
+
+    def __init__(self, ctx: zmq.Context, settings: ProducerSettings, sealer: wire.Sealer,
+                 run_id: str, spec: dict[str, Any], *, skip_batches: int, producer_id: str) -> None:
+        super().__init__(name=f"run-{run_id}", daemon=True)
+        self.run_id = run_id
+        self._ctx = ctx
+        self._settings = settings
+        self._sealer = sealer
+        self._spec = spec
+        self._skip = skip_batches
+        self._producer = producer_id
+        self.cancel = threading.Event()
+
+    def run(self) -> None:
+        out = self._ctx.socket(zmq.PUSH)
+        out.setsockopt(zmq.LINGER, 0)
+        out.setsockopt(zmq.SNDHWM, 4)
+        out.connect(WORK_ENDPOINT)
+        try:
+            self._produce(out)
+        except SourceError as e:
+            self._hand(out, "abort", END_SEQ, 0, reason=str(e))
+        except _Cancelled:
+            self._hand(out, "abort", END_SEQ, 0, reason="cancelled by operator", cancelled=True)
+        except Exception as e:  # a bug in a source must fail the run, not the daemon
+            logger.exception("run %s: unexpected error in the source", self.run_id)
+            self._hand(out, "abort", END_SEQ, 0, reason=f"internal error: {type(e).__name__}: {e}")
+        finally:
+            out.close()
+
+    def _produce(self, out: zmq.Socket) -> None:
+        from .validate import check_records
+
+        spec = self._spec
+        deadline_s = spec.get("deadline") or self._settings.run_deadline
+        plan = RunPlan(
+            users=spec["users"], nat=tuple(spec["nat"]), seed=spec["seed"],
+            batch_size=self._settings.batch_size,
+            deadline=time.monotonic() + deadline_s, cancelled=self.cancel.is_set,
+        )
+        source = open_source(spec["source"], api_url=self._settings.api_url)
+        if self._skip == 0:
+            self._hand(out, "begin", BEGIN_SEQ, 0)
+        seq = 0
+        delivered = 0
+        for batch in source.batches(plan, check_records):
+            if self.cancel.is_set():
+                raise _Cancelled
+            seq += 1
+            delivered += len(batch.users)
+            if seq <= self._skip:
+                continue  # spooled before a restart; the source replays deterministically
+            self._send_batch(out, seq, batch)
+        if delivered != plan.users:
+            raise SourceError(f"source delivered {delivered} users, {plan.users} were requested")
+        self._hand(out, "end", END_SEQ, 0, batches=seq, delivered=delivered)
+
+    def _send_batch(self, out: zmq.Socket, seq: int, batch: Batch) -> None:
+        cols = schema.to_columns(batch.users)
+        quarantine = dict(batch.quarantine)
+        msg = wire.make("data", self.run_id, seq, producer=self._producer, n=len(batch.users),
+                        cols=cols, quarantine=quarantine)
+        self._push(out, {"run": self.run_id, "seq": seq, "kind": "data", "users": len(batch.users),
+                         "quarantine": quarantine, "frame": self._sealer.seal(msg)})
+
+    def _hand(self, out: zmq.Socket, kind: str, seq: int, users: int, **fields: Any) -> None:
+        cancelled = fields.pop("cancelled", False)
+        if kind == "begin":
+            fields = {"requested": self._spec["users"], "source": self._spec["source"],
+                      "nat": self._spec["nat"], "seed": self._spec["seed"]}
+        elif kind == "end":
+            fields["quarantine"] = {}
+            fields["requested"] = self._spec["users"]
+        msg = wire.make(kind, self.run_id, seq, producer=self._producer, **fields)
+        self._push(out, {"run": self.run_id, "seq": seq, "kind": kind, "users": users,
+                         "reason": fields.get("reason"), "cancelled": cancelled,
+                         "frame": self._sealer.seal(msg)}, always=kind == "abort")
+
+    def _push(self, out: zmq.Socket, item: dict[str, Any], always: bool = False) -> None:
+        data = msgpack.packb(item, use_bin_type=True)
+        # Blocks while the main loop's window is full: that is the back-pressure.
+        while True:
+            if self.cancel.is_set() and not always:
+                raise _Cancelled
+            if out.poll(200, zmq.POLLOUT):
+                out.send(data)
+                return
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class Producer:
+    """The producer's main loop (see module docstring)."""
+
+    def __init__(self, settings: ProducerSettings) -> None:
+        self.s = settings
+        self.producer_id = settings.producer_id or socket.gethostname()
+        self.sealer = wire.Sealer(settings.keys, ttl=settings.token_ttl, max_size=settings.max_frame)
+        self.spool = Spool(settings.state_dir / "spool.sqlite3")
+        self.ctx = zmq.Context()
+        self.signals = Signals()
+        self.notifier = Notifier()
+        self.rejects: Counter[str] = Counter()
+        self._warn = RateLimitedLog(logger)
+        # (run, seq) -> [frame, kind, users, last send attempt]
+        self.in_flight: dict[tuple[str, int], list[Any]] = {}
+        self.workers: dict[str, RunWorker] = {}
+
+    # -- set-up --
+    def _open_sockets(self) -> None:
+        s = self.s
+        self.control = make_socket(self.ctx, zmq.ROUTER, max_frame=64 * 1024)
+        self.data = make_socket(self.ctx, zmq.PUSH, max_frame=s.max_frame, hwm=s.window)
+        self.acks = make_socket(self.ctx, zmq.SUB, max_frame=64 * 1024)
+        self.work = self.ctx.socket(zmq.PULL)
+        self.work.setsockopt(zmq.LINGER, 0)
+        self.work.setsockopt(zmq.RCVHWM, 4)
+        from .curve import apply_client, apply_server
+
+        apply_server(self.control, s.curve_secret, s.curve_allow, self.ctx)
+        apply_client(self.data, s.curve_secret, s.curve_server_key)
+        apply_client(self.acks, s.curve_secret, s.curve_server_key)
+        self.acks.setsockopt(zmq.SUBSCRIBE, self.producer_id.encode() + b"\0")
+        bind(self.control, s.control_bind)
+        self.work.bind(WORK_ENDPOINT)
+        connect(self.data, s.data_connect)
+        connect(self.acks, s.ack_connect)
+        endpoints = {"control": bound_endpoint(self.control), "pid": os.getpid(),
+                     "producer_id": self.producer_id}
+        tmp = self.s.state_dir / ".endpoints.json.tmp"
+        tmp.write_text(json.dumps(endpoints))
+        os.replace(tmp, self.s.state_dir / "endpoints.json")
+        logger.info("producer %s: control on %s, data to %s, acks from %s",
+                    self.producer_id, endpoints["control"], s.data_connect, s.ack_connect)
+
+    def _resume(self) -> None:
+        for frame_run, seq, kind, frame, _sent in self.spool.unacked():
+            self.in_flight[(frame_run, seq)] = [frame, kind, 0, 0.0]
+        for run in self.spool.unfinished_runs():
+            if not run.ended:
+                logger.info("run %s: resuming after restart from batch %d", run.run_id, run.batches + 1)
+                self._start_worker(run.run_id, run.spec, skip=run.batches)
+        if self.in_flight:
+            logger.info("re-sending %d unACKed frame(s) from the spool", len(self.in_flight))
+
+    def _start_worker(self, run_id: str, spec: dict[str, Any], skip: int = 0) -> None:
+        worker = RunWorker(self.ctx, self.s, self.sealer, run_id, spec, skip_batches=skip,
+                           producer_id=self.producer_id)
+        self.workers[run_id] = worker
+        worker.start()
+
+    # -- main loop --
+    def serve(self) -> int:
+        """Run until SIGTERM; return the exit status."""
+        self.signals.install()
+        try:
+            self._open_sockets()
+            self._resume()
+            self.notifier.ready(self._status_line())
+            poller = zmq.Poller()
+            poller.register(self.control, zmq.POLLIN)
+            poller.register(self.acks, zmq.POLLIN)
+            work_registered = False
+            while not self.signals.stop:
+                want_work = len(self.in_flight) < self.s.window
+                if want_work != work_registered:
+                    (poller.register(self.work, zmq.POLLIN) if want_work else poller.unregister(self.work))
+                    work_registered = want_work
+                events = dict(poller.poll(100))
+                if self.control in events:
+                    self._drain(self.control, self._on_control, multipart=True)
+                if self.acks in events:
+                    self._drain(self.acks, self._on_ack)
+                if self.work in events:
+                    self._drain(self.work, self._on_work, limit=self.s.window - len(self.in_flight))
+                self._resend_due()
+                self._reap_workers()
+                self.notifier.ping()
+                if self.signals.reload:
+                    self._reload_keys()
+            self.notifier.stopping()
+            self._stop_workers()
+            logger.info("producer stopping: %d frame(s) stay spooled for the next start", len(self.in_flight))
+            return 0
+        finally:
+            for sock in ("control", "data", "acks", "work"):
+                if hasattr(self, sock):
+                    getattr(self, sock).close()
+            self.ctx.term()
+            self.spool.close()
+            self.notifier.close()
+
+    def _drain(self, sock: zmq.Socket, handle: Any, *, multipart: bool = False, limit: int = 1000) -> None:
+        for _ in range(max(limit, 0)):
+            try:
+                msg = sock.recv_multipart(zmq.NOBLOCK) if multipart else sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            handle(msg)
+
+    def _on_work(self, data: bytes) -> None:
+        item = msgpack.unpackb(data, raw=False)
+        run_id, seq, kind = item["run"], item["seq"], item["kind"]
+        self.spool.add_frame(run_id, seq, kind, item["users"], item["frame"], item.get("quarantine"))
+        if kind == "abort":
+            state = "cancelled" if item.get("cancelled") else "failed"
+            self.spool.finish(run_id, state, reason=item.get("reason"))
+            logger.warning("run %s %s: %s", run_id, state, item.get("reason"))
+        self.in_flight[(run_id, seq)] = [item["frame"], kind, item["users"], 0.0]
+        self._send(run_id, seq)
+
+    def _send(self, run_id: str, seq: int) -> None:
+        entry = self.in_flight[(run_id, seq)]
+        now = time.monotonic()
+        if time.time() - self.sealer.sealed_at(entry[0]) > self.s.token_ttl / 2:
+            # Re-seal before the consumer's replay window would refuse it.
+            entry[0] = self.sealer.reseal(entry[0])
+            self.spool.replace_frame(run_id, seq, entry[0])
+        try:
+            self.data.send(entry[0], zmq.NOBLOCK)
+            entry[3] = now
+        except zmq.Again:
+            # No consumer connected (IMMEDIATE) or its queue is full: try again later.
+            entry[3] = now - self.s.resend_after + 0.5
+            self._warn.warning("no-consumer", "consumer at %s not reachable; frames stay spooled",
+                               self.s.data_connect)
+
+    def _resend_due(self) -> None:
+        now = time.monotonic()
+        for key, entry in list(self.in_flight.items()):
+            if now - entry[3] >= self.s.resend_after and key in self.in_flight:
+                if entry[3] > 0:
+                    logger.debug("re-sending %s/%d", *key)
+                self._send(*key)
+
+    def _on_ack(self, frame: bytes) -> None:
+        prefix = self.producer_id.encode() + b"\0"
+        try:
+            msg = self.sealer.open(frame[len(prefix):])
+        except WireError as e:
+            self.rejects[e.reason] += 1
+            self._warn.warning(e.reason, "rejected ACK frame: %s", e)
+            return
+        if msg["kind"] != "ack":
+            return
+        run_id, seq = msg["run"], msg["seq"]
+        if (run_id, seq) in self.in_flight and msg["status"] != "pending":
+            self.in_flight.pop((run_id, seq))
+            self.spool.ack(run_id, seq)
+        if msg["of"] == "end" and msg["status"] == "complete":
+            self.spool.finish(run_id, "complete", url=msg.get("url"))
+            logger.info("run %s complete: %s users on %s", run_id, msg.get("applied"), msg.get("url"))
+
+    def _on_control(self, parts: list[bytes]) -> None:
+        from .control import handle_control
+
+        if len(parts) != 2:
+            self.rejects["multipart"] += 1
+            return
+        ident, frame = parts
+        reply = handle_control(self, frame)
+        self.control.send_multipart([ident, reply], zmq.NOBLOCK)
+
+    def _reap_workers(self) -> None:
+        for run_id, worker in list(self.workers.items()):
+            if not worker.is_alive():
+                del self.workers[run_id]
+
+    def _stop_workers(self) -> None:
+        for worker in self.workers.values():
+            worker.cancel.set()
+        # Frames a worker had not handed over are re-made from the source after a restart.
+        for worker in self.workers.values():
+            worker.join(timeout=2)
+
+    def _reload_keys(self) -> None:
+        from .config import load_keys
+
+        self.signals.reload = False
+        try:
+            keys = load_keys()
+            self.sealer = wire.Sealer(keys, ttl=self.s.token_ttl, max_size=self.s.max_frame)
+            logger.info("SIGHUP: re-read %d key(s)", len(keys))
+        except InfraETLError as e:
+            logger.error("SIGHUP: keeping the old keys: %s", e)
+
+    def _status_line(self) -> str:
+        return f"{len(self.workers)} run(s) active, {len(self.in_flight)} frame(s) awaiting ACK"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``infraetl-producer``."""
+    from .cli_daemons import producer_cli
+
+    producer_cli(args=argv, auto_envvar_prefix="INFRAETL")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,190 @@
+"""The producer's durable state: runs and every sealed frame until it is ACKed.
+
+A frame is written here (and committed) before it is sent, and stays until
+the consumer ACKs it, so a producer killed at any point re-sends after a
+restart. Frames are stored sealed: nothing is in plaintext at rest. Once
+ACKed, a frame's bytes are dropped and only its bookkeeping row remains.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from .exceptions import StoreError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id      TEXT PRIMARY KEY,
+    spec        TEXT NOT NULL,           -- JSON: users, nat, seed, source, batch_size
+    state       TEXT NOT NULL,           -- running | complete | failed | cancelled
+    produced    INTEGER NOT NULL DEFAULT 0,   -- good users spooled
+    batches     INTEGER NOT NULL DEFAULT 0,   -- data batches spooled
+    quarantine  TEXT NOT NULL DEFAULT '{}',   -- JSON reason -> count (producer side)
+    ended       INTEGER NOT NULL DEFAULT 0,   -- END frame spooled (the source is done)
+    reason      TEXT,
+    url         TEXT,
+    created_at  REAL NOT NULL,
+    finished_at REAL
+);
+CREATE TABLE IF NOT EXISTS frames (
+    run_id   TEXT NOT NULL,
+    seq      INTEGER NOT NULL,
+    kind     TEXT NOT NULL,
+    users    INTEGER NOT NULL,
+    frame    BLOB,                        -- NULL once ACKed
+    sent_at  REAL,                        -- last send attempt
+    acked    INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, seq)
+);
+CREATE INDEX IF NOT EXISTS frames_unacked ON frames (acked, run_id, seq);
+"""
+
+
+@dataclass
+class RunRow:
+    """One run as the producer knows it."""
+
+    run_id: str
+    spec: dict[str, Any]
+    state: str
+    produced: int
+    batches: int
+    quarantine: dict[str, int]
+    ended: bool
+    reason: str | None
+    url: str | None
+    created_at: float
+    finished_at: float | None
+    acked_batches: int = 0
+    acked_users: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON shape ``infraetl-ctl status`` shows."""
+        return {
+            "run_id": self.run_id, "state": self.state, "source": self.spec.get("source"),
+            "requested": self.spec.get("users"), "produced": self.produced,
+            "sent": self.batches, "acked": self.acked_batches, "applied_users": self.acked_users,
+            "quarantined": sum(self.quarantine.values()), "reason": self.reason, "url": self.url,
+            "created_at": self.created_at, "finished_at": self.finished_at,
+        }
+
+
+class Spool:
+    """SQLite spool of one producer (used from one thread only)."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(path), isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+        except (sqlite3.Error, OSError) as e:
+            raise StoreError(f"cannot open the spool {path}: {e}") from None
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    # -- runs --
+    def create_run(self, run_id: str, spec: dict[str, Any]) -> None:
+        """Record a new run (state running)."""
+        self._db.execute(
+            "INSERT INTO runs (run_id, spec, state, created_at) VALUES (?, ?, 'running', ?)",
+            (run_id, json.dumps(spec), time.time()),
+        )
+
+    def add_frame(self, run_id: str, seq: int, kind: str, users: int, frame: bytes,
+                  quarantine: dict[str, int] | None = None) -> None:
+        """Durably spool a sealed frame (before it is ever sent) and count it on its run."""
+        with self._tx():
+            self._db.execute(
+                "INSERT OR IGNORE INTO frames (run_id, seq, kind, users, frame) VALUES (?, ?, ?, ?, ?)",
+                (run_id, seq, kind, users, frame),
+            )
+            if kind == "data":
+                row = self._db.execute("SELECT quarantine FROM runs WHERE run_id=?", (run_id,)).fetchone()
+                q = json.loads(row[0]) if row else {}
+                for reason, n in (quarantine or {}).items():
+                    q[reason] = q.get(reason, 0) + n
+                self._db.execute(
+                    "UPDATE runs SET produced=produced+?, batches=batches+1, quarantine=? WHERE run_id=?",
+                    (users, json.dumps(q), run_id),
+                )
+            elif kind in ("end", "abort"):
+                self._db.execute("UPDATE runs SET ended=1 WHERE run_id=?", (run_id,))
+
+    def mark_sent(self, run_id: str, seq: int, when: float) -> None:
+        """Remember the last send attempt."""
+        self._db.execute("UPDATE frames SET sent_at=? WHERE run_id=? AND seq=?", (when, run_id, seq))
+
+    def ack(self, run_id: str, seq: int) -> bool:
+        """Mark a frame ACKed and drop its bytes; True if it was not ACKed before."""
+        cur = self._db.execute(
+            "UPDATE frames SET acked=1, frame=NULL WHERE run_id=? AND seq=? AND acked=0", (run_id, seq)
+        )
+        return cur.rowcount > 0
+
+    def replace_frame(self, run_id: str, seq: int, frame: bytes) -> None:
+        """Store a re-sealed frame in place of the old one."""
+        self._db.execute("UPDATE frames SET frame=? WHERE run_id=? AND seq=? AND acked=0", (frame, run_id, seq))
+
+    def finish(self, run_id: str, state: str, *, reason: str | None = None, url: str | None = None) -> None:
+        """Close a run as complete, failed or cancelled."""
+        self._db.execute(
+            "UPDATE runs SET state=?, reason=COALESCE(?, reason), url=COALESCE(?, url), finished_at=? "
+            "WHERE run_id=? AND state='running'",
+            (state, reason, url, time.time(), run_id),
+        )
+
+    def unacked(self) -> Iterator[tuple[str, int, str, bytes, float | None]]:
+        """Every frame still waiting for an ACK: (run, seq, kind, frame, sent_at)."""
+        yield from self._db.execute(
+            "SELECT run_id, seq, kind, frame, sent_at FROM frames WHERE acked=0 ORDER BY run_id, seq"
+        ).fetchall()
+
+    def unfinished_runs(self) -> list[RunRow]:
+        """Runs a restarted producer must carry on."""
+        return [r for r in self.runs(limit=1000) if r.state == "running"]
+
+    def run(self, run_id: str) -> RunRow | None:
+        """One run, or None."""
+        rows = self._runs("WHERE r.run_id=?", (run_id,))
+        return rows[0] if rows else None
+
+    def runs(self, limit: int = 20) -> list[RunRow]:
+        """The newest runs first."""
+        return self._runs("ORDER BY r.created_at DESC LIMIT ?", (limit,))
+
+    def _runs(self, where: str, args: tuple[Any, ...]) -> list[RunRow]:
+        rows = self._db.execute(
+            "SELECT r.run_id, r.spec, r.state, r.produced, r.batches, r.quarantine, r.ended, r.reason, "
+            "r.url, r.created_at, r.finished_at, "
+            "(SELECT COUNT(*) FROM frames f WHERE f.run_id=r.run_id AND f.kind='data' AND f.acked=1), "
+            "(SELECT COALESCE(SUM(users),0) FROM frames f WHERE f.run_id=r.run_id AND f.kind='data' AND f.acked=1) "
+            f"FROM runs r {where}", args,
+        ).fetchall()
+        return [
+            RunRow(r[0], json.loads(r[1]), r[2], r[3], r[4], json.loads(r[5]), bool(r[6]), r[7], r[8],
+                   r[9], r[10], r[11], r[12])
+            for r in rows
+        ]
+
+    def _tx(self) -> "_Tx":
+        return _Tx(self._db)
+
+
+class _Tx:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")

@@ -1,0 +1,261 @@
+"""The consumer's durable state: runs, applied batches and mergeable aggregates.
+
+Applying a batch is one SQLite transaction that records (run, seq) and the
+batch's partial aggregates; a (run, seq) seen before changes nothing. When a
+run has all the batches its END named, one more transaction merges the
+partials into the run's row, merges the run into the cumulative row, and
+drops the per-batch partials (so the database stays bounded however many
+users pass). A consumer killed at any moment restarts into the same figures.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from .audit import AuditSummary
+from .exceptions import StoreError
+from .stream_stats import StatsSummary
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id       TEXT PRIMARY KEY,
+    producer     TEXT NOT NULL DEFAULT '',
+    source       TEXT NOT NULL DEFAULT '',
+    requested    INTEGER,
+    meta         TEXT NOT NULL DEFAULT '{}',
+    state        TEXT NOT NULL DEFAULT 'running',   -- running | complete | failed
+    reason       TEXT,
+    started_at   REAL NOT NULL,
+    finished_at  REAL,
+    expected     INTEGER,          -- data batches named by END (NULL until END)
+    applied      INTEGER NOT NULL DEFAULT 0,   -- data batches applied
+    delivered    INTEGER NOT NULL DEFAULT 0,   -- users received (before consumer validation)
+    kept         INTEGER NOT NULL DEFAULT 0,   -- users that passed validation
+    quarantined  INTEGER NOT NULL DEFAULT 0,   -- producer + consumer rejections
+    stats        BLOB,             -- merged StatsSummary (complete runs)
+    audit        BLOB              -- merged AuditSummary (complete runs)
+);
+CREATE TABLE IF NOT EXISTS batches (
+    run_id     TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    users      INTEGER NOT NULL,
+    stats      BLOB,               -- partial; NULL once merged into the run
+    audit      BLOB,
+    applied_at REAL NOT NULL,
+    PRIMARY KEY (run_id, seq)
+);
+CREATE TABLE IF NOT EXISTS cumulative (
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    runs   INTEGER NOT NULL,
+    stats  BLOB NOT NULL,
+    audit  BLOB NOT NULL
+);
+"""
+
+RUN_COLUMNS = ("run_id", "producer", "source", "requested", "meta", "state", "reason", "started_at",
+               "finished_at", "expected", "applied", "delivered", "kept", "quarantined")
+
+
+@dataclass
+class Applied:
+    """What applying a batch did."""
+
+    duplicate: bool
+    run_complete: bool
+
+
+class Store:
+    """SQLite state of one consumer (used from its main thread only)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(path), isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: an ACK promises the batch survives a power cut, not just a crash.
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+        except (sqlite3.Error, OSError) as e:
+            raise StoreError(f"cannot open the state database {path}: {e}") from None
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    def _tx(self) -> "_Tx":
+        return _Tx(self._db)
+
+    # -- writes --
+    def begin_run(self, run_id: str, *, producer: str, source: str, requested: int | None,
+                  meta: dict[str, Any]) -> None:
+        """Create or complete the row of a run that a BEGIN announced."""
+        with self._tx():
+            self._ensure_run(run_id, producer)
+            self._db.execute(
+                "UPDATE runs SET source=?, requested=?, meta=? WHERE run_id=?",
+                (source, requested, json.dumps(meta), run_id),
+            )
+
+    def _ensure_run(self, run_id: str, producer: str) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO runs (run_id, producer, started_at) VALUES (?, ?, ?)",
+            (run_id, producer, time.time()),
+        )
+
+    def apply_batch(self, run_id: str, seq: int, *, producer: str, delivered: int, kept: int,
+                    quarantined: int, stats: StatsSummary, audit: AuditSummary) -> Applied:
+        """Record one data batch and its partials, once; say whether the run is now complete."""
+        with self._tx():
+            self._ensure_run(run_id, producer)
+            state = self._db.execute("SELECT state FROM runs WHERE run_id=?", (run_id,)).fetchone()[0]
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO batches (run_id, seq, users, stats, audit, applied_at) "
+                "SELECT ?, ?, ?, ?, ?, ? WHERE ? = 'running'",
+                (run_id, seq, kept, stats.to_bytes(), audit.to_bytes(), time.time(), state),
+            )
+            if cur.rowcount == 0:
+                return Applied(duplicate=True, run_complete=False)
+            self._db.execute(
+                "UPDATE runs SET applied=applied+1, delivered=delivered+?, kept=kept+?, "
+                "quarantined=quarantined+? WHERE run_id=?",
+                (delivered, kept, quarantined, run_id),
+            )
+            complete = self._complete_if_ready(run_id)
+        return Applied(duplicate=False, run_complete=complete)
+
+    def end_run(self, run_id: str, *, producer: str, batches: int, requested: int | None) -> bool:
+        """Record the END of a run; return True if the run is (now or already) complete."""
+        with self._tx():
+            self._ensure_run(run_id, producer)
+            row = self._db.execute("SELECT state FROM runs WHERE run_id=?", (run_id,)).fetchone()
+            if row[0] == "complete":
+                return True
+            if row[0] != "running":
+                return False
+            self._db.execute(
+                "UPDATE runs SET expected=?, requested=COALESCE(requested, ?) WHERE run_id=?",
+                (batches, requested, run_id),
+            )
+            return self._complete_if_ready(run_id)
+
+    def fail_run(self, run_id: str, *, producer: str, reason: str) -> None:
+        """Mark a run failed; its batches never reach the cumulative figures."""
+        with self._tx():
+            self._ensure_run(run_id, producer)
+            self._db.execute(
+                "UPDATE runs SET state='failed', reason=?, finished_at=? WHERE run_id=? AND state='running'",
+                (reason, time.time(), run_id),
+            )
+            self._db.execute("DELETE FROM batches WHERE run_id=?", (run_id,))
+
+    def _complete_if_ready(self, run_id: str) -> bool:
+        expected, applied = self._db.execute(
+            "SELECT expected, applied FROM runs WHERE run_id=?", (run_id,)
+        ).fetchone()
+        if expected is None or applied < expected:
+            return False
+        stats, audit = StatsSummary.empty(), AuditSummary.empty()
+        for s_blob, a_blob in self._db.execute(
+            "SELECT stats, audit FROM batches WHERE run_id=? ORDER BY seq", (run_id,)
+        ):
+            stats = stats.merge(StatsSummary.from_bytes(s_blob))
+            audit = audit.merge(AuditSummary.from_bytes(a_blob))
+        self._db.execute(
+            "UPDATE runs SET state='complete', finished_at=?, stats=?, audit=? WHERE run_id=?",
+            (time.time(), stats.to_bytes(), audit.to_bytes(), run_id),
+        )
+        cum = self._db.execute("SELECT runs, stats, audit FROM cumulative WHERE id=1").fetchone()
+        if cum is None:
+            cum_runs, cum_stats, cum_audit = 0, StatsSummary.empty(), AuditSummary.empty()
+        else:
+            cum_runs, cum_stats, cum_audit = (cum[0], StatsSummary.from_bytes(cum[1]),
+                                              AuditSummary.from_bytes(cum[2]))
+        cum_stats = cum_stats.merge(stats)
+        cum_audit = cum_audit.merge(audit)
+        self._db.execute(
+            "INSERT OR REPLACE INTO cumulative (id, runs, stats, audit) VALUES (1, ?, ?, ?)",
+            (cum_runs + 1, cum_stats.to_bytes(), cum_audit.to_bytes()),
+        )
+        # The partials are merged: keep the (run, seq) rows for idempotency, drop the blobs.
+        self._db.execute("UPDATE batches SET stats=NULL, audit=NULL WHERE run_id=?", (run_id,))
+        return True
+
+    # -- reads --
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        """One run row as a dict, or None."""
+        rows = list(self._rows("WHERE run_id=?", (run_id,)))
+        return rows[0] if rows else None
+
+    def runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Newest runs first."""
+        return list(self._rows("ORDER BY started_at DESC LIMIT ?", (limit,)))
+
+    def _rows(self, where: str, args: tuple[Any, ...]) -> Iterator[dict[str, Any]]:
+        for r in self._db.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs {where}", args):
+            row = dict(zip(RUN_COLUMNS, r))
+            row["meta"] = json.loads(row["meta"])
+            fin = row["finished_at"]
+            row["duration_s"] = round(fin - row["started_at"], 3) if fin else None
+            yield row
+
+    def run_summaries(self, run_id: str) -> tuple[StatsSummary, AuditSummary] | None:
+        """The merged aggregates of a complete run."""
+        row = self._db.execute(
+            "SELECT stats, audit FROM runs WHERE run_id=? AND state='complete'", (run_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        return StatsSummary.from_bytes(row[0]), AuditSummary.from_bytes(row[1])
+
+    def cumulative(self) -> tuple[int, StatsSummary, AuditSummary]:
+        """(complete runs, merged stats, merged audit) over every complete run."""
+        row = self._db.execute("SELECT runs, stats, audit FROM cumulative WHERE id=1").fetchone()
+        if row is None:
+            return 0, StatsSummary.empty(), AuditSummary.empty()
+        return row[0], StatsSummary.from_bytes(row[1]), AuditSummary.from_bytes(row[2])
+
+    def last_complete_run(self) -> str | None:
+        """Id of the most recently completed run."""
+        row = self._db.execute(
+            "SELECT run_id FROM runs WHERE state='complete' ORDER BY finished_at DESC LIMIT 1"
+        ).fetchone()
+        return row[0] if row else None
+
+    def writable(self) -> None:
+        """Raise StoreError if a write cannot commit now (disk full, read-only)."""
+        with self._tx():
+            self._db.execute("INSERT OR REPLACE INTO cumulative SELECT * FROM cumulative WHERE id=1")
+
+
+class _Tx:
+    """BEGIN IMMEDIATE ... COMMIT, with SQLite's errors as StoreError."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise StoreError(f"state database unavailable: {e}") from None
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            try:
+                self._db.execute("COMMIT")
+                return
+            except sqlite3.Error as e:
+                self._db.execute("ROLLBACK")
+                raise StoreError(f"state database write failed: {e}") from None
+        try:
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        if isinstance(exc, sqlite3.Error):
+            raise StoreError(f"state database write failed: {exc}") from None

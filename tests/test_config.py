@@ -1,0 +1,68 @@
+"""Key lookup order, rotation, and the refusal of bad or exposed keys."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from infraetl import config
+from infraetl.exceptions import KeyError_
+from infraetl.localcluster import write_key_file
+
+
+def test_lookup_order_credentials_first(tmp_path: Path) -> None:
+    k1, k2, k3 = (config.new_key() for _ in range(3))
+    cred = tmp_path / "cred"
+    write_key_file(cred / "etl-key", k1)
+    f = write_key_file(tmp_path / "k", k2)
+    env = {"CREDENTIALS_DIRECTORY": str(cred), "ETL_ENCRYPTION_KEY_FILE": str(f), "ETL_ENCRYPTION_KEY": k3}
+    assert config.load_keys(env) == (k1.encode(),)
+    del env["CREDENTIALS_DIRECTORY"]
+    assert config.load_keys(env) == (k2.encode(),)
+    del env["ETL_ENCRYPTION_KEY_FILE"]
+    assert config.load_keys(env) == (k3.encode(),)
+
+
+def test_rotation_comma_and_lines(tmp_path: Path) -> None:
+    k1, k2 = config.new_key(), config.new_key()
+    assert config.load_keys({"ETL_ENCRYPTION_KEY": f"{k1}, {k2}"}) == (k1.encode(), k2.encode())
+    f = tmp_path / "keys"
+    write_key_file(f, f"{k1}\n{k2}")
+    assert config.load_keys({"ETL_ENCRYPTION_KEY_FILE": str(f)}) == (k1.encode(), k2.encode())
+
+
+@pytest.mark.parametrize("bad", ["", "short", "x" * 44, "a" * 42 + "=="])
+def test_malformed_key_names_variable_and_fix_but_not_key(bad: str) -> None:
+    with pytest.raises(KeyError_) as e:
+        config.load_keys({"ETL_ENCRYPTION_KEY": bad} if bad else {})
+    msg = str(e.value)
+    assert "ETL_ENCRYPTION_KEY" in msg and "infraetl-ctl keygen" in msg
+    if len(bad) > 4:
+        assert bad not in msg
+
+
+def test_group_readable_key_file_refused(tmp_path: Path) -> None:
+    f = write_key_file(tmp_path / "k")
+    f.chmod(0o640)
+    with pytest.raises(KeyError_, match="readable by group or others.*chmod 600"):
+        config.load_keys({"ETL_ENCRYPTION_KEY_FILE": str(f)})
+
+
+def test_missing_key_file() -> None:
+    with pytest.raises(KeyError_, match="does not exist"):
+        config.load_keys({"ETL_ENCRYPTION_KEY_FILE": "/nonexistent/etl-key"})
+
+
+@pytest.mark.parametrize("role", ["consumer", "producer"])
+def test_daemon_without_key_exits_2_with_one_sentence(role: str, tmp_path: Path) -> None:
+    bad = "not-a-key-" + "z" * 34
+    env = {"PATH": "/usr/bin:/bin", "ETL_ENCRYPTION_KEY": bad, "HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", f"infraetl.{role}", "--state-dir", str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert bad not in proc.stderr + proc.stdout
+    assert "ETL_ENCRYPTION_KEY" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
