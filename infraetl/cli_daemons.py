@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 def env_option(*decls: str, **kw: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """A click option whose environment variable is ``INFRAETL_<NAME>``, shown in --help."""
-    name = decls[0].lstrip("-").replace("-", "_").upper()
+    name = decls[0].split("/")[0].lstrip("-").replace("-", "_").upper()
     kw.setdefault("envvar", f"INFRAETL_{name}")
     kw.setdefault("show_envvar", True)
     kw.setdefault("show_default", True)

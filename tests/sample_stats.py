@@ -92,8 +92,9 @@ def _figures(users: int, seed: int = 0) -> dict[str, Any]:
                               "birth_year": share(0.006), "city": share(0.001)},
             "masks": [{"mask": "llllll", "count": share(0.15)}, {"mask": "llllllll", "count": share(0.12)},
                       {"mask": "lllllldd", "count": share(0.04)}],
-            "by_nationality": {c: {"users": n, "weak": n - n // 60, "percent_weak": round(100 * (n - n // 60) / n, 1)}
-                               for c, n in nationalities.items() if n},
+            "by_nationality": {c: {"users": n, "weak": (w := n - (n * (i % 5 + 1)) // 40),
+                                   "percent_weak": round(100 * w / n, 1)}
+                               for i, (c, n) in enumerate(nationalities.items()) if n},
             "empty_passwords": 0,
         },
     }

@@ -90,11 +90,11 @@ def _open(width: int, height: int, label: str, kind: str) -> str:
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart chart-{kind}" role="img" '
         f'aria-label="{esc(label)}" viewBox="0 0 {width} {height}" '
-        f'preserveAspectRatio="xMidYMid meet" font-size="11" font-family="sans-serif">'
+        f'preserveAspectRatio="xMidYMid meet" font-size="12" font-family="sans-serif">'
     )
 
 
-def empty_chart(label: str, width: int = 480, height: int = 120) -> Markup:
+def empty_chart(label: str, width: int = 420, height: int = 120) -> Markup:
     """An SVG that says there is no data yet."""
     return Markup(
         _open(width, height, label, "empty")
@@ -157,21 +157,21 @@ def _axis_titles(x_title: str, y_title: str, width: int, height: int, left: int,
 
 
 def bar_chart(items: Items, *, label: str, fmt: Formatter = fmt_int, x_title: str = "",
-              y_title: str = "", width: int = 480, height: int = 240) -> Markup:
+              y_title: str = "", width: int = 420, height: int = 240) -> Markup:
     """Vertical bars, one per item, on a y axis with round ticks."""
     return _columns(items, label=label, fmt=fmt, x_title=x_title, y_title=y_title,
                     gap=0.3, kind="bar", width=width, height=height)
 
 
 def histogram(items: Items, *, label: str, fmt: Formatter = fmt_int, x_title: str = "",
-              y_title: str = "", width: int = 480, height: int = 240) -> Markup:
+              y_title: str = "", width: int = 420, height: int = 240) -> Markup:
     """Adjacent columns for binned data (items are bins in order)."""
     return _columns(items, label=label, fmt=fmt, x_title=x_title, y_title=y_title,
                     gap=0.04, kind="histogram", width=width, height=height)
 
 
 def hbar_chart(items: Items, *, label: str, fmt: Formatter = fmt_int,
-               max_value: float | None = None, width: int = 480) -> Markup:
+               max_value: float | None = None, width: int = 420) -> Markup:
     """Horizontal bars with the label left and the value right of each bar."""
     if not items:
         return empty_chart(label, width)
@@ -216,6 +216,7 @@ def donut_chart(items: Items, *, label: str, fmt: Formatter = fmt_int, width: in
             f'transform="rotate(-90 {cx} {cy:.1f})"><title>{esc(name)}: {esc(fmt(value))} '
             f'({fmt_pct(share * 100)})</title></circle>'
         )
+        offset += length
         ly = 20 + i * 20 + max(0, (height - 24 - 20 * len(items)) / 2)
         parts.append(
             f'<rect x="190" y="{ly - 10:.1f}" width="12" height="12" rx="2" fill="{colour}"/>'
@@ -228,7 +229,7 @@ def donut_chart(items: Items, *, label: str, fmt: Formatter = fmt_int, width: in
 
 
 def line_chart(items: Items, *, label: str, fmt: Formatter = fmt_int, x_title: str = "",
-               y_title: str = "", width: int = 480, height: int = 240) -> Markup:
+               y_title: str = "", width: int = 420, height: int = 240) -> Markup:
     """A line through the items in order, one titled point each."""
     if not items:
         return empty_chart(label, width)

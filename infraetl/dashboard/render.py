@@ -240,7 +240,7 @@ def _panels(f: dict[str, Any]) -> list[dict[str, Any]]:
                x_title="Characters", y_title="Users"),
         _panel("registration_years", "registration_years", "Registrations by year",
                _ordered(_counts(f.get("registration_years"))), charts.line_chart, "Year",
-               x_title="Year", y_title="Users"),
+               x_title="Year", y_title="Users", width=960, height=240),
         _panel("timezones", "timezones", "Top 10 time zones", _top(_counts(f.get("timezones"))),
                charts.hbar_chart, "UTC offset"),
         _panel("strength", "audit.zxcvbn_score", "Strength (zxcvbn score)", strength, charts.bar_chart,
@@ -265,7 +265,7 @@ def _panels(f: dict[str, Any]) -> list[dict[str, Any]]:
                       for r in _rows(audit.get("masks")) if (n := _num(r.get("count"))) is not None][:TOP_N]),
     ]
     for p in panels:
-        p["wide"] = p["id"] in {"registration_years", "top_passwords", "reuse"}
+        p["wide"] = p["id"] == "registration_years"
     return panels
 
 

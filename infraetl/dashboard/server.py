@@ -78,7 +78,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _HTTPServer
     server_version = "infraetl"
     sys_version = ""
-    timeout = 30  # a client that stops reading or writing frees its thread after this
+    timeout: float | None = 30.0
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s " + format, self.client_address[0], *args)
@@ -174,11 +174,14 @@ class DashboardServer:
 
     def __init__(self, host: str, port: int, *, site_dir: pathlib.Path,
                  metrics: Callable[[], tuple[bytes, str]], health: Callable[[], tuple[int, dict[str, Any]]],
-                 keepalive_s: float = 15.0, max_subscribers: int = 256, queue_size: int = 64) -> None:
+                 keepalive_s: float = 15.0, max_subscribers: int = 256, queue_size: int = 64,
+                 client_timeout_s: float = 30.0) -> None:
         self.host, self._port = host, port
         self.site_dir = pathlib.Path(site_dir)
         self._metrics, self._health = metrics, health
         self.keepalive_s, self.max_subscribers, self.queue_size = keepalive_s, max_subscribers, queue_size
+        # A client that stops reading or writing frees its thread after this many seconds.
+        self._handler = type("Handler", (_Handler,), {"timeout": client_timeout_s})
         self._static = {name: ((STATIC_DIR / name).read_bytes(), ctype) for name, ctype in STATIC_FILES.items()}
         self._subs: set[_Subscriber] = set()
         self._lock = threading.Lock()
@@ -211,7 +214,7 @@ class DashboardServer:
     def start(self) -> None:
         """Bind and serve in a background thread; return once bound."""
         cls = _HTTPServer6 if ":" in self.host else _HTTPServer
-        self._httpd = cls((self.host, self._port), _Handler)
+        self._httpd = cls((self.host, self._port), self._handler)
         self._httpd.dashboard = self
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="dashboard-http", daemon=True)

@@ -1,0 +1,288 @@
+"""Replay users from a file, and the batch assembly every source shares.
+
+``ReplaySource`` reads a JSON array, JSON Lines (one user, or one saved API
+response ``{"results": [...]}``, per line) or a single saved API response.
+JSON Lines is streamed line by line; a whole-document file is parsed at once.
+
+:class:`Collector` is the part every source uses: it turns raw records into
+exactly ``plan.users`` good users in batches of ``plan.batch_size``, counting
+everything it drops by reason (``type:record``, ``nat_not_requested``,
+``duplicate:login.uuid``, ``missing:login.uuid`` and the checker's reasons).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator, Sequence
+
+from ..exceptions import ConfigError, SourceError
+from ..schema import NATIONALITIES
+from . import Batch, Checker, RunPlan, User, accept_all
+
+logger = logging.getLogger(__name__)
+
+#: A source gives up when this many times the requested users were examined.
+EXAMINE_FACTOR = 4
+EXAMINE_SLACK = 1000
+
+
+class Rejected:
+    """A raw record that is already known to be bad, with its quarantine reason."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def normalise_nat(codes: Sequence[str]) -> tuple[str, ...]:
+    """Upper-case, de-duplicate (order kept) and validate nationality codes."""
+    out: list[str] = []
+    for code in codes:
+        c = str(code).strip().upper()
+        if c not in NATIONALITIES:
+            raise ConfigError(f"unknown nationality code {code!r}: use any of {' '.join(NATIONALITIES)}")
+        if c not in out:
+            out.append(c)
+    return tuple(out)
+
+
+def checked_plan(plan: RunPlan) -> RunPlan:
+    """Validate a plan's numbers and normalise its nationality codes."""
+    if plan.users < 0:
+        raise ConfigError(f"a run needs a non-negative number of users, not {plan.users}")
+    if plan.batch_size < 1:
+        raise ConfigError(f"batch size must be at least 1, not {plan.batch_size}")
+    return replace(plan, nat=normalise_nat(plan.nat))
+
+
+def stop_reason(plan: RunPlan) -> str | None:
+    """Why the run must stop now (cancelled, deadline passed), or None."""
+    if plan.cancelled():
+        return "run cancelled"
+    if plan.deadline is not None and time.monotonic() >= plan.deadline:
+        return "deadline reached"
+    return None
+
+
+def examine_limit(users: int) -> int:
+    """How many raw records a source may examine before it declares the data unusable."""
+    return EXAMINE_FACTOR * users + EXAMINE_SLACK
+
+
+class Collector:
+    """Turn raw records into exact batches: check, keep requested nats, dedupe, stop at N."""
+
+    def __init__(self, plan: RunPlan, check: Checker = accept_all) -> None:
+        self.want = plan.users
+        self.batch_size = plan.batch_size
+        self.nat = frozenset(plan.nat)
+        self.check = check
+        self.accepted = 0          # good users taken so far (delivered or buffered)
+        self.examined = 0          # raw records looked at, up to the last one needed
+        self.requests = 0          # HTTP requests not yet attributed to a batch
+        self.dropped: Counter[str] = Counter()   # every rejection of the run
+        self._pending: Counter[str] = Counter()  # rejections not yet attributed to a batch
+        self._buffer: list[User] = []
+        self._seen: set[str] = set()
+
+    @property
+    def done(self) -> bool:
+        """True once ``plan.users`` good users were taken."""
+        return self.accepted >= self.want
+
+    @property
+    def missing(self) -> int:
+        """Good users still needed."""
+        return max(0, self.want - self.accepted)
+
+    def add(self, records: Sequence[Any]) -> list[Batch]:
+        """Take one page/chunk of raw records (in order); return the batches it completes."""
+        if self.done or not records:
+            return []
+        candidates: list[User] = []
+        raw_pos: list[int] = []             # candidate index -> position in records
+        early: list[tuple[int, str]] = []   # (position, reason) of non-dict records
+        for i, rec in enumerate(records):
+            if isinstance(rec, dict):
+                candidates.append(rec)
+                raw_pos.append(i)
+            else:
+                early.append((i, rec.reason if isinstance(rec, Rejected) else "type:record"))
+        good, checked = self.check(candidates) if candidates else ([], Counter())
+        counts: Counter[str] = Counter(checked)
+        taken: list[User] = []
+        last: User | None = None
+        for user in good:
+            reason = self._reject(user)
+            if reason:
+                counts[reason] += 1
+                continue
+            taken.append(user)
+            if self.accepted + len(taken) >= self.want:
+                last = user
+                break
+        cut = len(records)
+        if last is not None:
+            cut = self._trim(last, candidates, raw_pos, counts) or cut
+        for pos, reason in early:
+            if pos < cut:
+                counts[reason] += 1
+        self.examined += cut
+        counts = +counts  # drops zero counts left by the trim
+        self.dropped.update(counts)
+        self._pending.update(counts)
+        self._buffer.extend(taken)
+        self.accepted += len(taken)
+        return self._emit()
+
+    def _reject(self, user: User) -> str | None:
+        if self.nat:
+            nat = user.get("nat")
+            if not isinstance(nat, str) or nat not in self.nat:
+                return "nat_not_requested"
+        login = user.get("login")
+        uuid = login.get("uuid") if isinstance(login, dict) else None
+        if not isinstance(uuid, str) or not uuid:
+            return "missing:login.uuid"
+        if uuid in self._seen:
+            return "duplicate:login.uuid"
+        self._seen.add(uuid)
+        return None
+
+    def _trim(self, last: User, candidates: list[User], raw_pos: list[int],
+              counts: Counter[str]) -> int | None:
+        """Forget the checker's verdicts past the last user needed; return the cut position."""
+        # Records after the N-th good user were never needed: counting them as
+        # quarantined would overstate what the run dropped.
+        for i, cand in enumerate(candidates):
+            if cand is last:
+                tail = candidates[i + 1:]
+                if tail:
+                    counts.subtract(self.check(tail)[1])
+                return raw_pos[i] + 1
+        # The checker returned copies, so the position is unknown: keep every count.
+        logger.debug("checker does not return the records it was given; quarantine not trimmed")
+        return None
+
+    def _emit(self) -> list[Batch]:
+        out: list[Batch] = []
+        while len(self._buffer) >= self.batch_size or (self.done and self._buffer):
+            users, self._buffer = self._buffer[:self.batch_size], self._buffer[self.batch_size:]
+            out.append(Batch(users, self._pending, self.requests))
+            self._pending = Counter()
+            self.requests = 0
+        return out
+
+
+class ReplaySource:
+    """Users replayed from a JSON array, JSON Lines or saved API response file."""
+
+    name = "file"
+
+    def __init__(self, path: str | Path, *, chunk_size: int = 1000, **options: Any) -> None:
+        if options:
+            raise ConfigError(f"unknown option(s) for the file source: {', '.join(sorted(options))}")
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ConfigError(f"file {self.path} does not exist or is not a regular file")
+        self.chunk_size = max(1, int(chunk_size))
+
+    def batches(self, plan: RunPlan, check: Checker = accept_all) -> Iterator[Batch]:
+        """Yield batches of the file's users in file order (the seed plays no part)."""
+        plan = checked_plan(plan)
+        if plan.users == 0:
+            return
+        collector = Collector(plan, check)
+        for chunk in self._chunks():
+            reason = stop_reason(plan)
+            if reason:
+                raise SourceError(f"file {self.path}: {reason} after {collector.accepted} of {plan.users} users")
+            yield from collector.add(chunk)
+            if collector.done:
+                return
+        raise SourceError(
+            f"file {self.path} holds only {collector.accepted} valid users, {plan.users} were requested"
+        )
+
+    def _chunks(self) -> Iterator[list[Any]]:
+        try:
+            f = self.path.open("rb")
+        except OSError as e:
+            raise SourceError(f"file {self.path} cannot be read: {e.strerror}") from None
+        with f:
+            if _is_json_lines(f):
+                yield from _chunked(_json_lines(f), self.chunk_size)
+            else:
+                records = _whole_document(f, self.path)
+                for i in range(0, len(records), self.chunk_size):
+                    yield records[i:i + self.chunk_size]
+
+
+def _is_json_lines(f: BinaryIO) -> bool:
+    """Sniff the format: a line that is a whole JSON object by itself means JSON Lines."""
+    head = f.read(1 << 16)
+    f.seek(0)
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if not text or text[:1] == b"[":
+        return not text  # empty file: JSON Lines with no lines
+    lines = [ln for ln in f.readlines(1 << 16)[:5] if ln.strip()]
+    f.seek(0)
+    for line in lines:
+        try:
+            if isinstance(json.loads(line), dict):
+                return True
+        except ValueError:
+            continue
+    # The first lines of a pretty-printed document are never whole objects.
+    return text[:1] != b"{"
+
+
+def _json_lines(f: BinaryIO) -> Iterator[Any]:
+    for line in f:
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError:
+            yield Rejected("parse:line")
+            continue
+        if isinstance(value, dict) and isinstance(value.get("results"), list):
+            yield from value["results"]
+        elif isinstance(value, dict) and "error" in value and "login" not in value:
+            yield Rejected("api_error:line")
+        else:
+            yield value
+
+
+def _whole_document(f: BinaryIO, path: Path) -> list[Any]:
+    try:
+        data = json.load(f)
+    except ValueError as e:
+        raise SourceError(f"file {path} is not valid JSON: {e}") from None
+    if isinstance(data, list):
+        return data
+    if isinstance(data, dict):
+        if isinstance(data.get("results"), list):
+            return data["results"]
+        if "error" in data:
+            raise SourceError(f"file {path} is a saved API error: {str(data['error'])[:100]}")
+        if "login" in data:
+            return [data]
+    raise SourceError(f"file {path} is not a JSON array, JSON Lines or a saved API response")
+
+
+def _chunked(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

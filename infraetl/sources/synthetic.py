@@ -1,0 +1,433 @@
+"""Offline, seeded users in exactly the RandomUser API v1.4 shape.
+
+Faker is slow (tens of microseconds a call), so it is used once per process
+and nationality to sample *pools* of names, streets, cities and phone
+numbers with a fixed seed; users are then composed from the pools with a
+``random.Random`` seeded from the run's seed. The same seed, nationalities
+and stream give the same users in any process (for one Faker version, which
+fixes the pools).
+
+Quirks of the real API are reproduced on purpose, because they are valid
+data the pipeline must keep: ``id.value`` is None for IR, NZ, TR and UA; the
+postcode is an int or a str by nationality; Persian surnames carry U+200C;
+a few names end in a space; some Serbian street names mix in a Cyrillic
+``Ј``; ages are computed against :data:`REFERENCE_DATE`, not today.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+import unicodedata
+from calendar import timegm
+from dataclasses import dataclass
+from importlib import resources
+from random import Random
+from typing import Any, Callable, Iterator, Sequence
+
+from ..exceptions import ConfigError, SourceError
+from ..schema import NATIONALITIES
+from . import Batch, Checker, RunPlan, User, accept_all
+from .replay import Collector, checked_plan, examine_limit, normalise_nat, stop_reason
+
+logger = logging.getLogger(__name__)
+
+#: Ages are relative to this instant (UTC), so users do not age between runs.
+REFERENCE_DATE = (2026, 1, 15)
+_REF_TS = timegm((*REFERENCE_DATE, 0, 0, 0))
+_YEAR = 365.2425 * 86400
+_DOB_FROM, _DOB_SPAN = _REF_TS - 78 * _YEAR, 57 * _YEAR        # ages 21..77
+_REG_FROM, _REG_SPAN = _REF_TS - 23 * _YEAR, 23 * _YEAR - 86400  # ages 0..22
+
+#: Share of passwords by kind (the rest are common words).
+P_EMPTY, P_STRONG, P_PERSONAL = 0.005, 0.05, 0.10
+
+LOCALES: dict[str, str | None] = {
+    "AU": "en_AU", "BR": "pt_BR", "CA": "en_CA", "CH": "de_CH", "DE": "de_DE", "DK": "da_DK",
+    "ES": "es_ES", "FI": "fi_FI", "FR": "fr_FR", "GB": "en_GB", "IE": "en_IE", "IN": "en_IN",
+    "IR": "fa_IR", "MX": "es_MX", "NL": "nl_NL", "NO": "no_NO", "NZ": "en_NZ", "RS": None,
+    "TR": "tr_TR", "UA": "uk_UA", "US": "en_US",
+}
+COUNTRIES: dict[str, str] = {
+    "AU": "Australia", "BR": "Brazil", "CA": "Canada", "CH": "Switzerland", "DE": "Germany",
+    "DK": "Denmark", "ES": "Spain", "FI": "Finland", "FR": "France", "GB": "United Kingdom",
+    "IE": "Ireland", "IN": "India", "IR": "Iran", "MX": "Mexico", "NL": "Netherlands",
+    "NO": "Norway", "NZ": "New Zealand", "RS": "Serbia", "TR": "Turkey", "UA": "Ukraine",
+    "US": "United States",
+}
+#: (id.name, id.value pattern: # digit, ? capital letter); None value = the API's null.
+ID_FORMATS: dict[str, tuple[str, str | None]] = {
+    "AU": ("TFN", "#########"), "BR": ("CPF", "###.###.###-##"), "CA": ("SIN", "#########"),
+    "CH": ("AVS", "756.####.####.##"), "DE": ("SVNR", "## ###### ? ###"), "DK": ("CPR", "######-####"),
+    "ES": ("DNI", "########-?"), "FI": ("HETU", "######-###?"), "FR": ("INSEE", "############# ##"),
+    "GB": ("NINO", "?? ## ## ## ?"), "IE": ("PPS", "#######?"), "IN": ("UIDAI", "############"),
+    "IR": ("", None), "MX": ("NSS", "## ## ## #### #"), "NL": ("BSN", "########"),
+    "NO": ("FN", "###########"), "NZ": ("", None), "RS": ("SID", "#########"),
+    "TR": ("", None), "UA": ("", None), "US": ("SSN", "###-##-####"),
+}
+#: Nationalities whose postcode the API gives as a number, with its digit count.
+INT_POSTCODE_DIGITS: dict[str, int] = {
+    "AU": 4, "BR": 5, "CH": 4, "DE": 5, "DK": 4, "ES": 5, "FI": 5, "FR": 5, "IN": 6,
+    "MX": 5, "NO": 4, "NZ": 4, "RS": 5, "TR": 5, "UA": 5, "US": 5,
+}
+#: Faker method for the API's ``location.state`` where the first found is wrong.
+STATE_METHODS: dict[str, tuple[str, ...]] = {
+    "ES": ("autonomous_community",), "FR": ("department_name",), "GB": ("county",),
+}
+_STATE_FALLBACK = ("state", "administrative_unit", "region", "county", "province")
+TIMEZONES: tuple[tuple[str, str], ...] = (
+    ("-12:00", "Eniwetok, Kwajalein"), ("-11:00", "Midway Island, Samoa"), ("-10:00", "Hawaii"),
+    ("-9:00", "Alaska"), ("-8:00", "Pacific Time (US & Canada)"),
+    ("-7:00", "Mountain Time (US & Canada)"), ("-6:00", "Central Time (US & Canada), Mexico City"),
+    ("-5:00", "Eastern Time (US & Canada), Bogota, Lima"),
+    ("-4:00", "Atlantic Time (Canada), Caracas, La Paz"), ("-3:30", "Newfoundland"),
+    ("-3:00", "Brazil, Buenos Aires, Georgetown"), ("-2:00", "Mid-Atlantic"),
+    ("-1:00", "Azores, Cape Verde Islands"), ("0:00", "Western Europe Time, London, Lisbon, Casablanca"),
+    ("+1:00", "Brussels, Copenhagen, Madrid, Paris"), ("+2:00", "Kaliningrad, South Africa"),
+    ("+3:00", "Baghdad, Riyadh, Moscow, St. Petersburg"), ("+3:30", "Tehran"),
+    ("+4:00", "Abu Dhabi, Muscat, Baku, Tbilisi"), ("+4:30", "Kabul"),
+    ("+5:00", "Ekaterinburg, Islamabad, Karachi, Tashkent"),
+    ("+5:30", "Bombay, Calcutta, Madras, New Delhi"), ("+5:45", "Kathmandu"),
+    ("+6:00", "Almaty, Dhaka, Colombo"), ("+7:00", "Bangkok, Hanoi, Jakarta"),
+    ("+8:00", "Beijing, Perth, Singapore, Hong Kong"),
+    ("+9:00", "Tokyo, Seoul, Osaka, Sapporo, Yakutsk"), ("+9:30", "Adelaide, Darwin"),
+    ("+10:00", "Eastern Australia, Guam, Vladivostok"),
+    ("+11:00", "Magadan, Solomon Islands, New Caledonia"),
+    ("+12:00", "Auckland, Wellington, Fiji, Kamchatka"),
+)
+_POOL_SIZE = 150
+_ZWNJ = "\u200c"
+_LOWER, _UPPER, _DIGITS = "abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "0123456789"
+_SYMBOLS = "!@#$%^&*()-_=+[]{};:,.?/~"
+_ALNUM = _LOWER + _UPPER + _DIGITS
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+_TRANSLIT = {
+    # Ukrainian / Russian / Serbian Cyrillic
+    "а": "a", "б": "b", "в": "v", "г": "h", "ґ": "g", "д": "d", "е": "e", "є": "ye", "ж": "zh",
+    "з": "z", "и": "y", "і": "i", "ї": "yi", "й": "y", "к": "k", "л": "l", "м": "m", "н": "n",
+    "о": "o", "п": "p", "р": "r", "с": "s", "т": "t", "у": "u", "ф": "f", "х": "kh", "ц": "ts",
+    "ч": "ch", "ш": "sh", "щ": "shch", "ь": "", "ю": "yu", "я": "ya", "ы": "y", "э": "e",
+    "ё": "e", "ъ": "", "ј": "j", "'": "", "’": "",
+    # Persian, consonant-heavy like the API's own e-mail addresses
+    "آ": "a", "ا": "", "أ": "a", "إ": "e", "ب": "b", "پ": "p", "ت": "t", "ث": "th", "ج": "j",
+    "چ": "ch", "ح": "h", "خ": "kh", "د": "d", "ذ": "dh", "ر": "r", "ز": "z", "ژ": "zh", "س": "s",
+    "ش": "sh", "ص": "s", "ض": "d", "ط": "t", "ظ": "z", "ع": "", "غ": "gh", "ف": "f", "ق": "q",
+    "ک": "kh", "ك": "k", "گ": "g", "ل": "l", "م": "m", "ن": "n", "و": "v", "ه": "h", "ی": "y",
+    "ي": "y", "ئ": "y", "ء": "", "ة": "h", "ؤ": "v", _ZWNJ: "",
+    # Letters NFKD does not fold
+    "ß": "ss", "ø": "o", "æ": "ae", "đ": "d", "ı": "i", "ł": "l", "œ": "oe", "þ": "th",
+}
+
+
+def stable_seed(*parts: object) -> int:
+    """A 64-bit integer from ``parts`` that is the same in every process (unlike ``hash()``)."""
+    text = "\x1f".join(str(p) for p in parts)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
+
+
+def ascii_fold(text: str) -> str:
+    """Lower-case Latin transliteration of a name, as the API builds e-mail addresses."""
+    out = []
+    for ch in unicodedata.normalize("NFKD", text.strip().lower()):
+        if ch in _TRANSLIT:
+            out.append(_TRANSLIT[ch])
+        elif "a" <= ch <= "z" or "0" <= ch <= "9" or ch == "-":
+            out.append(ch)
+    return "".join(out)
+
+
+def _pattern(spec: str) -> Callable[[Random], str]:
+    """Compile an id/phone pattern (# digit, ? capital letter) into a fast filler."""
+    fmt, digits, letters = [], 0, 0
+    for ch in spec:
+        if ch == "#":
+            fmt.append("{d[%d]}" % digits)
+            digits += 1
+        elif ch == "?":
+            fmt.append("{L[%d]}" % letters)
+            letters += 1
+        else:
+            fmt.append(ch.replace("{", "{{").replace("}", "}}"))
+    template = "".join(fmt)
+    scale = 10 ** digits
+
+    def fill(rng: Random) -> str:
+        d = "%0*d" % (digits, int(rng.random() * scale)) if digits else ""
+        L = rng.choices(_UPPER, k=letters) if letters else ()
+        return template.format(d=d, L=L)
+
+    return fill
+
+
+_ID_FILLERS = {nat: (name, _pattern(p) if p else None) for nat, (name, p) in ID_FORMATS.items()}
+
+
+@dataclass(frozen=True)
+class Pools:
+    """Pre-sampled values of one nationality; entries are ``(text, ascii form)`` for names."""
+
+    first_male: tuple[tuple[str, str], ...]
+    first_female: tuple[tuple[str, str], ...]
+    last: tuple[tuple[str, str], ...]
+    streets: tuple[str, ...]
+    cities: tuple[str, ...]
+    states: tuple[str, ...]
+    postcodes: tuple[str, ...]
+    phones: tuple[str, ...]
+    cells: tuple[str, ...]
+
+
+_pools: dict[str, Pools] = {}
+_pools_lock = threading.Lock()
+_words: dict[str, Any] = {}
+
+
+def _data(name: str) -> str:
+    return resources.files("infraetl").joinpath("data", name).read_text(encoding="utf-8")
+
+
+def words() -> dict[str, Any]:
+    """The shipped word lists: ``passwords``, ``username_adjectives``, ``username_animals``, overrides."""
+    if not _words:
+        data = json.loads(_data("pools.json"))
+        lines = (ln.strip() for ln in _data("passwords.txt").splitlines())
+        data["passwords"] = tuple(dict.fromkeys(ln for ln in lines if ln and not ln.startswith("#")))
+        _words.update(data)
+    return _words
+
+
+def pools(nat: str) -> Pools:
+    """The pools of one nationality, sampled once per process with a fixed seed."""
+    found = _pools.get(nat)
+    if found is None:
+        with _pools_lock:
+            found = _pools.get(nat)
+            if found is None:
+                found = _pools[nat] = _build_pools(nat)
+    return found
+
+
+def _uniq(values: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(v for v in values if v and v.strip()))
+
+
+def _build_pools(nat: str) -> Pools:
+    started = time.perf_counter()
+    rng = Random(stable_seed("pools", nat))
+    over = words().get(nat, {})
+    locale = LOCALES[nat]
+    if locale is None:  # Faker has no Serbian locale: the shipped lists stand in
+        male, female, last = over["first_male"], over["first_female"], over["last"]
+        streets, cities, states = over["streets"], over["cities"], over["states"]
+        phones = [_pattern(rng.choice(over["phone_formats"]))(rng) for _ in range(_POOL_SIZE)]
+        cells = [_pattern(rng.choice(over["cell_formats"]))(rng) for _ in range(_POOL_SIZE)]
+        postcodes: list[str] = []
+    else:
+        from faker import Faker
+
+        fake = Faker(locale)
+        fake.seed_instance(stable_seed("faker", nat))
+        n = _POOL_SIZE
+        male = _uniq([fake.first_name_male() for _ in range(n)])
+        female = _uniq([fake.first_name_female() for _ in range(n)])
+        last = _uniq([fake.last_name() for _ in range(n)])
+        streets = over.get("streets") or _uniq([fake.street_name() for _ in range(n)])
+        cities = over.get("cities") or over.get("states") or _uniq([fake.city() for _ in range(n)])
+        states = over.get("states") or _uniq([_state(fake, nat) for _ in range(n // 2)]) or cities
+        postcodes = [] if nat in INT_POSTCODE_DIGITS else _uniq([fake.postcode() for _ in range(n)])
+        phones = [fake.phone_number() for _ in range(n)]
+        cells = [fake.phone_number() for _ in range(n)]
+    if nat == "IR":
+        last = _persian_compounds(last, male, rng)
+    if nat == "RS":
+        # The API spells some Serbian street names with a Cyrillic Ј in Latin text.
+        streets = [s.replace("J", "\u0408") if "J" in s and rng.random() < 0.5 else s for s in streets]
+
+    def named(names: Sequence[str]) -> tuple[tuple[str, str], ...]:
+        # A few API names carry a trailing space; the e-mail is built from the trimmed name.
+        return tuple((x + " " if rng.random() < 0.02 else x, ascii_fold(x) or "user") for x in names)
+
+    built = Pools(named(male), named(female), named(last), tuple(streets), tuple(cities),
+                  tuple(states), tuple(postcodes), tuple(phones), tuple(cells))
+    logger.debug("sampled pools for %s in %.0f ms", nat, (time.perf_counter() - started) * 1000)
+    return built
+
+
+def _state(fake: Any, nat: str) -> str:
+    for method in STATE_METHODS.get(nat, ()) + _STATE_FALLBACK:
+        if hasattr(fake, method):
+            return str(getattr(fake, method)())
+    return str(fake.city())
+
+
+def _persian_compounds(last: list[str], first: list[str], rng: Random) -> list[str]:
+    """Join Persian compound surnames with U+200C, as Persian spelling does."""
+    out = [s.replace(" پور", _ZWNJ + "پور").replace(" زاده", _ZWNJ + "زاده") for s in last]
+    for name in first[: len(first) // 6]:
+        out.append(name + _ZWNJ + rng.choice(("زاده", "پور", "نژاد")))
+    return out
+
+
+class UserGenerator:
+    """A deterministic stream of API-shaped users for one seed, nationalities and stream."""
+
+    def __init__(self, seed: str, nat: Sequence[str] = (), *, stream: object = "") -> None:
+        self.nat = normalise_nat(nat) or NATIONALITIES
+        self._rng = Random(stable_seed("users", seed, ",".join(self.nat), stream))
+        self._pools = {n: pools(n) for n in self.nat}
+        w = words()
+        self._passwords: tuple[str, ...] = w["passwords"]
+        self._adjectives: tuple[str, ...] = tuple(w["username_adjectives"])
+        self._animals: tuple[str, ...] = tuple(w["username_animals"])
+
+    def users(self, count: int) -> list[User]:
+        """The next ``count`` users of the stream."""
+        return [self._user() for _ in range(count)]
+
+    def _user(self) -> User:
+        rng = self._rng
+        r = rng.random
+        nats = self.nat
+        nat = nats[int(r() * len(nats))]
+        p = self._pools[nat]
+        male = r() < 0.5
+        firsts = p.first_male if male else p.first_female
+        first, first_ascii = firsts[int(r() * len(firsts))]
+        last, last_ascii = p.last[int(r() * len(p.last))]
+        if nat == "CH":
+            title = "Monsieur" if male else ("Madame", "Mademoiselle")[int(r() * 2)]
+        else:
+            title = "Mr" if male else ("Mrs", "Ms", "Miss")[int(r() * 3)]
+        digits = INT_POSTCODE_DIGITS.get(nat)
+        if digits:
+            low = 10 ** (digits - 1)
+            postcode: int | str = low + int(r() * 9 * low)
+        else:
+            postcode = p.postcodes[int(r() * len(p.postcodes))]
+        offset, tz_description = TIMEZONES[int(r() * len(TIMEZONES))]
+        dob_date, dob_age, year = _date_age(_DOB_FROM + r() * _DOB_SPAN)
+        reg_date, reg_age, _ = _date_age(_REG_FROM + r() * _REG_SPAN)
+        h = "%032x" % rng.getrandbits(128)
+        uuid = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+        username = (self._adjectives[int(r() * len(self._adjectives))]
+                    + self._animals[int(r() * len(self._animals))] + str(100 + int(r() * 900)))
+        password = self._password(first_ascii, last_ascii, username, year)
+        salt = "".join(rng.choices(_ALNUM, k=8))
+        salted = (password + salt).encode()
+        id_name, id_fill = _ID_FILLERS[nat]
+        picture = f"{'men' if male else 'women'}/{int(r() * 100)}.jpg"
+        return {
+            "gender": "male" if male else "female",
+            "name": {"title": title, "first": first, "last": last},
+            "location": {
+                "street": {"number": 1 + int(r() * 9999), "name": p.streets[int(r() * len(p.streets))]},
+                "city": p.cities[int(r() * len(p.cities))],
+                "state": p.states[int(r() * len(p.states))],
+                "country": COUNTRIES[nat],
+                "postcode": postcode,
+                "coordinates": {"latitude": "%.4f" % (r() * 180 - 90),
+                                "longitude": "%.4f" % (r() * 360 - 180)},
+                "timezone": {"offset": offset, "description": tz_description},
+            },
+            "email": f"{first_ascii}.{last_ascii}@example.com",
+            "login": {
+                "uuid": uuid,
+                "username": username,
+                "password": password,
+                "salt": salt,
+                "md5": hashlib.md5(salted).hexdigest(),
+                "sha1": hashlib.sha1(salted).hexdigest(),
+                "sha256": hashlib.sha256(salted).hexdigest(),
+            },
+            "dob": {"date": dob_date, "age": dob_age},
+            "registered": {"date": reg_date, "age": reg_age},
+            "phone": p.phones[int(r() * len(p.phones))],
+            "cell": p.cells[int(r() * len(p.cells))],
+            "id": {"name": id_name, "value": id_fill(rng) if id_fill else None},
+            "picture": {
+                "large": "https://randomuser.me/api/portraits/" + picture,
+                "medium": "https://randomuser.me/api/portraits/med/" + picture,
+                "thumbnail": "https://randomuser.me/api/portraits/thumb/" + picture,
+            },
+            "nat": nat,
+        }
+
+    def _password(self, first: str, last: str, username: str, year: int) -> str:
+        r = self._rng.random
+        u = r()
+        if u < P_EMPTY:
+            return ""
+        if u < P_EMPTY + P_STRONG:
+            return _strong(self._rng)
+        if u < P_EMPTY + P_STRONG + P_PERSONAL:
+            word = self._passwords[int(r() * len(self._passwords))]
+            kind = int(r() * 6)
+            if kind == 0:
+                return f"{first}{year}"
+            if kind == 1:
+                return f"{last}{year % 100:02d}"
+            if kind == 2:
+                return username
+            if kind == 3:
+                return first.capitalize() + "123"
+            if kind == 4:
+                return first + last
+            return f"{word}{year}"
+        return self._passwords[int(r() * len(self._passwords))]
+
+
+def _strong(rng: Random) -> str:
+    """A random 12–20 character password drawing on 3 or 4 character classes."""
+    classes = [_LOWER, _UPPER, _DIGITS, _SYMBOLS]
+    if rng.random() < 0.4:
+        classes.pop(int(rng.random() * 4))
+    length = 12 + int(rng.random() * 9)
+    chars = [rng.choice(c) for c in classes]
+    alphabet = "".join(classes)
+    chars += rng.choices(alphabet, k=length - len(chars))
+    rng.shuffle(chars)
+    return "".join(chars)
+
+
+def _date_age(ts: float) -> tuple[str, int, int]:
+    """ISO-8601 UTC date with milliseconds, age at :data:`REFERENCE_DATE`, and the year."""
+    sec = int(ts)
+    t = time.gmtime(sec)
+    ms = int((ts - sec) * 1000)
+    date = "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (t.tm_year, t.tm_mon, t.tm_mday,
+                                                    t.tm_hour, t.tm_min, t.tm_sec, ms)
+    ref_y, ref_m, ref_d = REFERENCE_DATE
+    age = ref_y - t.tm_year - ((t.tm_mon, t.tm_mday) > (ref_m, ref_d))
+    return date, age, t.tm_year
+
+
+class SyntheticSource:
+    """Offline users: seeded, deterministic, in the API's exact shape."""
+
+    name = "synthetic"
+
+    def __init__(self, *, chunk_size: int = 1000, **options: Any) -> None:
+        if options:
+            raise ConfigError(f"unknown option(s) for the synthetic source: {', '.join(sorted(options))}")
+        self.chunk_size = max(1, int(chunk_size))
+
+    def batches(self, plan: RunPlan, check: Checker = accept_all) -> Iterator[Batch]:
+        """Yield batches of generated users until ``plan.users`` passed ``check``."""
+        plan = checked_plan(plan)
+        if plan.users == 0:
+            return
+        collector = Collector(plan, check)
+        generator = UserGenerator(plan.seed, plan.nat)
+        limit = examine_limit(plan.users)
+        while not collector.done:
+            reason = stop_reason(plan)
+            if reason:
+                raise SourceError(f"synthetic source: {reason} after {collector.accepted} of {plan.users} users")
+            if collector.examined >= limit:
+                top = ", ".join(f"{k} {v}" for k, v in collector.dropped.most_common(3))
+                raise SourceError(f"synthetic source: only {collector.accepted} of {plan.users} users "
+                                  f"passed the checks in {collector.examined} records ({top})")
+            yield from collector.add(generator.users(min(self.chunk_size, collector.missing)))

@@ -1,0 +1,59 @@
+"""Helpers for the end-to-end tests: run infraetl-ctl, read the consumer's HTTP API."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+from typing import Any
+
+from infraetl.localcluster import LocalCluster, wait_for
+
+__all__ = ["ctl", "get_json", "get_text", "metric", "wait_for", "figures_without_times"]
+
+
+def ctl(cluster: LocalCluster, *args: str, timeout: float = 180, env: dict[str, str] | None = None,
+        check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``infraetl-ctl --producer <cluster> ARGS`` as a real process."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "infraetl.ctl", "--producer", cluster.control, *args],
+        env=env or cluster.env, capture_output=True, text=True, timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"infraetl-ctl {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
+    return proc
+
+
+def get_text(url: str, timeout: float = 10) -> tuple[int, dict[str, str], str]:
+    """GET ``url``; return (status, headers, body) even for error statuses."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, dict(r.headers), r.read().decode("utf-8")
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read().decode("utf-8", "replace")
+
+
+def get_json(url: str) -> Any:
+    """GET and decode JSON."""
+    status, _, body = get_text(url)
+    assert status == 200, (url, status, body[:200])
+    return json.loads(body)
+
+
+def metric(cluster: LocalCluster, name: str, labels: str = "") -> float:
+    """Read one sample from the consumer's /metrics (0 if absent)."""
+    _, _, body = get_text(cluster.url + "metrics")
+    want = f"{name}{{{labels}}}" if labels else name
+    for line in body.splitlines():
+        if line.startswith(want + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+TIME_KEYS = {"run_id", "started_at", "finished_at", "duration_s", "generated_at"}
+
+
+def figures_without_times(figures: dict[str, Any]) -> dict[str, Any]:
+    """A run's figures without ids and times, for comparing two runs of the same users."""
+    return {k: v for k, v in figures.items() if k not in TIME_KEYS}

@@ -1,0 +1,103 @@
+"""End to end: real daemons on 127.0.0.1, real ZeroMQ, SQLite and HTTP, driven by infraetl-ctl."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+
+from infraetl import config
+from infraetl.localcluster import LocalCluster
+
+from helpers import ctl, figures_without_times, get_json, metric, wait_for
+
+
+def test_start_run_300_users_exact(cluster: LocalCluster) -> None:
+    proc = ctl(cluster, "start-run", "--users", "300", "--seed", "e2e")
+    assert "complete" in proc.stdout and cluster.url in proc.stdout
+    stats = get_json(cluster.url + "api/stats.json")
+    assert stats["last_run"]["total_users"] == 300
+    assert stats["last_run"]["delivered"] == 300 and stats["last_run"]["requested"] == 300
+    assert stats["cumulative"]["total_users"] == stats["last_run"]["total_users"]
+    assert stats["runs"][0]["state"] == "complete"
+    # The producer's view agrees.
+    status = json.loads(ctl(cluster, "status", "--json").stdout)
+    assert status["runs"][0]["state"] == "complete" and status["runs"][0]["produced"] == 300
+
+
+def test_second_run_adds_to_cumulative(cluster: LocalCluster) -> None:
+    ctl(cluster, "start-run", "--users", "120", "--seed", "a")
+    ctl(cluster, "start-run", "--users", "80", "--seed", "b", "--nat", "GB,FR")
+    stats = get_json(cluster.url + "api/stats.json")
+    assert set(stats["last_run"]["nationalities"]) <= {"GB", "FR"}
+    assert stats["cumulative"]["runs"] == 2
+    assert stats["cumulative"]["total_users"] == sum(r["delivered"] for r in stats["runs"])
+
+
+def test_ctl_with_wrong_key_is_not_authorised(cluster: LocalCluster) -> None:
+    env = dict(cluster.env)
+    env.pop("ETL_ENCRYPTION_KEY_FILE")
+    env["ETL_ENCRYPTION_KEY"] = config.new_key()
+    proc = ctl(cluster, "start-run", "--users", "10", env=env, check=False)
+    assert proc.returncode == 1
+    assert "not authorised" in proc.stderr and "Traceback" not in proc.stderr
+    assert json.loads(ctl(cluster, "status", "--json").stdout)["runs"] == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["start-run", "--users", "0"], "--users"),
+    (["start-run", "--users", "5", "--nat", "GB,XX"], "XX"),
+    (["start-run", "--users", "5", "--source", "ftp"], "unknown source"),
+    (["start-run", "--users", "5", "--source", "file:/nonexistent.json"], "no such file"),
+    (["cancel", "r-nope"], "no run r-nope"),
+])
+def test_bad_arguments_one_line_no_traceback(cluster: LocalCluster, args: list[str], message: str) -> None:
+    proc = ctl(cluster, *args, check=False)
+    assert proc.returncode in (1, 2)
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _start(cluster: LocalCluster, users: int, seed: str) -> str:
+    return ctl(cluster, "start-run", "--users", str(users), "--seed", seed, "--no-wait").stdout.strip()
+
+
+def _reference(cluster: LocalCluster, users: int, seed: str) -> dict:
+    """Figures of a fault-free run of the same users, in the same cluster."""
+    ctl(cluster, "start-run", "--users", str(users), "--seed", seed)
+    return figures_without_times(get_json(cluster.url + "api/stats.json")["last_run"])
+
+
+@pytest.mark.slow
+def test_kill9_consumer_mid_run_counts_every_user_once(cluster: LocalCluster) -> None:
+    users = 20000
+    run_id = _start(cluster, users, "crash-c")
+    wait_for(lambda: metric(cluster, "infraetl_batches_applied_total") >= 5, 60, "some batches applied")
+    cluster.consumer.kill9()
+    cluster.restart_consumer()
+    ctl(cluster, "wait", run_id, "--timeout", "120")
+    faulty = figures_without_times(get_json(cluster.url + "api/stats.json")["last_run"])
+    assert faulty["total_users"] + faulty["quarantined"] == users
+    assert faulty == _reference(cluster, users, "crash-c")
+
+
+@pytest.mark.slow
+def test_kill9_producer_mid_run_counts_every_user_once(cluster: LocalCluster) -> None:
+    users = 20000
+    run_id = _start(cluster, users, "crash-p")
+    wait_for(lambda: metric(cluster, "infraetl_batches_applied_total") >= 5, 60, "some batches applied")
+    assert cluster.producer is not None
+    cluster.producer.kill9()
+    cluster.start_producer()
+    ctl(cluster, "wait", run_id, "--timeout", "120")
+    faulty = figures_without_times(get_json(cluster.url + "api/stats.json")["last_run"])
+    assert faulty["total_users"] + faulty["quarantined"] == users
+    assert faulty == _reference(cluster, users, "crash-p")
+
+
+def test_sigterm_exits_zero_quickly(cluster: LocalCluster) -> None:
+    assert cluster.producer is not None
+    for d in (cluster.producer, cluster.consumer):
+        d.signal(signal.SIGTERM)
+        assert d.proc is not None
+        assert d.proc.wait(5) == 0
