@@ -24,12 +24,17 @@ are evicted, the top entries stay right in practice, and
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import math
 from collections import Counter
+from collections.abc import Hashable, Iterable
 from functools import lru_cache
 from hashlib import sha256
-from typing import Any, Generic, Hashable, TypeVar
+from itertools import compress, count, repeat
+from operator import add, attrgetter, contains, eq, itemgetter, methodcaller, not_
+from typing import Any, Generic, TypeVar
 
 import msgpack
 from cryptography.hazmat.primitives import hashes
@@ -37,7 +42,13 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from infraetl import entropy, pwshape
 from infraetl.exceptions import KeyError_
-from infraetl.personal import KINDS, find_personal, original_matches
+from infraetl.personal import (
+    KINDS,
+    MIN_PHONE_RUN,
+    compact,
+    find_personal,
+    original_matches,
+)
 from infraetl.pwshape import mask
 from infraetl.schema import Columns, column_length
 
@@ -58,6 +69,8 @@ HIST_STEP, HIST_BINS = 10, 21
 CACHE_MAX_LEN = 256
 _VERSION = 1
 _BASE_DOMAIN = "\x00base\x00"
+#: Stands for "no token": in no password (validation refuses control characters).
+_NUL = "\x00"
 
 K = TypeVar("K", bound=Hashable)
 
@@ -68,9 +81,6 @@ def fingerprint_key(fernet_key_bytes: bytes) -> bytes:
     Accepts the 44-character url-safe base64 key (as Fernet takes it) or
     its 32 raw bytes; both give the same sub-key.
     """
-    import base64
-    import binascii
-
     raw = fernet_key_bytes
     if len(raw) != 32:
         try:
@@ -92,34 +102,67 @@ class PasswordInfo:
     """Everything the audit needs that depends on the password alone."""
 
     __slots__ = (
-        "lower", "deleeted", "runs", "tail", "complexity", "strong", "classes",
-        "secure_score", "charset_milli", "hist_bin", "shannon_milli", "zx_score",
-        "guesses_milli", "hashcat", "length", "charset", "trailing", "base", "masked",
+        "agg",
+        "base",
+        "charset_milli",
+        "classes",
+        "deleeted",
+        "guesses_milli",
+        "hashcat",
+        "keyed",
+        "leet_form",
+        "long_run",
+        "lower",
+        "masked",
+        "runs",
+        "secure_score",
+        "shannon_milli",
+        "strong",
+        "tail",
+        "tail2",
+        "weak",
+        "zx_score",
     )
 
     def __init__(self, password: str) -> None:
         pwl = password.lower()
         self.lower = pwl
         self.deleeted = pwshape.deleet(pwl)
+        # "" when de-leeting changes nothing: no token is in "", no leet finding.
+        self.leet_form = self.deleeted if self.deleeted != pwl else ""
         self.runs = pwshape.digit_runs(password)
         self.tail = self.runs[-1] if self.runs and password.endswith(self.runs[-1]) else ""
-        self.complexity = entropy.complexity(password)
+        self.tail2 = self.tail if len(self.tail) == 2 and len(password) > 2 else _NUL
+        self.long_run = any(len(r) >= MIN_PHONE_RUN for r in self.runs)
         self.strong = entropy.is_strong(password)
+        self.weak = not self.strong
         self.classes = entropy.classes(password)
         self.secure_score = entropy.secure_score(password)
         bits = entropy.charset_entropy(password)
         self.charset_milli = round(bits * 1000)
-        self.hist_bin = min(int(bits // HIST_STEP), HIST_BINS - 1)
         self.shannon_milli = round(entropy.shannon_entropy(password) * 1000)
         score, guesses = entropy.cached_strength(password)
         self.zx_score = score
         self.guesses_milli = round(guesses * 1000)
         self.hashcat = pwshape.hashcat_mask(password)
-        self.length = pwshape.length_bucket(password)
-        self.charset = pwshape.charset_name(password)
-        self.trailing = pwshape.trailing_digits(password)
         self.base = pwshape.base_word(password)
         self.masked = mask(password) if password else ""
+        #: The small-domain figures, counted together (one dict update per password).
+        self.agg = (entropy.complexity(password), self.strong,
+                    min(int(bits // HIST_STEP), HIST_BINS - 1), score,
+                    pwshape.length_bucket(password), pwshape.charset_name(password),
+                    pwshape.trailing_digits(password))
+        #: (fp_key, fingerprint, base-word fingerprint) for the last key used; one
+        #: tuple so that a thread switching keys never pairs a key with another's fp.
+        self.keyed: tuple[bytes, bytes, bytes | None] = (b"", b"", None)
+
+    def fingerprints(self, password: str, fp_key: bytes) -> tuple[bytes, bytes, bytes | None]:
+        """(fp_key, fingerprint, base-word fingerprint), cached for the last key."""
+        keyed = self.keyed
+        if keyed[0] != fp_key:
+            base_fp = fingerprint(fp_key, _BASE_DOMAIN + self.base) if self.base else None
+            keyed = self.keyed = (fp_key, fingerprint(fp_key, password), base_fp)
+        return keyed
 
 
 @lru_cache(maxsize=entropy.CACHE_SIZE)
@@ -145,7 +188,7 @@ def _remask(label: str) -> str:
 class _Tally(Generic[K]):
     """Exact counts per key while ≤ cap keys; past it the rarest are evicted."""
 
-    __slots__ = ("cap", "counts", "labels", "exact", "evicted_keys", "evicted_sharing")
+    __slots__ = ("cap", "counts", "evicted_keys", "evicted_sharing", "exact", "labels")
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
@@ -216,6 +259,57 @@ class _Tally(Generic[K]):
         return tally
 
 
+def _hits(flags: Iterable[Any]) -> set[int]:
+    return set(compress(count(), flags))
+
+
+def _tokens(values: list[str]) -> list[str]:
+    """Lowercased, with "" replaced by a token no password contains (``"" in s`` is True)."""
+    lowered = list(map(str.lower, values))
+    return [v or _NUL for v in lowered] if "" in lowered else lowered
+
+
+def _suspects(n: int, pws: list[str], inf: list[PasswordInfo], firsts: list[str],
+              lasts: list[str], usernames: list[str], dobs: list[str], emails: list[str],
+              cities: list[str]) -> set[int]:
+    """Users who may hold personal information: a superset of what ``personal`` finds.
+
+    Every test is a C-level ``map`` over whole columns (~70 ns a user each),
+    so the exact per-user checks run only for the few users picked here.
+    Each pre-test covers one or more kinds of ``personal.find_personal``:
+    names/username/year in the password (original and extended kinds, the
+    e-mail of a ``first.last@`` user, which is made of the names), reversed
+    names, names in the de-leeted password, a two-digit tail equal to
+    ``yy``; users with an unusual name, city or e-mail, or with a run of
+    4+ digits (phone, ddmm), are always looked at.
+    """
+    pwls = list(map(attrgetter("lower"), inf))
+    fl, ll, ul = _tokens(firsts), _tokens(lasts), _tokens(usernames)
+    look = _hits(map(contains, pwls, fl))
+    look |= _hits(map(contains, pwls, ll))
+    look |= _hits(map(contains, pwls, ul))
+    look |= _hits(map(contains, pws, map(itemgetter(slice(0, 4)), dobs)))
+    look |= _hits(map(contains, pwls, map(itemgetter(slice(None, None, -1)), fl)))
+    look |= _hits(map(contains, pwls, map(itemgetter(slice(None, None, -1)), ll)))
+    look |= _hits(map(eq, map(attrgetter("tail2"), inf), map(itemgetter(slice(2, 4)), dobs)))
+    look |= _hits(map(attrgetter("long_run"), inf))
+    leet = list(map(attrgetter("leet_form"), inf))
+    if any(leet):
+        look |= _hits(map(contains, leet, fl))
+        look |= _hits(map(contains, leet, ll))
+        look |= _hits(map(contains, leet, map(methodcaller("translate", pwshape.LEET), ul)))
+    # Unusual tokens: compact() changes them, or a part of the e-mail is not a name.
+    look |= _hits(map(not_, map(str.isalnum, fl)))
+    look |= _hits(map(not_, map(str.isalnum, ll)))
+    expected = map(add, map(add, fl, repeat(".")), map(add, ll, repeat("@")))
+    look |= _hits(map(not_, map(str.startswith, map(str.lower, emails), expected)))
+    cl = _tokens(cities)
+    look |= _hits(map(contains, pwls, cl))
+    squeezed = [c if c.isalnum() else compact(c) for c in cl]
+    look |= _hits(map(contains, pwls, squeezed))
+    return look
+
+
 def _column(cols: Columns, path: str, n: int) -> list[str]:
     """A text column, "" where missing or not a string (validation is upstream)."""
     values = cols.get(path)
@@ -264,89 +358,91 @@ class AuditSummary:
         """Audit one columnar batch; ``reveal`` keeps plaintext labels (operator opt-in)."""
         s = cls(reveal=reveal)
         n = column_length(cols)
+        if n == 0:
+            return s
         pws = _column(cols, "login.password", n)
         s.users = n
         infos: dict[str, PasswordInfo] = {}
         fps: dict[str, bytes] = {}
+        agg: Counter[tuple[Any, ...]] = Counter()
+        hashcat: Counter[str] = Counter()
+        pw_counts, pw_labels = s.passwords.counts, s.passwords.labels
+        base = s.base_words
+        milli = [0, 0, 0]
         for pw, c in Counter(pws).items():
             info = infos[pw] = password_info(pw)
-            fp = fps[pw] = fingerprint(fp_key, pw)
-            s.passwords.add(fp, c, pw if reveal else info.masked)
-            s._add_password(info, c)
-            if info.base:
-                label = info.base if reveal else mask(info.base)
-                s.base_words.add(fingerprint(fp_key, _BASE_DOMAIN + info.base), c, label)
+            _, fp, base_fp = info.fingerprints(pw, fp_key)
+            fps[pw] = fp
+            pw_counts[fp] = c
+            pw_labels[fp] = pw if reveal else info.masked
+            agg[info.agg] += c
+            hashcat[info.hashcat] += c
+            milli[0] += c * info.charset_milli
+            milli[1] += c * info.shannon_milli
+            milli[2] += c * info.guesses_milli
+            if base_fp is not None:
+                base.add(base_fp, c, info.base if reveal else mask(info.base))
+        s.entropy_milli, s.shannon_milli, s.guesses_milli = milli
+        for (cx, strong, hist_bin, zx, length, charset, trailing), c in agg.items():
+            s.complexity[cx] += c
+            s.strong += c if strong else 0
+            s.entropy_hist[hist_bin] += c
+            s.zx[zx] += c
+            for table, key in ((s.lengths, length), (s.charsets, charset),
+                               (s.trailing, trailing)):
+                table[key] = table.get(key, 0) + c
+        s.masks.counts.update(hashcat)
         s.empty_passwords = s.complexity["empty"]
         s._add_users(cols, n, pws, infos, fps)
         return s
 
-    def _add_password(self, info: PasswordInfo, c: int) -> None:
-        self.complexity[info.complexity] += c
-        self.strong += c if info.strong else 0
-        self.entropy_milli += c * info.charset_milli
-        self.shannon_milli += c * info.shannon_milli
-        self.guesses_milli += c * info.guesses_milli
-        self.entropy_hist[info.hist_bin] += c
-        self.zx[info.zx_score] += c
-        self.masks.add(info.hashcat, c)
-        for table, key in ((self.lengths, info.length), (self.charsets, info.charset),
-                           (self.trailing, info.trailing)):
-            table[key] = table.get(key, 0) + c
-
     def _add_users(self, cols: Columns, n: int, pws: list[str],
                    infos: dict[str, PasswordInfo], fps: dict[str, bytes]) -> None:
+        """Per-user findings: C-speed column scans pick the few users worth a look."""
         firsts, lasts, usernames, dobs, emails, cities, phones, cells, nats = (
             _column(cols, p, n) for p in (
                 "name.first", "name.last", "login.username", "dob.date", "email",
                 "location.city", "phone", "cell", "nat"))
+        inf = list(map(infos.__getitem__, pws))
+        if "" in nats:
+            nats = [x or "unknown" for x in nats]
+        for nat, u in Counter(nats).items():
+            self._add_nat(nat, u, 0)
+        for nat, w in Counter(compress(nats, map(attrgetter("weak"), inf))).items():
+            self._add_nat(nat, 0, w)
+        look = _suspects(n, pws, inf, firsts, lasts, usernames, dobs, emails, cities)
         kinds = [0] * len(KINDS)
-        any_personal = name_in = user_in = year_in = 0
-        nat_users: Counter[str] = Counter()
-        nat_weak: Counter[str] = Counter()
+        flagged: Counter[str] = Counter()  # users per password with an original match
         zx = self.zx
-        best: list[Any] | None = None
-        for pw, first, last, username, dob, email, city, phone, cell, nat in zip(
-                pws, firsts, lasts, usernames, dobs, emails, cities, phones, cells, nats):
-            info = infos[pw]
-            pwl = info.lower
-            fl, ll, ul = first.lower(), last.lower(), username.lower()
-            # Original definitions, inlined (see personal.original_matches).
-            orig = False
-            if (fl and fl in pwl) or (ll and ll in pwl):
-                name_in += 1
-                orig = True
-            if ul and ul in pwl:
-                user_in += 1
-                orig = True
-            if info.runs and dob[:4].isdigit() and len(dob) >= 4 and dob[:4] in pw:
-                year_in += 1
-                orig = True
-            found = find_personal(pwl, info.deleeted, info.runs, info.tail, first, last,
-                                  username, dob, email, city, phone, cell)
+        for i in sorted(look):
+            pw, info = pws[i], inf[i]
+            name, user, year = original_matches(pw, firsts[i], lasts[i], usernames[i], dobs[i])
+            self.name_in += name
+            self.username_in += user
+            self.birthyear_in += year
+            if name or user or year:
+                flagged[pw] += 1
+            found = find_personal(info.lower, info.deleeted, info.runs, info.tail, firsts[i],
+                                  lasts[i], usernames[i], dobs[i], emails[i], cities[i],
+                                  phones[i], cells[i])
             if found:
-                any_personal += 1
-                for i in range(len(KINDS)):
-                    if found >> i & 1:
-                        kinds[i] += 1
+                self.personal["any"] += 1
+                for k in range(len(KINDS)):
+                    if found >> k & 1:
+                        kinds[k] += 1
                 if info.zx_score > 1:
                     zx[info.zx_score] -= 1
                     zx[1] += 1
-            if not orig and (best is None or info.secure_score >= best[0]):
-                cand = [info.secure_score, fps[pw], pw if self.revealed else info.masked,
-                        list(info.classes), len(pw), info.zx_score]
-                if best is None or cand[:2] > best[:2]:
-                    best = cand
-            nat = nat or "unknown"
-            nat_users[nat] += 1
-            if not info.strong:
-                nat_weak[nat] += 1
-        self.name_in, self.username_in, self.birthyear_in = name_in, user_in, year_in
-        for i, k in enumerate(KINDS):
-            self.personal[k] = kinds[i]
-        self.personal["any"] = any_personal
-        self.most_secure = best
-        for nat, u in nat_users.items():
-            self._add_nat(nat, u, nat_weak[nat])
+        for k, kind in enumerate(KINDS):
+            self.personal[kind] += kinds[k]
+        # Most secure: the best (score, fp) with at least one user without an original match.
+        cands = [(info.secure_score, fps[pw], pw) for pw, info in infos.items()]
+        for score, fp, pw in ([max(cands)] if not flagged else sorted(cands, reverse=True)):
+            if flagged[pw] < self.passwords.counts[fp]:
+                info = infos[pw]
+                self.most_secure = [score, fp, pw if self.revealed else info.masked,
+                                    list(info.classes), len(pw), info.zx_score]
+                break
 
     def _add_nat(self, nat: str, users: int, weak: int) -> None:
         nat = nat[:8]

@@ -213,6 +213,31 @@ def demo(users: int, once: bool, http_port: int, seed: str) -> None:
             cluster.stop()
 
 
+@cli.command()
+@click.option("--users", type=click.IntRange(1000, 10_000_000), default=100_000, show_default=True,
+              help="Users to push through both daemons.")
+@click.option("--repeat", type=click.IntRange(1, 20), default=1, show_default=True,
+              help="Runs of the whole benchmark; the report quotes medians.")
+@click.option("--no-peer", is_flag=True, help="Skip InfraETL1's approach (the peer).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def bench(users: int, repeat: int, no_peer: bool, as_json: bool) -> None:
+    """Benchmark both daemons end to end against the floor and InfraETL1's approach."""
+    from .bench import format_report, median_report, run_bench
+
+    results = []
+    for i in range(repeat):
+        results.append(run_bench(users, peer=not no_peer))
+        if not as_json:
+            click.echo(f"--- run {i + 1} of {repeat}", err=True)
+            click.echo(format_report(results[-1]), err=True)
+    report = median_report(results)
+    if as_json:
+        emit_json({"median": report, "runs": results})
+    else:
+        click.echo(f"=== median of {repeat} run(s)")
+        click.echo(format_report(report))
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 

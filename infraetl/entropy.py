@@ -20,8 +20,8 @@ import math
 import re
 import string
 from collections import Counter
+from collections.abc import Iterable
 from functools import lru_cache
-from typing import Iterable
 
 import zxcvbn_rs_py
 

@@ -32,7 +32,8 @@ ignored (``"li"`` is in too many passwords to mean anything):
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from infraetl.pwshape import deleet, digit_runs
 
@@ -51,8 +52,8 @@ _NOT_DIGIT = re.compile(r"[^0-9]+")
 _EMAIL_SEP = re.compile(r"[._\-+]+")
 
 
-def _compact(lowered: str) -> str:
-    """Drop what people leave out when they type a name into a password."""
+def compact(lowered: str) -> str:
+    """Drop the spaces, apostrophes and hyphens people leave out of a typed name."""
     if lowered.isalnum():
         return lowered
     return lowered.replace(" ", "").replace("'", "").replace("-", "").replace("\u2019", "")
@@ -90,11 +91,11 @@ def find_personal(
         return 0
     found = 0
     fl = first.lower()
-    fc = _compact(fl)
+    fc = compact(fl)
     if (len(fl) >= MIN_TOKEN and fl in pwl) or (len(fc) >= MIN_TOKEN and fc in pwl):
         found |= FIRST
     ll = last.lower()
-    lc = _compact(ll)
+    lc = compact(ll)
     if (len(ll) >= MIN_TOKEN and ll in pwl) or (len(lc) >= MIN_TOKEN and lc in pwl):
         found |= LAST
     ul = username.lower()
@@ -109,9 +110,9 @@ def find_personal(
         long_runs = [r for r in runs if len(r) >= MIN_PHONE_RUN]
         if long_runs:
             mm, dd = dob[5:7], dob[8:10]
-            if len(mm) == 2 and len(dd) == 2 and (mm + dd).isdigit():
-                if any(dd + mm in r or mm + dd in r for r in long_runs):
-                    found |= BIRTH_DATE
+            if (len(mm) == 2 and len(dd) == 2 and (mm + dd).isdigit()
+                    and any(dd + mm in r or mm + dd in r for r in long_runs)):
+                found |= BIRTH_DATE
             digits = _NOT_DIGIT.sub("", phone) + " " + _NOT_DIGIT.sub("", cell)
             if any(r in digits for r in long_runs):
                 found |= PHONE
@@ -122,7 +123,7 @@ def find_personal(
                 found |= EMAIL
                 break
     cl = city.lower()
-    if len(cl) >= MIN_TOKEN and (cl in pwl or _compact(cl) in pwl):
+    if len(cl) >= MIN_TOKEN and (cl in pwl or compact(cl) in pwl):
         found |= CITY
     if len(fc) >= MIN_TOKEN:
         rf = fc[::-1]

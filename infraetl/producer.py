@@ -88,6 +88,7 @@ class RunWorker(threading.Thread):
         self._skip = skip_batches
         self._producer = producer_id
         self.cancel = threading.Event()
+        self._t_read = 0.0
 
     def run(self) -> None:
         out = self._ctx.socket(zmq.PUSH)
@@ -121,7 +122,13 @@ class RunWorker(threading.Thread):
             self._hand(out, "begin", BEGIN_SEQ, 0)
         seq = 0
         delivered = 0
-        for batch in source.batches(plan, check_records):
+        batches = iter(source.batches(plan, check_records))
+        while True:
+            t = time.perf_counter()
+            batch = next(batches, None)
+            self._t_read += time.perf_counter() - t
+            if batch is None:
+                break
             if self.cancel.is_set():
                 raise _Cancelled
             seq += 1
@@ -134,12 +141,17 @@ class RunWorker(threading.Thread):
         self._hand(out, "end", END_SEQ, 0, batches=seq, delivered=delivered)
 
     def _send_batch(self, out: zmq.Socket, seq: int, batch: Batch) -> None:
+        t = time.perf_counter()
         cols = schema.to_columns(batch.users)
         quarantine = dict(batch.quarantine)
         msg = wire.make("data", self.run_id, seq, producer=self._producer, n=len(batch.users),
                         cols=cols, quarantine=quarantine)
+        frame = self._sealer.seal(msg)
+        t_seal = time.perf_counter() - t
         self._push(out, {"run": self.run_id, "seq": seq, "kind": "data", "users": len(batch.users),
-                         "quarantine": quarantine, "frame": self._sealer.seal(msg)})
+                         "quarantine": quarantine, "frame": frame,
+                         "t_read": self._t_read, "t_seal": t_seal})
+        self._t_read = 0.0
 
     def _hand(self, out: zmq.Socket, kind: str, seq: int, users: int, **fields: Any) -> None:
         cancelled = fields.pop("cancelled", False)
@@ -185,6 +197,7 @@ class Producer:
         # (run, seq) -> [frame, kind, users, last send attempt]
         self.in_flight: dict[tuple[str, int], list[Any]] = {}
         self.workers: dict[str, RunWorker] = {}
+        self.stages: Counter[str] = Counter()   # seconds per stage, for the benchmark
 
     # -- set-up --
     def _open_sockets(self) -> None:
@@ -281,7 +294,11 @@ class Producer:
     def _on_work(self, data: bytes) -> None:
         item = msgpack.unpackb(data, raw=False)
         run_id, seq, kind = item["run"], item["seq"], item["kind"]
+        self.stages["read"] += item.get("t_read", 0.0)
+        self.stages["seal"] += item.get("t_seal", 0.0)
+        t = time.perf_counter()
         self.spool.add_frame(run_id, seq, kind, item["users"], item["frame"], item.get("quarantine"))
+        self.stages["spool"] += time.perf_counter() - t
         if kind == "abort":
             state = "cancelled" if item.get("cancelled") else "failed"
             self.spool.finish(run_id, state, reason=item.get("reason"))
@@ -297,7 +314,9 @@ class Producer:
             entry[0] = self.sealer.reseal(entry[0])
             self.spool.replace_frame(run_id, seq, entry[0])
         try:
+            t = time.perf_counter()
             self.data.send(entry[0], zmq.NOBLOCK)
+            self.stages["send"] += time.perf_counter() - t
             entry[3] = now
         except zmq.Again:
             # No consumer connected (IMMEDIATE) or its queue is full: try again later.

@@ -25,6 +25,7 @@ import msgpack
 from cryptography.fernet import Fernet, InvalidToken
 
 from .exceptions import WireError
+from .schema import FIELD_PATHS
 
 PROTOCOL_VERSION = 1
 KID_LEN = 4
@@ -59,11 +60,18 @@ def _is_counts(v: Any) -> bool:
     return type(v) is dict and all(type(k) is str and type(n) is int and n >= 0 for k, n in v.items())
 
 
+MAX_BATCH = 100_000
+_FIELDS = frozenset(FIELD_PATHS)
+
+
 def _is_cols(msg: Message) -> bool:
     cols, n = msg.get("cols"), msg.get("n")
-    if type(cols) is not dict or type(n) is not int or n < 0:
+    if type(cols) is not dict or type(n) is not int or not 0 <= n <= MAX_BATCH:
         return False
-    return all(type(k) is str and type(v) is list and len(v) == n for k, v in cols.items())
+    # Exactly the schema's columns: a batch cannot claim users it does not carry.
+    if cols.keys() != _FIELDS:
+        return False
+    return all(type(v) is list and len(v) == n for v in cols.values())
 
 
 Check = Callable[[Any], bool]

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import msgpack
 import pytest
 from cryptography.fernet import Fernet
 
-from infraetl import config, wire
+from infraetl import config, schema, wire
 from infraetl.exceptions import WireError
 
-DATA = {"producer": "p", "n": 2, "cols": {"email": ["a@x", "b@y"]}, "quarantine": {"empty:email": 1}}
+SAMPLE = json.loads((Path(__file__).parent / "data" / "randomuser-sample.json").read_text())["results"]
+DATA = {"producer": "p", "n": 4, "cols": schema.to_columns(SAMPLE), "quarantine": {"empty:email": 1}}
 
 
 def reason(sealer: wire.Sealer, frame: bytes) -> str:
@@ -78,7 +82,11 @@ def test_bad_msgpack_inside_valid_token(key: str, sealer: wire.Sealer) -> None:
     {"v": 1, "kind": "data", "run": "r"},                       # no seq
     {"v": 1, "kind": "nonsense", "run": "r", "seq": 1},
     {"v": 1, "kind": "data", "run": "r", "seq": 1, "producer": "p", "n": 3,
-     "cols": {"email": ["a"]}, "quarantine": {}},               # columns shorter than n
+     "cols": {"email": ["a"]}, "quarantine": {}},               # columns missing
+    {"v": 1, "kind": "data", "run": "r", "seq": 1, "producer": "p", "n": 10 ** 9,
+     "cols": {}, "quarantine": {}},                             # users it does not carry
+    {"v": 1, "kind": "data", "run": "r", "seq": 1, "producer": "p", "n": 5,
+     "cols": DATA["cols"], "quarantine": {}},                   # columns shorter than n
     {"v": 1, "kind": "ack", "run": "r", "seq": "1", "producer": "p", "of": "data", "status": "x"},
 ])
 def test_wrong_schema(key: str, sealer: wire.Sealer, payload: object) -> None:

@@ -16,9 +16,10 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Sequence
+from typing import Any, BinaryIO
 
 from ..exceptions import ConfigError, SourceError
 from ..schema import NATIONALITIES

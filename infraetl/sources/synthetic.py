@@ -22,11 +22,13 @@ import logging
 import threading
 import time
 import unicodedata
-from calendar import timegm
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import date
 from importlib import resources
+from itertools import product
 from random import Random
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from ..exceptions import ConfigError, SourceError
 from ..schema import NATIONALITIES
@@ -37,10 +39,6 @@ logger = logging.getLogger(__name__)
 
 #: Ages are relative to this instant (UTC), so users do not age between runs.
 REFERENCE_DATE = (2026, 1, 15)
-_REF_TS = timegm((*REFERENCE_DATE, 0, 0, 0))
-_YEAR = 365.2425 * 86400
-_DOB_FROM, _DOB_SPAN = _REF_TS - 78 * _YEAR, 57 * _YEAR        # ages 21..77
-_REG_FROM, _REG_SPAN = _REF_TS - 23 * _YEAR, 23 * _YEAR - 86400  # ages 0..22
 
 #: Share of passwords by kind (the rest are common words).
 P_EMPTY, P_STRONG, P_PERSONAL = 0.005, 0.05, 0.10
@@ -141,23 +139,32 @@ def ascii_fold(text: str) -> str:
 
 def _pattern(spec: str) -> Callable[[Random], str]:
     """Compile an id/phone pattern (# digit, ? capital letter) into a fast filler."""
-    fmt, digits, letters = [], 0, 0
-    for ch in spec:
-        if ch == "#":
-            fmt.append("{d[%d]}" % digits)
-            digits += 1
-        elif ch == "?":
-            fmt.append("{L[%d]}" % letters)
-            letters += 1
+    # One random draw per run of '#' or '?' rather than per character: this
+    # runs for every user, and per-character work was a tenth of the budget.
+    template: list[str] = []
+    runs: list[tuple[str, int]] = []
+    i = 0
+    while i < len(spec):
+        ch = spec[i]
+        j = i
+        while j < len(spec) and spec[j] == ch and ch in "#?":
+            j += 1
+        if j > i:
+            runs.append((ch, j - i))
+            template.append(f"%0{j - i}d" if ch == "#" else "%s")
+            i = j
         else:
-            fmt.append(ch.replace("{", "{{").replace("}", "}}"))
-    template = "".join(fmt)
-    scale = 10 ** digits
+            template.append(ch.replace("%", "%%"))
+            i += 1
+    fmt = "".join(template)
+    # Letter runs pick from a table of every combination (runs are 1-2 letters long).
+    draws = [(10 ** n, None) if ch == "#" else (26 ** n, ["".join(t) for t in product(_UPPER, repeat=n)])
+             for ch, n in runs]
 
     def fill(rng: Random) -> str:
-        d = "%0*d" % (digits, int(rng.random() * scale)) if digits else ""
-        L = rng.choices(_UPPER, k=letters) if letters else ()
-        return template.format(d=d, L=L)
+        r = rng.random
+        return fmt % tuple([int(r() * scale) if table is None else table[int(r() * scale)]
+                            for scale, table in draws])
 
     return fill
 
@@ -282,6 +289,8 @@ class UserGenerator:
         self._passwords: tuple[str, ...] = w["passwords"]
         self._adjectives: tuple[str, ...] = tuple(w["username_adjectives"])
         self._animals: tuple[str, ...] = tuple(w["username_animals"])
+        self._dob = _days("dob").days
+        self._registered = _days("registered").days
 
     def users(self, count: int) -> list[User]:
         """The next ``count`` users of the stream."""
@@ -308,14 +317,20 @@ class UserGenerator:
         else:
             postcode = p.postcodes[int(r() * len(p.postcodes))]
         offset, tz_description = TIMEZONES[int(r() * len(TIMEZONES))]
-        dob_date, dob_age, year = _date_age(_DOB_FROM + r() * _DOB_SPAN)
-        reg_date, reg_age, _ = _date_age(_REG_FROM + r() * _REG_SPAN)
-        h = "%032x" % rng.getrandbits(128)
+        dob_day, dob_age, year = self._dob[int(r() * len(self._dob))]
+        reg_day, reg_age, _ = self._registered[int(r() * len(self._registered))]
+        hm, ms = _HOURS_MINUTES, int(r() * 60000)
+        dob_date = f"{dob_day}{hm[int(r() * 1440)]}{ms // 1000:02d}.{ms % 1000:03d}Z"
+        ms = int(r() * 60000)
+        reg_date = f"{reg_day}{hm[int(r() * 1440)]}{ms // 1000:02d}.{ms % 1000:03d}Z"
+        h = f"{rng.getrandbits(128):032x}"
         uuid = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
         username = (self._adjectives[int(r() * len(self._adjectives))]
                     + self._animals[int(r() * len(self._animals))] + str(100 + int(r() * 900)))
         password = self._password(first_ascii, last_ascii, username, year)
-        salt = "".join(rng.choices(_ALNUM, k=8))
+        pairs = _ALNUM_PAIRS
+        salt = (pairs[int(r() * 3844)] + pairs[int(r() * 3844)]
+                + pairs[int(r() * 3844)] + pairs[int(r() * 3844)])
         salted = (password + salt).encode()
         id_name, id_fill = _ID_FILLERS[nat]
         picture = f"{'men' if male else 'women'}/{int(r() * 100)}.jpg"
@@ -328,8 +343,8 @@ class UserGenerator:
                 "state": p.states[int(r() * len(p.states))],
                 "country": COUNTRIES[nat],
                 "postcode": postcode,
-                "coordinates": {"latitude": "%.4f" % (r() * 180 - 90),
-                                "longitude": "%.4f" % (r() * 360 - 180)},
+                "coordinates": {"latitude": f"{r() * 180 - 90:.4f}",
+                                "longitude": f"{r() * 360 - 180:.4f}"},
                 "timezone": {"offset": offset, "description": tz_description},
             },
             "email": f"{first_ascii}.{last_ascii}@example.com",
@@ -392,16 +407,36 @@ def _strong(rng: Random) -> str:
     return "".join(chars)
 
 
-def _date_age(ts: float) -> tuple[str, int, int]:
-    """ISO-8601 UTC date with milliseconds, age at :data:`REFERENCE_DATE`, and the year."""
-    sec = int(ts)
-    t = time.gmtime(sec)
-    ms = int((ts - sec) * 1000)
-    date = "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (t.tm_year, t.tm_mon, t.tm_mday,
-                                                    t.tm_hour, t.tm_min, t.tm_sec, ms)
-    ref_y, ref_m, ref_d = REFERENCE_DATE
-    age = ref_y - t.tm_year - ((t.tm_mon, t.tm_mday) > (ref_m, ref_d))
-    return date, age, t.tm_year
+@dataclass(frozen=True)
+class _Days:
+    """Precomputed ``(ISO date, age at the reference date, year)`` per day of a range."""
+
+    days: tuple[tuple[str, int, int], ...]
+
+    @classmethod
+    def between(cls, oldest: int, youngest: int) -> _Days:
+        ref = date(*REFERENCE_DATE)
+        first = ref.replace(year=ref.year - oldest - 1).toordinal() + 1
+        last = ref.replace(year=ref.year - youngest).toordinal()
+        out = []
+        for ordinal in range(first, last + 1):
+            d = date.fromordinal(ordinal)
+            age = ref.year - d.year - ((d.month, d.day) > (ref.month, ref.day))
+            out.append((d.isoformat(), age, d.year))
+        return cls(tuple(out))
+
+
+_HOURS_MINUTES = tuple(f"T{m // 60:02d}:{m % 60:02d}:" for m in range(1440))
+_ALNUM_PAIRS = tuple(a + b for a in _ALNUM for b in _ALNUM)
+_tables: dict[str, _Days] = {}
+
+
+def _days(kind: str) -> _Days:
+    if kind not in _tables:
+        # Ages 21..77 for the birth date; 0..22 years since registration.
+        _tables["dob"] = _Days.between(77, 21)
+        _tables["registered"] = _Days.between(22, 0)
+    return _tables[kind]
 
 
 class SyntheticSource:

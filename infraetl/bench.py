@@ -1,0 +1,221 @@
+"""``infraetl-ctl bench``: end-to-end throughput, stage costs, the floor and the peer, in one run.
+
+1. Generate N synthetic users into a JSON Lines file (not timed), so the
+   producer replays a file and the source is not the bottleneck.
+2. Start a consumer and a producer on 127.0.0.1 (real processes, real
+   sockets) and time ``start-run`` to the consumer's ACK of the rendered run.
+3. Read each daemon's time per stage and its peak RSS (VmHWM).
+4. The floor: Fernet open + msgpack decode of the very same batches, in
+   this process, and the ratio of the consumer's total cost to it.
+5. The peer: InfraETL1's per-record approach (``bench_original``) on the
+   same users, and our end-to-end speed-up over it.
+6. Render time of the dashboard on the final state.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from . import config, schema, wire
+from .control import ControlClient, wait_run
+from .localcluster import LocalCluster
+
+
+def _peak_rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def generate(path: Path, users: int, seed: str = "bench") -> None:
+    """Write ``users`` synthetic API-shaped users to ``path`` as JSON Lines."""
+    from .sources import RunPlan, accept_all
+    from .sources.synthetic import SyntheticSource
+
+    with open(path, "w", encoding="utf-8") as f:
+        plan = RunPlan(users=users, seed=seed, batch_size=5000)
+        for batch in SyntheticSource().batches(plan, accept_all):
+            f.write("\n".join(json.dumps(u, ensure_ascii=False) for u in batch.users))
+            f.write("\n")
+
+
+def _batches(path: Path, size: int) -> Iterator[list[dict[str, Any]]]:
+    batch: list[dict[str, Any]] = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            batch.append(json.loads(line))
+            if len(batch) == size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+def _stage_seconds(metrics_text: str) -> dict[str, float]:
+    out = {}
+    for line in metrics_text.splitlines():
+        if line.startswith("infraetl_stage_seconds_total{"):
+            stage = line.split('stage="')[1].split('"')[0]
+            out[stage] = float(line.split()[-1])
+    return out
+
+
+def measure_floor(path: Path, sealer: wire.Sealer, batch_size: int) -> tuple[float, int]:
+    """Seconds to open + decode the very same sealed batches the producer sends."""
+    from .validate import check_records
+
+    frames = []
+    for i, users in enumerate(_batches(path, batch_size), 1):
+        good, quarantine = check_records(users)
+        msg = wire.make("data", "floor", i, producer="bench", n=len(good), cols=schema.to_columns(good),
+                        quarantine=dict(quarantine))
+        frames.append(sealer.seal(msg))
+    t = time.perf_counter()
+    for frame in frames:
+        sealer.open_raw(frame)
+    return time.perf_counter() - t, len(frames)
+
+
+def measure_peer(path: Path, key: bytes) -> tuple[float, int]:
+    """Seconds InfraETL1's approach takes on the same users (decrypt + parse + figures)."""
+    from cryptography.fernet import Fernet
+
+    from .bench_original import original_pipeline
+
+    users = [u for batch in _batches(path, 10000) for u in batch]
+    token = Fernet(key).encrypt(json.dumps(users).encode())
+    n = len(users)
+    del users
+    t = time.perf_counter()
+    result = original_pipeline(token, key)
+    elapsed = time.perf_counter() - t
+    assert result["total_users"] == n
+    return elapsed, n
+
+
+def measure_render(doc: dict[str, Any], repeat: int = 15) -> float:
+    """Median seconds to render the whole page from a stats document."""
+    from .dashboard.render import render_page
+
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        render_page(doc, generated_at=doc.get("generated_at") or time.time())
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def run_bench(users: int, *, workdir: Path | None = None, batch_size: int = 500,
+              peer: bool = True) -> dict[str, Any]:
+    """Run the whole benchmark once; return its figures."""
+    import urllib.request
+
+    with tempfile.TemporaryDirectory(prefix="infraetl-bench-") as tmp:
+        root = workdir or Path(tmp)
+        data = root / "users.jsonl"
+        t = time.perf_counter()
+        generate(data, users)
+        gen_s = time.perf_counter() - t
+        cluster = LocalCluster(root / "cluster", producer_args=["--batch-size", str(batch_size),
+                                                                "--window", "128"])
+        cluster.start()
+        try:
+            keys = config.parse_keys(cluster.key_file.read_text(), "the bench key")
+            sealer = wire.Sealer(keys, ttl=config.TOKEN_TTL, max_size=config.MAX_FRAME)
+            with ControlClient(cluster.control, sealer, timeout=30) as client:
+                rss_start = {"consumer": _rss_mb(cluster.consumer.pid)}
+                t0 = time.perf_counter()
+                started = client.call("start-run", users=users, source=f"file:{data}", seed="bench")
+                row = wait_run(client, started["run_id"], timeout=3600, poll=0.05)
+                e2e = time.perf_counter() - t0
+                producer_stages = client.call("status", limit=1)["stages"]
+            assert cluster.producer is not None
+            with urllib.request.urlopen(cluster.url + "metrics", timeout=10) as r:
+                consumer_stages = _stage_seconds(r.read().decode())
+            with urllib.request.urlopen(cluster.url + "api/stats.json", timeout=30) as r:
+                doc = json.loads(r.read())
+            rss = {"consumer": _peak_rss_mb(cluster.consumer.pid),
+                   "producer": _peak_rss_mb(cluster.producer.pid)}
+            rss_end = {"consumer": _rss_mb(cluster.consumer.pid)}
+        finally:
+            cluster.stop()
+        if row["state"] != "complete":
+            raise RuntimeError(f"bench run {row['state']}: {row.get('reason')}")
+        floor_s, n_frames = measure_floor(data, sealer, batch_size)
+        consumer_total = sum(consumer_stages.values())
+        result: dict[str, Any] = {
+            "users": users, "batches": n_frames, "batch_size": batch_size,
+            "generate_s": round(gen_s, 3),
+            "end_to_end_s": round(e2e, 3), "end_to_end_users_per_s": round(users / e2e),
+            "consumer_stages_s": {k: round(v, 4) for k, v in consumer_stages.items()},
+            "producer_stages_s": {k: round(v, 4) for k, v in producer_stages.items()},
+            "consumer_total_s": round(consumer_total, 3),
+            "consumer_us_per_user": round(consumer_total / users * 1e6, 2),
+            "floor_s": round(floor_s, 3), "floor_us_per_user": round(floor_s / users * 1e6, 2),
+            "floor_users_per_s": round(users / floor_s),
+            "consumer_over_floor": round(consumer_total / floor_s, 2),
+            "peak_rss_mb": {k: round(v, 1) if v else None for k, v in rss.items()},
+            "consumer_rss_mb": {"start": rss_start["consumer"], "end": rss_end["consumer"]},
+            "render_ms": round(measure_render(doc) * 1000, 2),
+            "applied_users": row.get("applied_users"),
+        }
+        if peer:
+            peer_s, n = measure_peer(data, keys[0])
+            result["peer_s"] = round(peer_s, 3)
+            result["peer_users_per_s"] = round(n / peer_s)
+            result["speedup_vs_peer"] = round(peer_s / e2e, 2)
+        return result
+
+
+def format_report(r: dict[str, Any]) -> str:
+    """The human-readable report."""
+    lines = [
+        f"users: {r['users']:,} in {r['batches']} batches of {r['batch_size']} (2-core shared machine: noisy)",
+        f"end to end (start-run → rendered dashboard): {r['end_to_end_s']:.2f} s = "
+        f"{r['end_to_end_users_per_s']:,} users/s",
+        "consumer stages (s): " + ", ".join(f"{k} {v:.3f}" for k, v in r["consumer_stages_s"].items()),
+        "producer stages (s): " + ", ".join(f"{k} {v:.3f}" for k, v in r["producer_stages_s"].items()),
+        f"consumer total: {r['consumer_total_s']:.3f} s = {r['consumer_us_per_user']} µs/user",
+        f"floor (Fernet open + msgpack decode of the same batches): {r['floor_s']:.3f} s = "
+        f"{r['floor_us_per_user']} µs/user ({r['floor_users_per_s']:,} users/s)",
+        f"consumer / floor: {r['consumer_over_floor']}×",
+        f"peak RSS: consumer {r['peak_rss_mb']['consumer']} MB, producer {r['peak_rss_mb']['producer']} MB",
+        f"dashboard render on the final state: {r['render_ms']} ms (median of 15)",
+    ]
+    if "peer_s" in r:
+        lines.append(f"InfraETL1's approach on the same users: {r['peer_s']:.2f} s = "
+                     f"{r['peer_users_per_s']:,} users/s; end-to-end speed-up {r['speedup_vs_peer']}×")
+    return "\n".join(lines)
+
+
+def median_report(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Element-wise median of several runs' figures (numbers only; the rest from the first)."""
+    def med(values: list[Any]) -> Any:
+        if all(isinstance(v, dict) for v in values):
+            return {k: med([v.get(k) for v in values]) for k in values[0]}
+        nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if len(nums) == len(values) and nums:
+            m = statistics.median(nums)
+            return round(m, 4) if isinstance(m, float) else m
+        return values[0]
+
+    return {k: med([r.get(k) for r in results]) for k in results[0]}

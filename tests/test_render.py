@@ -1,0 +1,294 @@
+"""Rendering: the context, every chart's numbers against the JSON, empty and hostile states, files."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import stat
+import time
+from html.parser import HTMLParser
+from typing import Any
+
+import numpy as np
+import pytest
+from sample_stats import GENERATED_AT, HOSTILE, KNOWN_PASSWORDS, hostile_stats, large_stats, sample_stats
+
+from infraetl.dashboard import render
+
+CHARTS = ("gender", "age_decades", "countries", "complexity", "password_length", "registration_years",
+          "timezones", "strength", "entropy", "personal_info", "weak_by_nationality", "quarantine", "warnings")
+TABLES = ("top_passwords", "reuse", "masks")
+CARDS = ("total_users", "average_age", "top_gender", "countries", "password_length", "password_length_range",
+         "strong_share", "name_in_password", "birthyear_in_password", "username_in_password",
+         "most_secure_password")
+
+
+class Page(HTMLParser):
+    """Collects tags with attributes, and each chart's numbers table per view."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.tables: dict[tuple[str, str], dict[str, list[str]]] = {}
+        self.cards: dict[tuple[str, str], str] = {}
+        self.svgs: set[tuple[str, str]] = set()
+        self._view = self._chart = self._row = self._card = ""
+        self._in_value = False
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        self.tags.append((tag, a))
+        if tag == "section" and a.get("id") in ("last", "all"):
+            self._view = a["id"] or ""
+        if a.get("data-chart"):
+            self._chart = a["data-chart"] or ""
+            self.tables[(self._view, self._chart)] = {}
+        if tag == "svg" and self._chart:
+            self.svgs.add((self._view, self._chart))
+        if tag == "tr" and "data-key" in a and self._chart:
+            self._row = a["data-key"] or ""
+            self.tables[(self._view, self._chart)][self._row] = []
+        if tag in ("th", "td") and self._row and "data-value" in a:
+            self.tables[(self._view, self._chart)][self._row].append(a["data-value"] or "")
+        if a.get("data-card"):
+            self._card = a["data-card"] or ""
+        if a.get("class") == "card-value":
+            self._in_value = True
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "figure":
+            self._chart = self._row = ""
+        if tag == "tr":
+            self._row = ""
+        if tag == "section":
+            self._view = ""
+
+    def handle_data(self, data: str) -> None:
+        if self._in_value:
+            self.cards[(self._view, self._card)] = data.strip()
+            self._in_value = False
+
+
+@pytest.fixture(scope="module")
+def stats() -> dict[str, Any]:
+    return sample_stats()
+
+
+@pytest.fixture(scope="module")
+def page(stats: dict[str, Any]) -> Page:
+    return Page(render.render_page(stats, generated_at=GENERATED_AT))
+
+
+def figures(stats: dict[str, Any], view: str) -> dict[str, Any]:
+    return stats["last_run"] if view == "last" else stats["cumulative"]
+
+
+def column(page: Page, view: str, chart: str, index: int = 1) -> dict[str, float]:
+    return {k: float(v[index]) for k, v in page.tables[(view, chart)].items()}
+
+
+def top(counts: dict[str, float], n: int = 10) -> dict[str, float]:
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n])
+
+
+def test_context_has_the_documented_structure(stats: dict[str, Any]) -> None:
+    ctx = render.build_context(stats, generated_at=GENERATED_AT)
+    assert set(ctx) == {"generated_at", "updated", "updated_iso", "last_run_id", "last_run_state", "views", "runs"}
+    assert ctx["updated"] == "2024-05-01 12:20:00 UTC"
+    for vid in ("last", "all"):
+        view = ctx["views"][vid]
+        assert set(view) == {"id", "title", "subtitle", "empty", "cards", "panels"}
+        assert [c["id"] for c in view["cards"]] == list(CARDS)
+        assert [p["id"] for p in view["panels"]] == [*CHARTS[:10], "weak_by_nationality", "quarantine",
+                                                      "warnings", *TABLES]
+        for panel in view["panels"]:
+            assert set(panel) == {"id", "key", "title", "svg", "columns", "rows", "note", "wide"}
+            assert all(len(r["cells"]) == len(panel["columns"]) for r in panel["rows"])
+    assert set(ctx["runs"]) == {"rows", "total", "shown"}
+    assert [r["run_id"] for r in ctx["runs"]["rows"]][0] == stats["runs"][-1]["run_id"]  # newest first
+
+
+@pytest.mark.parametrize("view", ["last", "all"])
+def test_every_chart_and_table_is_present(page: Page, view: str) -> None:
+    for chart in CHARTS:
+        assert (view, chart) in page.svgs, chart
+        assert page.tables[(view, chart)], chart
+    for table in TABLES:
+        assert page.tables[(view, table)], table
+
+
+@pytest.mark.parametrize("view", ["last", "all"])
+def test_chart_numbers_match_the_stats(page: Page, stats: dict[str, Any], view: str) -> None:
+    f = figures(stats, view)
+    a = f["audit"]
+    assert column(page, view, "gender") == f["gender"]
+    assert column(page, view, "age_decades") == f["age"]["decades"]
+    assert column(page, view, "countries") == top(f["countries"])
+    assert column(page, view, "timezones") == top(f["timezones"])
+    assert column(page, view, "registration_years") == f["registration_years"]
+    assert column(page, view, "complexity") == a["complexity"]
+    assert column(page, view, "strength") == a["zxcvbn_score"]
+    assert column(page, view, "entropy") == a["entropy_bits"]["histogram"]
+    assert column(page, view, "personal_info") == top(a["personal_info"])
+    assert column(page, view, "quarantine") == top(f["quarantine"])
+    assert column(page, view, "warnings") == top(f["warnings"])
+    lengths = {k: v for k, v in column(page, view, "password_length").items() if v}
+    assert lengths == {k: v for k, v in f["password_length"]["histogram"].items() if v}
+    weak = column(page, view, "weak_by_nationality", index=3)
+    assert weak == top({k: v["percent_weak"] for k, v in a["by_nationality"].items()}, 25)
+    assert column(page, view, "top_passwords", index=2) == {r["password"]: r["count"] for r in a["top_passwords"]}
+    assert column(page, view, "reuse", index=2) == {r["password"]: r["count"] for r in a["reuse"]["top_reused"]}
+
+
+@pytest.mark.parametrize("view", ["last", "all"])
+def test_cards_show_the_figures(page: Page, stats: dict[str, Any], view: str) -> None:
+    f = figures(stats, view)
+    cards = {k: v for (vid, k), v in page.cards.items() if vid == view}
+    assert set(cards) == set(CARDS)
+    assert cards["total_users"] == f"{f['total_users']:,}"
+    assert cards["average_age"] == f"{f['age']['mean']:.1f}"
+    assert cards["top_gender"] == max(f["gender"], key=f["gender"].get)
+    assert cards["countries"] == str(len(f["countries"]))
+    assert cards["strong_share"] == f"{f['audit']['strength']['percent_strong']:.1f}%"
+    assert cards["password_length_range"] == f"{f['password_length']['min']} / {f['password_length']['max']}"
+    assert cards["most_secure_password"] == f["audit"]["most_secure_password"]["password"]
+
+
+def test_page_is_self_contained_and_csp_clean(stats: dict[str, Any]) -> None:
+    html = render.render_page(stats, generated_at=GENERATED_AT)
+    tags = Page(html).tags
+    scripts = [a for t, a in tags if t == "script"]
+    assert scripts == [{"src": "static/dashboard.js", "defer": None}]  # no inline script
+    assert "<style" not in html and "style=" not in html
+    for _, attrs in tags:
+        for name in ("src", "href"):
+            url = attrs.get(name) or ""
+            assert not url.startswith(("http:", "https:", "//")), url
+    assert "cdn" not in html.lower()
+
+
+@pytest.mark.parametrize("stats", [
+    {}, {"last_run": None, "cumulative": None, "runs": []},
+    {"last_run": {}, "cumulative": {"total_users": 0}, "runs": None},
+])
+def test_empty_state_says_no_data_yet(stats: dict[str, Any]) -> None:
+    html = render.render_page(stats, generated_at=0.0)
+    assert html.count("no data yet") >= 3  # both views and the run history
+    assert "never" in html
+    assert render.render_sections(stats, generated_at=0.0).keys() == set(render.SECTION_IDS)
+
+
+GARBAGE = [None, [], "text", {"x": "y"}, float("nan"), True]
+
+
+@pytest.mark.parametrize("value", GARBAGE, ids=repr)
+def test_any_figure_may_be_missing_or_malformed(stats: dict[str, Any], value: Any) -> None:
+    keys = [k for k in stats["last_run"] if k != "audit"] + [f"audit.{k}" for k in stats["last_run"]["audit"]]
+    for key in keys:
+        broken = json.loads(json.dumps(stats))
+        target = broken["last_run"]
+        if key.startswith("audit."):
+            target, key = target["audit"], key[len("audit."):]
+        target[key] = value
+        html = render.render_page(broken, generated_at=GENERATED_AT)
+        assert 'data-chart="gender"' in html
+    broken = json.loads(json.dumps(stats))
+    broken["runs"] = [value, {"run_id": value, "state": value, "duration_s": value}]
+    broken["last_run"]["audit"] = value
+    render.render_page(broken, generated_at=GENERATED_AT)
+
+
+def test_hostile_strings_are_escaped_and_inert() -> None:
+    stats = hostile_stats()
+    html = render.render_page(stats, generated_at=GENERATED_AT)
+    tags = Page(html).tags
+    assert [a for t, a in tags if t == "script"] == [{"src": "static/dashboard.js", "defer": None}]
+    assert not [t for t, _ in tags if t in ("img", "iframe", "object", "embed")]
+    assert not [(t, n) for t, a in tags for n in a if n.startswith("on")]
+    assert "<script>window" not in html and "<img" not in html and "<svg onload" not in html
+    assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in html
+    assert "{{7*7}}" in html  # shown as text: data is never a template
+    assert "\u202e" not in html and "\ufffdgnp.exe" in html
+    for doc in render.render_all(stats, generated_at=GENERATED_AT).values():
+        assert b"\xe2\x80\xae" not in doc  # JSON is ASCII-only: the override travels as \u202e
+
+
+def test_no_plaintext_password_in_page_or_json() -> None:
+    stats = sample_stats()
+    # Simulate an upstream slip: plaintext where masked passwords belong.
+    audit = stats["cumulative"]["audit"]
+    audit["top_passwords"][0]["password"] = "trustno1"
+    audit["reuse"]["top_reused"][0]["password"] = "letmein"
+    audit["most_secure_password"]["password"] = "Tr0ub4dor&3x!"
+    docs = render.render_all(stats, generated_at=GENERATED_AT)
+    for name, doc in docs.items():
+        text = doc.decode()
+        for password in KNOWN_PASSWORDS:
+            assert password not in text, (name, password)
+            assert json.dumps(password)[1:-1] not in text, (name, password)
+    assert render.mask_password("trustno1") == "t******1"
+    assert render.mask_password("s****r") == "s****r"
+    assert render.mask_password("ab") == "**"
+
+
+def test_json_is_strict_and_plain() -> None:
+    stats = sample_stats()
+    stats["cumulative"]["age"]["mean"] = float("nan")
+    stats["cumulative"]["total_users"] = np.int64(1200)
+    stats["cumulative"]["age"]["std"] = np.float64(3.5)
+    docs = render.render_all(stats, generated_at=GENERATED_AT)
+    doc = json.loads(docs["api/stats.json"], parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+    assert doc["cumulative"]["age"]["mean"] is None
+    assert doc["cumulative"]["total_users"] == 1200
+    assert doc["generated_at"] == GENERATED_AT
+    assert json.loads(docs["api/runs.json"]) == {"runs": stats["runs"]}
+    sections = json.loads(docs["api/sections.json"])
+    assert sections["generated_at"] == GENERATED_AT and set(sections["sections"]) == set(render.SECTION_IDS)
+
+
+def test_sections_are_the_page_parts(stats: dict[str, Any]) -> None:
+    page = render.render_page(stats, generated_at=GENERATED_AT)
+    for sid, html in render.render_sections(stats, generated_at=GENERATED_AT).items():
+        assert f'data-section="{sid}"' in page
+        assert html.strip() and html in page
+
+
+def test_write_site(tmp_path: pathlib.Path, stats: dict[str, Any]) -> None:
+    out = tmp_path / "www"
+    render.write_site(out, stats, generated_at=GENERATED_AT)
+    render.write_site(out, stats, generated_at=GENERATED_AT + 1)  # over an existing site
+    names = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert names == ["api/runs.json", "api/sections.json", "api/stats.json", "dashboard.html", "index.html",
+                     "static/dashboard.css", "static/dashboard.js"]
+    assert (out / "index.html").read_bytes() == (out / "dashboard.html").read_bytes()
+    assert json.loads((out / "api/stats.json").read_text())["generated_at"] == GENERATED_AT + 1
+    for name in names:
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
+    assert (out / "static/dashboard.js").read_bytes() == (render.STATIC_DIR / "dashboard.js").read_bytes()
+
+
+def _best_ms(fn: Any, repeat: int = 5) -> float:
+    best = math.inf
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, (time.perf_counter() - start) * 1000)
+    return best
+
+
+def test_render_of_a_million_users_takes_under_100_ms() -> None:
+    stats = large_stats(users=1_000_000, runs=500)
+    render.render_page(stats, generated_at=GENERATED_AT)  # template compilation is a one-off
+    page_ms = _best_ms(lambda: render.render_page(stats, generated_at=GENERATED_AT))
+    all_ms = _best_ms(lambda: render.render_all(stats, generated_at=GENERATED_AT))
+    print(f"render_page {page_ms:.1f} ms, render_all {all_ms:.1f} ms")
+    assert page_ms < 100
+    assert all_ms < 100
+
+
+def test_hostile_fixture_covers_every_payload() -> None:
+    html = render.render_page(hostile_stats(), generated_at=GENERATED_AT)
+    for payload in HOSTILE:
+        assert str(render.charts.esc(payload)) in html, payload

@@ -1,0 +1,63 @@
+"""No plaintext password and no key anywhere the daemons write or serve."""
+
+from __future__ import annotations
+
+import json
+import random
+import string
+from pathlib import Path
+
+from infraetl.localcluster import LocalCluster
+
+from helpers import ctl, get_text
+
+SAMPLE = json.loads((Path(__file__).parent / "data" / "randomuser-sample.json").read_text())["results"]
+
+
+def _users_with_secret_passwords(n: int) -> tuple[list[dict], list[str]]:
+    rnd = random.Random(99)
+    alphabet = string.ascii_letters + string.digits + "!#%&*+-=?@^_"
+    users, secrets = [], []
+    for i in range(n):
+        u = json.loads(json.dumps(SAMPLE[i % len(SAMPLE)]))
+        u["login"]["uuid"] = f"00000000-0000-4000-8000-{i:012d}"
+        pw = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(14, 24)))
+        # A few reused, so they reach the top-10 and the reuse figures.
+        if i % 10 == 0:
+            pw = "Zq9!" + "reusedSecret" + "x7#Lp"
+        u["login"]["password"] = pw
+        users.append(u)
+        secrets.append(pw)
+    return users, sorted(set(secrets))
+
+
+def _haystacks(root: Path) -> list[tuple[str, bytes]]:
+    return [(str(p), p.read_bytes()) for p in root.rglob("*") if p.is_file()]
+
+
+def test_no_plaintext_password_at_rest_or_served(cluster: LocalCluster, tmp_path: Path) -> None:
+    users, secrets = _users_with_secret_passwords(400)
+    src = tmp_path / "users.jsonl"
+    src.write_text("\n".join(json.dumps(u, ensure_ascii=False) for u in users))
+    proc = ctl(cluster, "start-run", "--users", "400", "--source", f"file:{src}")
+    assert "complete" in proc.stdout
+    served = []
+    for path in ("", "dashboard.html", "api/stats.json", "api/runs.json", "metrics"):
+        status, _, body = get_text(cluster.url + path)
+        assert status == 200
+        served.append((path, body.encode()))
+    key = cluster.key_file.read_text().strip().encode()
+    places = _haystacks(cluster.consumer.state_dir) + served
+    assert len(places) > 5
+    for where, data in places:
+        for pw in secrets:
+            assert pw.encode() not in data, f"password found in {where}"
+            assert pw.lower().encode() not in data, f"lowercased password found in {where}"
+        assert key not in data, f"the key found in {where}"
+    # The API's password hashes never leave the producer either.
+    for where, data in places + _haystacks(cluster.root / "producer"):
+        assert SAMPLE[0]["login"]["sha256"].encode() not in data, where
+    # Logs never hold the key or a password.
+    for log in (cluster.consumer.log(), cluster.producer.log() if cluster.producer else ""):
+        assert cluster.key_file.read_text().strip() not in log
+        assert not any(pw in log for pw in secrets)
