@@ -56,7 +56,6 @@ class Consumer:
         self._warn = RateLimitedLog(logger)
         self.store_error: str | None = None
         self._retry_at = 0.0
-        self._pending: list[bytes] = []   # frames held back while the store cannot write
         self.url = ""
         self.server: Any = None
 
@@ -207,16 +206,16 @@ class Consumer:
                                              "users": row.get("kept"), "requested": row.get("requested")})
 
     def _on_end(self, msg: dict[str, Any]) -> None:
-        complete = self.store.end_run(msg["run"], producer=msg["producer"], batches=msg["batches"],
-                                      requested=msg.get("requested"))
-        if complete:
-            self._complete(msg, render=False)
+        done = self.store.end_run(msg["run"], producer=msg["producer"], batches=msg["batches"],
+                                  requested=msg.get("requested"))
+        if done.run_complete or done.duplicate:
+            self._complete(msg, render=done.run_complete)
         # Otherwise some batches are still on their way: the END is ACKed when the last lands.
 
     def _complete(self, msg: dict[str, Any], render: bool = True) -> None:
         run_id = msg["run"]
         row = self.store.run(run_id) or {}
-        if render or not (self.site_dir / "index.html").exists():
+        if render:
             self.render()
             self.metrics.runs.inc()
             logger.info("run %s complete: %d users kept, %d quarantined; dashboard re-rendered",

@@ -3,16 +3,24 @@
 The daemons run in the foreground and let systemd supervise them: no
 forking, no pid files. A signal handler only sets a flag that the main loop
 reads (circus); a second SIGTERM forces the stop (rq).
+
+sd_notify is the documented datagram protocol (``man sd_notify``): one
+``AF_UNIX``/``SOCK_DGRAM`` message of newline-separated ``KEY=value`` lines
+to ``$NOTIFY_SOCKET``; an address starting with ``@`` is in the abstract
+namespace. Without ``$NOTIFY_SOCKET`` every call is a no-op, so the same
+code runs under systemd, in tests and in a terminal.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from types import FrameType
 
 logger = logging.getLogger(__name__)
@@ -21,16 +29,44 @@ _PRIORITY = {
     logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2,
 }
 
+# Defence in depth: nothing logs a key or a token on purpose, but an exception
+# message might quote one. A Fernet key is 43 url-safe base64 characters and
+# "="; a Fernet token starts with its version byte 0x80, "gAAAAA" in base64.
+_SECRETS = re.compile(r"(?<![A-Za-z0-9_-])(?:[A-Za-z0-9_-]{43}=|gAAAAA[A-Za-z0-9_=-]{40,})(?![A-Za-z0-9_=-])")
+
+
+def redact(text: str) -> str:
+    """Replace anything shaped like a Fernet key or token with ``[redacted]``."""
+    return _SECRETS.sub("[redacted]", text)
+
+
+def journal_stream(env: dict[str, str] | None = None, fd: int = 2) -> bool:
+    """True when ``fd`` is the journald stream systemd named in ``$JOURNAL_STREAM``.
+
+    Comparing device and inode (as ``man systemd.exec`` advises) keeps a child
+    whose stderr was redirected from writing ``<N>`` prefixes into a file.
+    """
+    value = (os.environ if env is None else env).get("JOURNAL_STREAM", "")
+    dev, sep, ino = value.partition(":")
+    if not sep or not dev.isdigit() or not ino.isdigit():
+        return False
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+
 
 class JournalFormatter(logging.Formatter):
-    """One line per event, level first; ``<N>`` prefixes under journald."""
+    """One line per event, level first; ``<N>`` priority prefixes under journald."""
 
     def __init__(self, journald: bool) -> None:
         super().__init__("%(levelname)s %(name)s: %(message)s")
         self._journald = journald
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record).replace("\n", " | ")
+        # A traceback stays one journal entry: its lines are joined with " | ".
+        line = redact(super().format(record).replace("\n", " | "))
         if self._journald:
             return f"<{_PRIORITY.get(record.levelno, 6)}>{line}"
         return f"{time.strftime('%H:%M:%S')} {line}"
@@ -39,63 +75,112 @@ class JournalFormatter(logging.Formatter):
 def setup_logging(level: str = "INFO") -> None:
     """Configure the root logger for a daemon entry point (stderr, one line per event)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JournalFormatter(journald=bool(os.environ.get("JOURNAL_STREAM"))))
+    handler.setFormatter(JournalFormatter(journald=journal_stream()))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
 
 
 class Notifier:
-    """The sd_notify protocol: datagrams to ``$NOTIFY_SOCKET`` (a no-op without it)."""
+    """The sd_notify protocol: datagrams to ``$NOTIFY_SOCKET`` (a no-op without it).
 
-    def __init__(self, address: str | None = None) -> None:
-        address = os.environ.get("NOTIFY_SOCKET") if address is None else address
+    ``watchdog_interval`` is half of ``$WATCHDOG_USEC`` in seconds (None when
+    systemd expects no pings); :meth:`ping` sends ``WATCHDOG=1`` at most that
+    often, so the main loop may call it on every turn. If ``summary`` is set
+    to a callable, :meth:`ping` also refreshes ``STATUS=`` with its one-line
+    result every ``status_every`` seconds when the text changed.
+    """
+
+    status_every = 5.0
+
+    def __init__(self, address: str | None = None, env: dict[str, str] | None = None) -> None:
+        env = dict(os.environ) if env is None else env
+        address = env.get("NOTIFY_SOCKET") if address is None else address
+        self._shown = address or ""
         self._addr: str | None = None
         self._sock: socket.socket | None = None
-        if address:
+        if address and address[0] in "/@":
             # "@name" is an abstract-namespace socket: a leading NUL byte.
             self._addr = "\0" + address[1:] if address.startswith("@") else address
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        usec = os.environ.get("WATCHDOG_USEC", "")
-        pid = os.environ.get("WATCHDOG_PID", "")
-        enabled = usec.isdigit() and (not pid or pid == str(os.getpid()))
-        self.watchdog_interval = int(usec) / 2e6 if enabled else None
-        self._last_ping = 0.0
+        elif address:
+            logger.warning("NOTIFY_SOCKET=%s is not a unix socket path; not notifying systemd", address)
+        usec = env.get("WATCHDOG_USEC", "")
+        pid = env.get("WATCHDOG_PID", "")
+        enabled = usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid()))
+        self.watchdog_interval: float | None = int(usec) / 2e6 if enabled else None
+        self.summary: Callable[[], str] | None = None
+        self._last_ping = float("-inf")
+        self._last_status_at = float("-inf")
+        self._last_status = ""
+        self._failed = False
 
-    def notify(self, *lines: str) -> None:
-        """Send ``KEY=value`` lines; failures are logged once and never fatal."""
+    @property
+    def enabled(self) -> bool:
+        """True when there is a socket to notify."""
+        return self._sock is not None
+
+    def notify(self, *lines: str) -> bool:
+        """Send ``KEY=value`` lines; a failure is logged once and never fatal."""
         if self._sock is None or self._addr is None:
-            return
+            return False
         try:
-            self._sock.sendto("\n".join(lines).encode(), self._addr)
+            self._sock.sendto("\n".join(lines).encode("utf-8"), self._addr)
         except OSError as e:
-            logger.warning("sd_notify to %s failed: %s", os.environ.get("NOTIFY_SOCKET"), e)
+            if not self._failed:
+                logger.warning("sd_notify to %s failed: %s", self._shown, e)
+            self._failed = True
+            return False
+        self._failed = False
+        return True
 
     def ready(self, status: str) -> None:
         """Tell systemd the daemon is up (sockets bound, state open)."""
-        self.notify("READY=1", f"STATUS={status}", f"MAINPID={os.getpid()}")
+        self._last_status = _one_line(status)
+        self._last_status_at = time.monotonic()
+        self.notify("READY=1", f"STATUS={self._last_status}", f"MAINPID={os.getpid()}")
 
     def status(self, status: str) -> None:
         """Update the one-line STATUS shown by ``systemctl status``."""
-        self.notify(f"STATUS={status}")
+        self._last_status = _one_line(status)
+        self._last_status_at = time.monotonic()
+        self.notify(f"STATUS={self._last_status}")
+
+    def reloading(self) -> None:
+        """Tell systemd a reload (SIGHUP) is being handled; follow with :meth:`ready`."""
+        self.notify("RELOADING=1", "STATUS=reloading")
 
     def stopping(self) -> None:
         """Tell systemd the daemon is shutting down."""
         self.notify("STOPPING=1", "STATUS=stopping")
 
     def ping(self) -> None:
-        """Send WATCHDOG=1 if half the watchdog interval has passed."""
-        if self.watchdog_interval is None:
+        """Send WATCHDOG=1 if half the watchdog interval has passed; refresh STATUS."""
+        if self._sock is None:
             return
         now = time.monotonic()
-        if now - self._last_ping >= self.watchdog_interval:
+        if self.watchdog_interval is not None and now - self._last_ping >= self.watchdog_interval:
             self._last_ping = now
             self.notify("WATCHDOG=1")
+        if self.summary is not None and now - self._last_status_at >= self.status_every:
+            self._last_status_at = now
+            try:
+                text = _one_line(self.summary())
+            except Exception:  # a status line must never take the daemon down
+                logger.debug("status summary failed", exc_info=True)
+                return
+            if text != self._last_status:
+                self.status(text)
 
     def close(self) -> None:
         """Close the datagram socket."""
         if self._sock is not None:
             self._sock.close()
+            self._sock = None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())[:200]
 
 
 class Signals:

@@ -129,20 +129,19 @@ class Store:
             complete = self._complete_if_ready(run_id)
         return Applied(duplicate=False, run_complete=complete)
 
-    def end_run(self, run_id: str, *, producer: str, batches: int, requested: int | None) -> bool:
-        """Record the END of a run; return True if the run is (now or already) complete."""
+    def end_run(self, run_id: str, *, producer: str, batches: int, requested: int | None) -> Applied:
+        """Record the END of a run; ``run_complete`` if this END completed it, ``duplicate`` if it
+        was complete already."""
         with self._tx():
             self._ensure_run(run_id, producer)
             row = self._db.execute("SELECT state FROM runs WHERE run_id=?", (run_id,)).fetchone()
-            if row[0] == "complete":
-                return True
             if row[0] != "running":
-                return False
+                return Applied(duplicate=row[0] == "complete", run_complete=False)
             self._db.execute(
                 "UPDATE runs SET expected=?, requested=COALESCE(requested, ?) WHERE run_id=?",
                 (batches, requested, run_id),
             )
-            return self._complete_if_ready(run_id)
+            return Applied(duplicate=False, run_complete=self._complete_if_ready(run_id))
 
     def fail_run(self, run_id: str, *, producer: str, reason: str) -> None:
         """Mark a run failed; its batches never reach the cumulative figures."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from infraetl.pwshape import mask
+
 #: Plaintexts whose masked forms appear below (top passwords, reuse, most secure).
 KNOWN_PASSWORDS: tuple[str, ...] = (
     "soccer", "trustno1", "letmein", "qwerty123", "dragon", "sunshine",
@@ -19,13 +21,6 @@ KNOWN_PASSWORDS: tuple[str, ...] = (
 )
 
 GENERATED_AT = 1_714_566_000.0  # 2024-05-01 12:20:00 UTC
-
-
-def mask(password: str) -> str:
-    """Mask as the audit does: first and last character, stars between."""
-    if len(password) <= 2:
-        return "*" * len(password)
-    return password[0] + "*" * (len(password) - 2) + password[-1]
 
 
 def _figures(users: int, seed: int = 0) -> dict[str, Any]:
@@ -68,8 +63,17 @@ def _figures(users: int, seed: int = 0) -> dict[str, Any]:
             ("+4:00", .025), ("-10:00", .02)]},
         "quarantine": {"missing:location.postcode": 3 + seed, "strange_characters:name.first": 1},
         "warnings": {"id.value missing": share(0.04), "postcode not numeric": share(0.02)},
-        "age_by_nationality": {c: {"mean": 45.0 + i, "n": n} for i, (c, n) in enumerate(nationalities.items())},
+        "age_by_nationality": {c: {"n": n, "mean": 45.0 + i, "std": 15.5, "min": 21.0, "max": 77.0}
+                               for i, (c, n) in enumerate(nationalities.items())},
+        "top_first_names": [{"value": name, "count": max(1, share(0.004) - i), "max_count": max(1, share(0.004) - i)}
+                            for i, name in enumerate(["Emma", "Noah", "Léa", "Oliver", "Mía", "Lucas", "Ida",
+                                                      "Aarav", "Нина", "Matheus"])],
+        "top_cities": [{"value": city, "count": max(1, share(0.003) - i), "max_count": max(1, share(0.003) - i)}
+                       for i, city in enumerate(["Bendigo", "Nantes", "Oulu", "Drammen", "Cork", "Zürich",
+                                                 "São Paulo", "Almere", "Toledo", "Kolkata"])],
         "audit": {
+            "users": users,
+            "revealed": False,
             "complexity": {"lowercase_only": share(0.58), "numbers_only": share(0.07),
                            "letters_and_numbers": share(0.3), "includes_symbols": share(0.05),
                            "empty": 0},
@@ -79,10 +83,12 @@ def _figures(users: int, seed: int = 0) -> dict[str, Any]:
             "birthyear_in_password": share(0.006),
             "top_passwords": [{"password": mask(p), "count": max(1, share(0.01) - i)}
                               for i, p in enumerate(top)],
-            "most_secure_password": {"password": mask("Tr0ub4dor&3x!"), "score": 4,
+            "most_secure_password": {"password": mask("Tr0ub4dor&3x!"), "score": 4, "length": 13,
                                      "classes": ["lower", "upper", "digit", "symbol"], "zxcvbn_score": 4},
-            "entropy_bits": {"mean": 31.6, "histogram": {"0": share(0.05), "10": share(0.22), "20": share(0.38),
-                                                         "30": share(0.22), "40": share(0.1), "50": share(0.03)}},
+            "entropy_bits": {"mean": 31.6, "histogram": {
+                **{str(b): 0 for b in range(0, 200, 10)}, "200+": 0,
+                "0": share(0.05), "10": share(0.22), "20": share(0.38), "30": share(0.22), "40": share(0.1),
+                "50": share(0.03)}},
             "zxcvbn_score": {"0": share(0.46), "1": share(0.38), "2": share(0.12), "3": share(0.03),
                              "4": share(0.01)},
             "reuse": {"users_sharing": share(0.12), "largest_group": max(1, share(0.01)),
@@ -116,11 +122,13 @@ def sample_stats() -> dict[str, Any]:
             _run(3, 400), _run(4, 1000, state="running")]
     last = runs[3]
     figures_last = _figures(last["delivered"], seed=1)
+    complete = [r for r in runs if r["state"] == "complete"]
     return {
         "generated_at": GENERATED_AT,
+        "passwords_revealed": False,
         "last_run": {**figures_last, "run_id": last["run_id"], "state": "complete",
                      "source": last["source"], "requested": last["requested"]},
-        "cumulative": _figures(sum(r["delivered"] for r in runs if r["state"] == "complete"), seed=3),
+        "cumulative": {**_figures(sum(r["delivered"] for r in complete), seed=3), "runs": len(complete)},
         "runs": runs,
     }
 
@@ -128,7 +136,7 @@ def sample_stats() -> dict[str, Any]:
 def large_stats(users: int = 1_000_000, runs: int = 500) -> dict[str, Any]:
     """A state of ``users`` users over ``runs`` runs, with long tails in every counter."""
     stats = sample_stats()
-    cumulative = _figures(users)
+    cumulative = {**_figures(users), "runs": runs}
     cumulative["countries"].update({f"Country {i}": 10 + i for i in range(200)})
     cumulative["timezones"].update({f"+{i % 14}:{(i * 15) % 60:02d}": 5 + i for i in range(40)})
     cumulative["email_domains"].update({f"mail{i}.example": i for i in range(500)})
@@ -150,7 +158,7 @@ HOSTILE: tuple[str, ...] = (
 
 
 def hostile_stats() -> dict[str, Any]:
-    """The sample with hostile strings as countries, cities, domains, reasons, run ids and passwords."""
+    """The sample with hostile strings as names, cities, countries, domains, reasons, run ids and passwords."""
     stats = copy.deepcopy(sample_stats())
     for figures in (stats["last_run"], stats["cumulative"]):
         for key in ("countries", "nationalities", "email_domains", "timezones", "quarantine", "warnings"):
@@ -162,6 +170,10 @@ def hostile_stats() -> dict[str, Any]:
         audit["most_secure_password"] = {"password": HOSTILE[1], "score": 4, "classes": list(HOSTILE),
                                          "zxcvbn_score": 4}
         audit["masks"] = [{"mask": h, "count": 10} for h in HOSTILE]
+        figures["top_first_names"] = [{"value": h, "count": 9_000 + i, "max_count": 9_000 + i}
+                                      for i, h in enumerate(HOSTILE)]
+        figures["top_cities"] = [{"value": h, "count": 9_000 + i, "max_count": 9_000 + i}
+                                 for i, h in enumerate(HOSTILE)]
         audit["by_nationality"].update({h: {"users": 10, "weak": 5, "percent_weak": 50.0} for h in HOSTILE})
     for run, h in zip(stats["runs"], HOSTILE):
         run["run_id"], run["source"], run["reason"] = h, h, h

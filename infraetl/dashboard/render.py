@@ -8,6 +8,7 @@ The context every template gets (built by :func:`build_context`)::
 
     generated_at   float (the JSON's, to compare against in the live script)
     updated        "2024-05-01 12:20:00 UTC" or "never"; updated_iso for <time>
+    masked         False only if the operator opted in to plaintext passwords
     last_run_id, last_run_state     str | None
     views          {"last": View, "all": View}
     runs           {"rows": [RunRow], "total": int, "shown": int}
@@ -40,6 +41,7 @@ from markupsafe import Markup
 
 from infraetl.dashboard import charts
 from infraetl.dashboard.charts import clean, fmt_int, fmt_num, fmt_pct
+from infraetl.pwshape import mask
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +56,6 @@ STATIC_FILES: dict[str, str] = {
 #: The ids of the swappable sections, in page order.
 SECTION_IDS: tuple[str, ...] = ("status", "last", "all", "runs")
 _STATES = {"running", "complete", "failed"}
-_MASKED = re.compile(r"^[^*]?\*+[^*]?$")
 
 
 def _finalize(value: Any) -> Any:
@@ -110,27 +111,27 @@ def _plain(value: Any) -> Any:
 
 
 def mask_password(value: Any) -> str:
-    """Return ``value`` masked (``s****t``) unless it already is."""
+    """Return ``value`` in the audit's masked form (``s****t``); idempotent."""
     text = "" if value is None else str(value)
-    if not text or _MASKED.match(text):
-        return text
-    return "*" * len(text) if len(text) <= 2 else text[0] + "*" * (len(text) - 2) + text[-1]
+    return "(empty)" if text in ("", "(empty)") else mask(text)
 
 
 def _mask_audit(figures: Any) -> None:
     # Defence in depth: the audit masks already, but a plaintext must never reach a page or the API.
-    audit = figures.get("audit") if isinstance(figures, dict) else None
-    if not isinstance(audit, dict):
-        return
-    reuse = audit.get("reuse")
-    lists = [audit.get("top_passwords"), reuse.get("top_reused") if isinstance(reuse, dict) else None]
-    for rows in lists:
-        for row in rows if isinstance(rows, list) else []:
-            if isinstance(row, dict) and "password" in row:
-                row["password"] = mask_password(row["password"])
+    audit = _map(_map(figures).get("audit"))
+    rows = [*_rows(audit.get("top_passwords")), *_rows(_map(audit.get("reuse")).get("top_reused"))]
     best = audit.get("most_secure_password")
-    if isinstance(best, dict) and "password" in best:
-        best["password"] = mask_password(best["password"])
+    for row in [*rows, *([best] if isinstance(best, dict) else [])]:
+        if "password" in row:
+            row["password"] = mask_password(row["password"])
+    for row in _rows(_map(audit.get("shape")).get("base_words")):
+        if "word" in row:
+            row["word"] = mask_password(row["word"])
+
+
+def revealed(doc: dict[str, Any]) -> bool:
+    """True only if the operator opted in to plaintext passwords (``passwords_revealed``)."""
+    return doc.get("passwords_revealed") is True
 
 
 def public_stats(stats: Any, *, generated_at: float) -> dict[str, Any]:
@@ -139,7 +140,8 @@ def public_stats(stats: Any, *, generated_at: float) -> dict[str, Any]:
     doc["generated_at"] = generated_at
     for key in ("last_run", "cumulative"):
         doc.setdefault(key, None)
-        _mask_audit(doc[key])
+        if not revealed(doc):
+            _mask_audit(doc[key])
     if not isinstance(doc.get("runs"), list):
         doc["runs"] = []
     return doc
@@ -218,12 +220,25 @@ def _filled(items: list[tuple[str, float]]) -> list[tuple[str, float]]:
     return [(str(k), keyed.get(k, 0.0)) for k in range(keys[0], keys[-1] + step, step)]
 
 
-def _panels(f: dict[str, Any]) -> list[dict[str, Any]]:
+def _trimmed(items: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """Bins without the empty tail (the audit's entropy bins run to "200+")."""
+    end = len(items)
+    while end > 1 and not items[end - 1][1]:
+        end -= 1
+    return items[:end]
+
+
+def _top_values(value: Any) -> list[tuple[str, float]]:
+    """A top-k list [{value, count}] as items."""
+    return [(str(r.get("value")), n) for r in _rows(value) if (n := _num(r.get("count"))) is not None][:TOP_N]
+
+
+def _panels(f: dict[str, Any], masked: bool) -> list[dict[str, Any]]:
     audit = _map(f.get("audit"))
     gender = _top(_counts(f.get("gender")))
-    entropy = _filled(_counts(_map(audit.get("entropy_bits")).get("histogram")))
+    entropy = _trimmed(_filled(_counts(_map(audit.get("entropy_bits")).get("histogram"))))
     ent_step = int(_numeric_key(entropy[1][0]) - _numeric_key(entropy[0][0])) if len(entropy) > 1 else 10
-    ent_labels = {k: f"{k}–{int(_numeric_key(k)) + ent_step}" for k, _ in entropy}
+    ent_labels = {k: f"{k}–{int(_numeric_key(k)) + ent_step}" if k.isdigit() else k for k, _ in entropy}
     zx = _map(audit.get("zxcvbn_score"))
     strength = [(s, _num(zx.get(s)) or 0.0) for s in "01234"] if zx else []
     complexity = [(k, v) for k in COMPLEXITY if (v := _num(_map(audit.get("complexity")).get(k))) is not None]
@@ -256,7 +271,11 @@ def _panels(f: dict[str, Any]) -> list[dict[str, Any]]:
                charts.hbar_chart, "Reason"),
         _panel("warnings", "warnings", "Warnings, by reason", _top(_counts(f.get("warnings"))),
                charts.hbar_chart, "Reason"),
-        _password_table("top_passwords", "audit.top_passwords", "Top 10 passwords (masked)",
+        _panel("first_names", "top_first_names", "Top 10 first names", _top_values(f.get("top_first_names")),
+               charts.hbar_chart, "First name"),
+        _panel("cities", "top_cities", "Top 10 cities", _top_values(f.get("top_cities")), charts.hbar_chart, "City"),
+        _password_table("top_passwords", "audit.top_passwords",
+                        "Top 10 passwords" + (" (masked)" if masked else " (plaintext: operator opt-in)"),
                         audit.get("top_passwords")),
         _reuse_panel(_map(audit.get("reuse"))),
         _table_panel("masks", "audit.masks", "Top password masks", ["Mask", "Users"],
@@ -277,7 +296,7 @@ def _password_table(pid: str, key: str, title: str, value: Any, note: str | None
     rows = []
     for i, r in enumerate(_rows(value)[:TOP_N], 1):
         count = _num(r.get("count"))
-        pw = mask_password(r.get("password"))
+        pw = str(r.get("password"))
         rows.append({"key": pw, "cells": [(str(i), i), (pw, pw), (fmt_int(count), count)]})
     return _table_panel(pid, key, title, ["#", "Password", "Users"], rows, note)
 
@@ -310,7 +329,7 @@ def _weak_panel(audit: dict[str, Any]) -> dict[str, Any]:
                      for n, p, u, w in items]}
 
 
-def _cards(f: dict[str, Any]) -> list[dict[str, Any]]:
+def _cards(f: dict[str, Any], masked: bool) -> list[dict[str, Any]]:
     audit = _map(f.get("audit"))
     users = _num(f.get("total_users"))
     age, plen = _map(f.get("age")), _map(f.get("password_length"))
@@ -348,18 +367,18 @@ def _cards(f: dict[str, Any]) -> list[dict[str, Any]]:
         card("name_in_password", "Name in password", fmt_int(name_in), share(name_in)),
         card("birthyear_in_password", "Birth year in password", fmt_int(year_in), share(year_in)),
         card("username_in_password", "Username in password", fmt_int(user_in), share(user_in)),
-        card("most_secure_password", "Most secure password (masked)",
-             mask_password(best.get("password")) if best else "–",
+        card("most_secure_password", "Most secure password" + (" (masked)" if masked else ""),
+             str(best.get("password")) if best else "–",
              f"score {fmt_int(_num(best.get('score')))} · zxcvbn {fmt_int(_num(best.get('zxcvbn_score')))}"
              if best else None),
     ]
 
 
-def _view(vid: str, title: str, figures: Any, subtitle: str) -> dict[str, Any]:
+def _view(vid: str, title: str, figures: Any, subtitle: str, masked: bool) -> dict[str, Any]:
     f = _map(figures)
     empty = not f or not _num(f.get("total_users"))
     return {"id": vid, "title": title, "subtitle": subtitle, "empty": empty,
-            "cards": [] if empty else _cards(f), "panels": [] if empty else _panels(f)}
+            "cards": [] if empty else _cards(f, masked), "panels": [] if empty else _panels(f, masked)}
 
 
 def _when(ts: Any) -> str:
@@ -393,20 +412,24 @@ def build_context(stats: Any, *, generated_at: float) -> dict[str, Any]:
 def _context(doc: dict[str, Any], generated_at: float) -> dict[str, Any]:
     last = _map(doc.get("last_run"))
     runs = doc["runs"]
-    complete = sum(1 for r in _rows(runs) if r.get("state") == "complete")
+    complete = _num(_map(doc.get("cumulative")).get("runs"))  # the store's count; the list is the latest only
+    if complete is None:
+        complete = sum(1 for r in _rows(runs) if r.get("state") == "complete")
+    masked = not revealed(doc)
     sub_last = "No run has completed yet."
     if last:
         sub_last = (f"Run {last.get('run_id', '?')} · {last.get('source', '?')} · "
                     f"{fmt_int(_num(last.get('total_users')))} of {fmt_int(_num(last.get('requested')))} requested users")
-    sub_all = f"{complete:,} complete run{'s' if complete != 1 else ''}" if complete else "No run has completed yet."
+    sub_all = f"{fmt_int(complete)} complete run{'s' if complete != 1 else ''}" if complete else "No run has completed yet."
     when = _num(generated_at)
     return {
         "generated_at": generated_at,
         "updated": f"{_when(when)} UTC" if when else "never",
         "updated_iso": datetime.fromtimestamp(when, UTC).isoformat() if when else "",
         "last_run_id": last.get("run_id"), "last_run_state": last.get("state"),
-        "views": {"last": _view("last", "Last run", last, sub_last),
-                  "all": _view("all", "All runs", doc.get("cumulative"), sub_all)},
+        "masked": masked,
+        "views": {"last": _view("last", "Last run", last, sub_last, masked),
+                  "all": _view("all", "All runs", doc.get("cumulative"), sub_all, masked)},
         "runs": {"rows": _run_rows(runs), "total": len(runs), "shown": min(len(runs), MAX_RUN_ROWS)},
     }
 

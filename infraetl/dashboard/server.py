@@ -14,13 +14,13 @@ import json
 import logging
 import pathlib
 import queue
+import select
 import socket
 import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlsplit
 
 from infraetl.dashboard.render import STATIC_DIR, STATIC_FILES, render_all
 
@@ -41,6 +41,16 @@ _ROUTES = {
     "/api/sections.json": ("api/sections.json", JSON),
 }
 _CLOSE = object()  # queue sentinel: the subscriber must hang up
+_HANGUP_CHECK_S = 1.0
+
+
+def _hung_up(conn: socket.socket) -> bool:
+    """True if the peer closed its end (an event-stream client never sends after its request)."""
+    try:
+        readable, _, _ = select.select([conn], [], [], 0)
+        return bool(readable) and conn.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
 
 
 class _Subscriber:
@@ -78,7 +88,6 @@ class _Handler(BaseHTTPRequestHandler):
     server: _HTTPServer
     server_version = "infraetl"
     sys_version = ""
-    timeout: float | None = 30.0
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s " + format, self.client_address[0], *args)
@@ -108,7 +117,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, *, head: bool) -> None:
         dash = self.server.dashboard
-        path = urlsplit(self.path).path
+        path = self.path.split("?", 1)[0]  # not urlsplit: it reads "//x/y" as a host name
         try:
             if path in _ROUTES:
                 name, ctype = _ROUTES[path]
@@ -154,15 +163,21 @@ class _Handler(BaseHTTPRequestHandler):
             hello = json.dumps({"generated_at": dash._generated_at})
             self.wfile.write(f"retry: 1000\nevent: hello\ndata: {hello}\n\n".encode())
             self.wfile.flush()
+            last_write = time.monotonic()
             while not sub.dropped and not dash._closed.is_set():
                 try:
-                    item = sub.queue.get(timeout=dash.keepalive_s)
+                    item = sub.queue.get(timeout=min(dash.keepalive_s, _HANGUP_CHECK_S))
                 except queue.Empty:
+                    if _hung_up(self.connection):
+                        break  # free the subscriber slot now, not at the next failed write
+                    if time.monotonic() - last_write < dash.keepalive_s:
+                        continue
                     item = b": keep-alive\n\n"
                 if item is _CLOSE:
                     break
                 self.wfile.write(item)
                 self.wfile.flush()
+                last_write = time.monotonic()
         except OSError:
             logger.debug("event stream to %s ended", self.client_address[0])
         finally:
@@ -216,7 +231,7 @@ class DashboardServer:
         cls = _HTTPServer6 if ":" in self.host else _HTTPServer
         self._httpd = cls((self.host, self._port), self._handler)
         self._httpd.dashboard = self
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="dashboard-http", daemon=True)
         self._thread.start()
         logger.info("dashboard listening on http://%s:%d/", self.host, self.port)

@@ -71,6 +71,13 @@ def stop_reason(plan: RunPlan) -> str | None:
     return None
 
 
+def raise_if_stopped(plan: RunPlan, what: str, collector: Collector) -> None:
+    """Raise ``SourceError`` naming ``what`` if the run was cancelled or is past its deadline."""
+    reason = stop_reason(plan)
+    if reason:
+        raise SourceError(f"{what}: {reason} after {collector.accepted} of {plan.users} users")
+
+
 def examine_limit(users: int) -> int:
     """How many raw records a source may examine before it declares the data unusable."""
     return EXAMINE_FACTOR * users + EXAMINE_SLACK
@@ -201,10 +208,10 @@ class ReplaySource:
             return
         collector = Collector(plan, check)
         for chunk in self._chunks():
-            reason = stop_reason(plan)
-            if reason:
-                raise SourceError(f"file {self.path}: {reason} after {collector.accepted} of {plan.users} users")
-            yield from collector.add(chunk)
+            raise_if_stopped(plan, f"file {self.path}", collector)
+            for batch in collector.add(chunk):
+                raise_if_stopped(plan, f"file {self.path}", collector)
+                yield batch
             if collector.done:
                 return
         raise SourceError(

@@ -33,7 +33,13 @@ from typing import Any
 from ..exceptions import ConfigError, SourceError
 from ..schema import NATIONALITIES
 from . import Batch, Checker, RunPlan, User, accept_all
-from .replay import Collector, checked_plan, examine_limit, normalise_nat, stop_reason
+from .replay import (
+    Collector,
+    checked_plan,
+    examine_limit,
+    normalise_nat,
+    raise_if_stopped,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -458,11 +464,11 @@ class SyntheticSource:
         generator = UserGenerator(plan.seed, plan.nat)
         limit = examine_limit(plan.users)
         while not collector.done:
-            reason = stop_reason(plan)
-            if reason:
-                raise SourceError(f"synthetic source: {reason} after {collector.accepted} of {plan.users} users")
+            raise_if_stopped(plan, "synthetic source", collector)
             if collector.examined >= limit:
                 top = ", ".join(f"{k} {v}" for k, v in collector.dropped.most_common(3))
                 raise SourceError(f"synthetic source: only {collector.accepted} of {plan.users} users "
                                   f"passed the checks in {collector.examined} records ({top})")
-            yield from collector.add(generator.users(min(self.chunk_size, collector.missing)))
+            for batch in collector.add(generator.users(min(self.chunk_size, collector.missing))):
+                raise_if_stopped(plan, "synthetic source", collector)
+                yield batch

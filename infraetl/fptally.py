@@ -1,0 +1,113 @@
+"""A bounded, mergeable tally: exact counts per key up to a cap, then the top.
+
+Used by the audit for passwords and base words (keyed by fingerprint,
+labelled with a mask) and for hashcat masks. Written here rather than
+shared with ``stream_stats`` on purpose: the audit needs labels that can be
+re-masked on merge and the eviction bookkeeping behind ``users_sharing``.
+
+While a tally holds at most ``cap`` keys every count is exact and merging
+is exact (associative and commutative). Past the cap the rarest keys are
+evicted down to 3/4 of it and ``exact`` turns False for good: frequent keys
+keep (nearly) right counts, ``evicted_keys`` and ``evicted_sharing`` (the
+users in evicted groups of two or more) keep distinct and sharing counts as
+lower bounds, and an evicted key seen again starts from zero.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Hashable
+from typing import Any, Generic, TypeVar
+
+from infraetl.pwshape import mask
+
+K = TypeVar("K", bound=Hashable)
+
+
+def remask(label: str) -> str:
+    """Mask a label that may be plaintext; "" (the empty password) stays ""."""
+    return mask(label) if label else ""
+
+
+def _rank(kv: tuple[Any, int]) -> tuple[int, Any]:
+    return -kv[1], kv[0]
+
+
+class Tally(Generic[K]):
+    """Counts per key, with an optional display label per key (see module doc)."""
+
+    __slots__ = ("cap", "counts", "evicted_keys", "evicted_sharing", "exact", "labels")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.counts: dict[K, int] = {}
+        self.labels: dict[K, str] = {}
+        self.exact = True
+        self.evicted_keys = 0
+        self.evicted_sharing = 0
+
+    def add(self, key: K, n: int, label: str | None = None) -> None:
+        """Count ``n`` more of ``key``; the first label given for a key is kept."""
+        counts = self.counts
+        if key in counts:
+            counts[key] += n
+        else:
+            counts[key] = n
+            if label is not None:
+                self.labels[key] = label
+
+    def merge(self, other: Tally[K], relabel: bool = False) -> None:
+        """Add ``other`` in place; ``relabel`` masks the labels taken from it."""
+        counts, labels, their_labels = self.counts, self.labels, other.labels
+        for key, n in other.counts.items():
+            if key in counts:
+                counts[key] += n
+            else:
+                counts[key] = n
+                label = their_labels.get(key)
+                if label is not None:
+                    labels[key] = remask(label) if relabel else label
+        self.exact = self.exact and other.exact
+        self.evicted_keys += other.evicted_keys
+        self.evicted_sharing += other.evicted_sharing
+        self.prune()
+
+    def prune(self) -> None:
+        """Past the cap, keep the 3/4·cap most frequent keys (ties by key)."""
+        if len(self.counts) <= self.cap:
+            return
+        ranked = sorted(self.counts.items(), key=_rank)
+        for key, n in ranked[self.cap * 3 // 4:]:
+            del self.counts[key]
+            self.labels.pop(key, None)
+            self.evicted_keys += 1
+            if n >= 2:
+                self.evicted_sharing += n
+        self.exact = False
+
+    def top(self, k: int) -> list[tuple[K, int]]:
+        """The ``k`` most frequent (key, count), ties broken by key."""
+        return heapq.nsmallest(k, self.counts.items(), key=_rank)
+
+    def remask(self) -> None:
+        """Mask every label (when plaintext labels meet masked ones)."""
+        self.labels = {k: remask(v) for k, v in self.labels.items()}
+
+    def to_wire(self) -> list[Any]:
+        """A msgpack-ready list (see :meth:`from_wire`)."""
+        items = [[k, n, self.labels.get(k)] for k, n in self.counts.items()]
+        return [self.exact, self.evicted_keys, self.evicted_sharing, items]
+
+    @classmethod
+    def from_wire(cls, cap: int, wire: list[Any]) -> Tally[Any]:
+        """Inverse of :meth:`to_wire`; a tally over ``cap`` is pruned."""
+        tally: Tally[Any] = cls(cap)
+        exact, evicted_keys, evicted_sharing, items = wire
+        tally.exact = bool(exact)
+        tally.evicted_keys, tally.evicted_sharing = int(evicted_keys), int(evicted_sharing)
+        for key, n, label in items:
+            tally.counts[key] = int(n)
+            if label is not None:
+                tally.labels[key] = str(label)
+        tally.prune()
+        return tally

@@ -1,0 +1,131 @@
+"""What the audit knows about one password, computed once and cached; fingerprints.
+
+:func:`password_info` runs every per-password estimator (``entropy``,
+``pwshape``, zxcvbn) once per distinct password in a bounded process-wide
+LRU: API users share a few thousand common passwords, so a warm cache
+turns the audit's cost into per-user substring tests. The cache lives in
+memory only; nothing here is written anywhere.
+
+:func:`fingerprint` is the only form in which a password (or a base word)
+leaves the process: HMAC-SHA256 under a sub-key of the Fernet key,
+truncated to 12 bytes. Without the key it cannot be reversed or even
+checked against a guess.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+from functools import lru_cache
+from hashlib import sha256
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from infraetl import entropy, pwshape
+from infraetl.exceptions import KeyError_
+from infraetl.personal import MIN_PHONE_RUN, NO_TOKEN
+
+FP_INFO = b"infraetl password fingerprint v1"
+FP_BYTES = 12
+#: Entropy histogram: 10-bit bins, the last one is "200+".
+HIST_STEP, HIST_BINS = 10, 21
+#: Passwords longer than this are analysed but not cached (bounded memory).
+CACHE_MAX_LEN = 256
+#: Domain separation: a base word's fingerprint never equals a password's.
+BASE_DOMAIN = "\x00base\x00"
+
+
+def fingerprint_key(fernet_key_bytes: bytes) -> bytes:
+    """The fingerprint sub-key: HKDF-SHA256 (info :data:`FP_INFO`) of the raw Fernet key.
+
+    Accepts the 44-character url-safe base64 key (as Fernet takes it) or
+    its 32 raw bytes; both give the same sub-key.
+    """
+    raw = bytes(fernet_key_bytes)
+    if len(raw) != 32:
+        try:
+            raw = base64.urlsafe_b64decode(raw.strip())
+        except (binascii.Error, ValueError):
+            raw = b""
+    if len(raw) != 32:
+        raise KeyError_("the Fernet key is malformed: expected 32 bytes, url-safe base64")
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=FP_INFO).derive(raw)
+
+
+@lru_cache(maxsize=entropy.CACHE_SIZE)
+def fingerprint(fp_key: bytes, text: str) -> bytes:
+    """Keyed, irreversible fingerprint of a password: HMAC-SHA256, first 12 bytes."""
+    return hmac.digest(fp_key, text.encode("utf-8", "surrogatepass"), sha256)[:FP_BYTES]
+
+
+class PasswordInfo:
+    """Everything the audit needs that depends on the password alone."""
+
+    __slots__ = (
+        "agg", "base", "base_masked", "charset_milli", "classes", "deleeted", "guesses_milli",
+        "hashcat", "keyed", "leet_form", "long_runs", "lower", "masked", "runs",
+        "secure_score", "shannon_milli", "strong", "tail", "tail2", "weak", "zx_score",
+    )
+
+    def __init__(self, password: str) -> None:
+        pwl = password.lower()
+        self.lower = pwl
+        self.deleeted = pwshape.deleet(pwl)
+        # "" when de-leeting changes nothing: no token is in "".
+        self.leet_form = self.deleeted if self.deleeted != pwl else ""
+        self.runs = pwshape.digit_runs(password)
+        self.tail = self.runs[-1] if self.runs and password.endswith(self.runs[-1]) else ""
+        self.tail2 = self.tail if len(self.tail) == 2 and len(password) > 2 else NO_TOKEN
+        self.long_runs = " ".join(r for r in self.runs if len(r) >= MIN_PHONE_RUN)
+        self.strong = entropy.is_strong(password)
+        self.weak = not self.strong
+        self.classes = entropy.classes(password)
+        self.secure_score = entropy.secure_score(password)
+        bits = entropy.charset_entropy(password)
+        # Sums in integer milli-bits merge exactly, in any order.
+        self.charset_milli = round(bits * 1000)
+        self.shannon_milli = round(entropy.shannon_entropy(password) * 1000)
+        score, guesses = entropy.cached_strength(password)
+        self.zx_score = score
+        self.guesses_milli = round(guesses * 1000)
+        self.hashcat = pwshape.hashcat_mask(password)
+        self.base = pwshape.base_word(password)
+        self.base_masked = pwshape.mask(self.base)
+        self.masked = pwshape.mask(password) if password else ""
+        #: The small-domain figures, counted together (one dict update per password).
+        self.agg = (entropy.complexity(password), self.strong,
+                    min(int(bits // HIST_STEP), HIST_BINS - 1), score,
+                    pwshape.length_bucket(password), pwshape.charset_name(password),
+                    pwshape.trailing_digits(password))
+        #: (fp_key, fingerprint, base-word fingerprint) for the last key used; one
+        #: tuple, so a thread switching keys never pairs a key with another's fp.
+        self.keyed: tuple[bytes, bytes, bytes | None] = (b"", b"", None)
+
+    def fingerprints(self, password: str, fp_key: bytes) -> tuple[bytes, bytes, bytes | None]:
+        """(fp_key, fingerprint, base-word fingerprint or None), cached for the last key."""
+        keyed = self.keyed
+        if keyed[0] != fp_key:
+            base_fp = fingerprint(fp_key, BASE_DOMAIN + self.base) if self.base else None
+            keyed = self.keyed = (fp_key, fingerprint(fp_key, password), base_fp)
+        return keyed
+
+
+@lru_cache(maxsize=entropy.CACHE_SIZE)
+def _cached_info(password: str) -> PasswordInfo:
+    return PasswordInfo(password)
+
+
+def password_info(password: str) -> PasswordInfo:
+    """The :class:`PasswordInfo` of ``password``, from a bounded process-wide LRU."""
+    if len(password) > CACHE_MAX_LEN:
+        return PasswordInfo(password)
+    return _cached_info(password)
+
+
+def password_infos(passwords: list[str]) -> list[PasswordInfo]:
+    """:func:`password_info` of each (the common case in one C-level ``map``)."""
+    if passwords and max(map(len, passwords)) > CACHE_MAX_LEN:
+        return list(map(password_info, passwords))
+    return list(map(_cached_info, passwords))

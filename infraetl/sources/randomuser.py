@@ -1,0 +1,334 @@
+"""Users from the RandomUser HTTP API (v1.4), exact, reproducible and retried.
+
+The run asks for seeded pages ``page=1..`` of at most ``page_size`` (≤ 5000)
+users, so that the first pages add up to exactly the users requested; pages
+are fetched by a bounded thread pool but consumed strictly in page order, so
+batch k holds the same users however the requests interleave. Users the
+checks drop are replaced by *top-up* pages sized from the drop rate seen so
+far. Every failure that a retry can cure (429, 5xx, timeouts, broken or
+short JSON, ``{"error": ...}``, empty pages) is retried with exponential
+back-off and jitter, honouring ``Retry-After``, within one retry budget and
+the plan's deadline; past either, the run fails with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import math
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from .. import __version__
+from ..exceptions import ConfigError, SourceError
+from . import Batch, Checker, RunPlan, User, accept_all
+from .replay import Collector, checked_plan, examine_limit
+
+logger = logging.getLogger(__name__)
+
+API_URL = "https://randomuser.me/api/1.4/"
+#: The API's largest page; anything above silently becomes 1.
+MAX_RESULTS = 5000
+USER_AGENT = f"infraetl/{__version__} (+streaming ETL) python-requests/{requests.__version__}"
+_POLL = 0.1  # seconds between checks of cancel/deadline while waiting
+
+
+class _Retry(Exception):
+    """A failure a later attempt may cure."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class _Fatal(Exception):
+    """A failure no retry can cure (wrong URL, refused request)."""
+
+
+class _Stopped(Exception):
+    """The run ended (failed, cancelled or closed): a worker just leaves."""
+
+
+def _one_line(text: object, limit: int = 100) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (seconds or HTTP date), None if absent or bad."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def page_sizes(users: int, page_size: int) -> list[int]:
+    """Split ``users`` into pages of at most ``page_size`` (the API's ``results``)."""
+    full, rest = divmod(users, page_size)
+    return [page_size] * full + ([rest] if rest else [])
+
+
+class _Run:
+    """What the workers of one run share: retry budget, 429 pause, stop flag."""
+
+    def __init__(self, plan: RunPlan, source: RandomUserSource) -> None:
+        self.plan = plan
+        self.budget = source.retry_budget
+        self.base, self.cap = source.backoff_base, source.backoff_cap
+        self.max_retry_after = source.max_retry_after
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.retries = 0
+        self.last = ""
+        self.not_before = 0.0           # monotonic: nobody asks before this (429)
+        self.error: SourceError | None = None
+        self._jitter = random.Random()  # jitter needs no reproducibility
+
+    def fail(self, message: str) -> SourceError:
+        """Record the run's failure (first one wins) and stop every worker."""
+        with self.lock:
+            if self.error is None:
+                self.error = SourceError(message)
+            self.stop.set()
+            return self.error
+
+    def deadline_error(self) -> SourceError:
+        """The failure of a run whose deadline passed."""
+        last = self.last or "no answer yet"
+        return self.fail(f"RandomUser API failed: {last} after {self.retries} retries (deadline reached)")
+
+    def check(self) -> None:
+        """Raise if the run is over: failed, closed, cancelled or past its deadline."""
+        if self.error is not None:
+            raise self.error
+        if self.stop.is_set():
+            raise _Stopped
+        if self.plan.cancelled():
+            raise self.fail("RandomUser API: run cancelled")
+        if self.plan.deadline is not None and time.monotonic() >= self.plan.deadline:
+            raise self.deadline_error()
+
+    def pause_until(self, when: float) -> None:
+        """Wait until monotonic ``when``, waking for cancel, failure and the deadline."""
+        while True:
+            self.check()
+            left = when - time.monotonic()
+            if left <= 0:
+                return
+            self.stop.wait(min(left, _POLL))
+
+    def request_timeout(self, timeout: float) -> tuple[float, float]:
+        """Connect and read timeouts, shortened so no request outlives the deadline."""
+        if self.plan.deadline is not None:
+            timeout = min(timeout, max(0.05, self.plan.deadline - time.monotonic()))
+        return min(timeout, 10.0), timeout
+
+    def retry(self, reason: str, attempt: int, retry_after: float | None) -> None:
+        """Spend one retry on ``reason`` and wait before the next attempt, or fail the run."""
+        with self.lock:
+            if self.error is not None:
+                raise self.error
+            self.last = reason
+            done = f"after {self.retries} retries"
+            if self.retries >= self.budget:
+                raise self._locked_fail(f"RandomUser API failed: {reason} {done}")
+            if retry_after is not None:
+                if retry_after > self.max_retry_after:
+                    raise self._locked_fail(f"RandomUser API failed: {reason}, Retry-After "
+                                            f"{retry_after:.0f}s is too long, {done}")
+                delay = retry_after
+            else:
+                step = min(self.cap, self.base * 2 ** (attempt - 1))
+                delay = step / 2 + self._jitter.uniform(0, step / 2)
+            now = time.monotonic()
+            if self.plan.deadline is not None and now + delay >= self.plan.deadline:
+                # Sleeping past the deadline only to fail later helps nobody.
+                raise self._locked_fail(f"RandomUser API failed: {reason} {done} (deadline reached)")
+            if retry_after is not None:
+                self.not_before = max(self.not_before, now + delay)  # every worker holds back
+            self.retries += 1
+        logger.info("RandomUser API: %s; retry %d/%d in %.2fs", reason, self.retries, self.budget, delay)
+        self.pause_until(now + delay)
+
+    def _locked_fail(self, message: str) -> SourceError:
+        if self.error is None:
+            self.error = SourceError(message)
+        self.stop.set()
+        return self.error
+
+
+class RandomUserSource:
+    """The RandomUser HTTP API as a source of exact, reproducible batches."""
+
+    name = "randomuser"
+
+    def __init__(
+        self,
+        api_url: str = API_URL,
+        concurrency: int = 4,
+        timeout: float = 30.0,
+        retry_budget: int = 50,
+        *,
+        backoff_base: float = 0.2,
+        backoff_cap: float = 5.0,
+        max_retry_after: float = 120.0,
+        page_size: int = MAX_RESULTS,
+        exclude: tuple[str, ...] = ("picture",),
+        **options: Any,
+    ) -> None:
+        if options:
+            raise ConfigError(f"unknown option(s) for the randomuser source: {', '.join(sorted(options))}")
+        if not api_url.startswith(("http://", "https://")):
+            raise ConfigError(f"API URL {api_url!r} must start with http:// or https://")
+        if not 1 <= page_size <= MAX_RESULTS:
+            raise ConfigError(f"page size must be 1..{MAX_RESULTS}, not {page_size}")
+        if concurrency < 1 or timeout <= 0 or retry_budget < 0 or backoff_base < 0:
+            raise ConfigError("concurrency and timeout must be positive, retry budget and back-off not negative")
+        self.api_url = api_url
+        self.concurrency = int(concurrency)
+        self.timeout = float(timeout)
+        self.retry_budget = int(retry_budget)
+        self.backoff_base = float(backoff_base)
+        self.backoff_cap = float(backoff_cap)
+        self.max_retry_after = float(max_retry_after)
+        self.page_size = int(page_size)
+        self.exclude = tuple(exclude)
+
+    def batches(self, plan: RunPlan, check: Checker = accept_all) -> Iterator[Batch]:
+        """Yield batches of API users, in page order, until ``plan.users`` passed ``check``."""
+        plan = checked_plan(plan)
+        if plan.users == 0:
+            return
+        collector = Collector(plan, check)
+        run = _Run(plan, self)
+        session = self._session()
+        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="randomuser")
+        planned: deque[int] = deque(page_sizes(plan.users, self.page_size))
+        in_flight: deque[Future[tuple[list[Any], int]]] = deque()
+        page = 0
+        limit = examine_limit(plan.users)
+        try:
+            while not collector.done:
+                if not planned and not in_flight:
+                    if collector.examined >= limit:
+                        top = ", ".join(f"{k} {v}" for k, v in collector.dropped.most_common(3))
+                        raise SourceError(f"RandomUser API gave only {collector.accepted} usable users of "
+                                          f"{plan.users} in {collector.examined} records ({top})")
+                    planned.extend(page_sizes(self._top_up(collector), self.page_size))
+                while planned and len(in_flight) < self.concurrency:
+                    page += 1
+                    in_flight.append(pool.submit(self._fetch, session, run, page, planned.popleft()))
+                records, attempts = self._wait(in_flight.popleft(), run)
+                collector.requests += attempts
+                for batch in collector.add(records):
+                    run.check()
+                    yield batch
+            logger.info("RandomUser API: %d users in %d pages, %d retries, dropped %s",
+                        collector.accepted, page, run.retries, dict(collector.dropped) or "none")
+        finally:
+            run.stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            session.close()
+
+    def _session(self) -> requests.Session:
+        session = requests.Session()
+        # One pooled connection per worker; retries are ours, not urllib3's.
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self.concurrency, max_retries=0)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        session.headers["User-Agent"] = USER_AGENT
+        session.headers["Accept"] = "application/json"
+        return session
+
+    def _top_up(self, collector: Collector) -> int:
+        """How many more users to ask for, from the share of good users seen so far."""
+        share = max(collector.accepted / max(collector.examined, 1), 0.2)
+        return math.ceil(collector.missing / share * 1.05) + 2
+
+    def _wait(self, future: Future[tuple[list[Any], int]], run: _Run) -> tuple[list[Any], int]:
+        """The next page's result, without outliving a cancel or the deadline."""
+        while True:
+            try:
+                return future.result(timeout=_POLL)
+            except FutureTimeout:
+                run.check()
+
+    def _fetch(self, session: requests.Session, run: _Run, page: int, size: int) -> tuple[list[Any], int]:
+        """One page, retried until it is valid; returns (records, requests spent)."""
+        params: dict[str, str | int] = {"results": size, "page": page, "seed": run.plan.seed}
+        if run.plan.nat:
+            params["nat"] = ",".join(run.plan.nat)
+        if self.exclude:
+            params["exc"] = ",".join(self.exclude)
+        attempts = 0
+        while True:
+            run.pause_until(run.not_before)
+            attempts += 1
+            retry_after = None
+            try:
+                resp = session.get(self.api_url, params=params, timeout=run.request_timeout(self.timeout))
+            except requests.Timeout:
+                reason = f"no answer within {self.timeout:g}s"
+            except requests.RequestException as e:
+                if run.stop.is_set():
+                    raise _Stopped from None
+                reason = f"connection failed ({type(e).__name__})"
+            else:
+                try:
+                    return self._parse(resp, page, size), attempts
+                except _Retry as e:
+                    reason, retry_after = e.reason, e.retry_after
+                except _Fatal as e:
+                    raise run.fail(f"RandomUser API failed: {e} (not retried)") from None
+            run.retry(f"page {page}: {reason}", attempts, retry_after)
+
+    def _parse(self, resp: requests.Response, page: int, size: int) -> list[User]:
+        """The page's records, or the reason the response is unusable."""
+        status = resp.status_code
+        if status == 429:
+            raise _Retry("HTTP 429 (rate limited)", _retry_after(resp.headers.get("Retry-After")))
+        if status == 408 or status >= 500:
+            raise _Retry(f"HTTP {status}")
+        if status != 200:
+            raise _Fatal(f"HTTP {status} from {self.api_url}")
+        try:
+            data = json.loads(resp.content)
+        except ValueError:
+            raise _Retry("response is not valid JSON (truncated?)") from None
+        if not isinstance(data, dict):
+            raise _Retry("response is not a JSON object")
+        if "error" in data:
+            raise _Retry(f"API error: {_one_line(data['error'], 60)}")
+        results = data.get("results")
+        info = data.get("info")
+        if not isinstance(results, list):
+            raise _Retry("response has no results list")
+        if not results:
+            raise _Retry("empty results")
+        count = info.get("results") if isinstance(info, dict) else None
+        if count != len(results) or len(results) > size:
+            raise _Retry(f"count mismatch: {len(results)} results, info says {count}, asked {size}")
+        if isinstance(info, dict) and info.get("page", page) != page:
+            raise _Retry(f"asked page {page}, got page {_one_line(info.get('page'), 20)}")
+        if len(results) < size:
+            # Consistent but short: keep it, the top-up pages make up the rest.
+            logger.warning("RandomUser API: page %d has %d users, %d were asked", page, len(results), size)
+        return results

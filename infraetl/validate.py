@@ -1,0 +1,473 @@
+"""Record validation: the producer's structure check and the consumer's type and character check.
+
+Producer (:func:`check_records`, nested API users): every required field of
+:data:`schema.FIELDS` is present, not null, not empty (``login.password``
+may be ``""``) and of the type the API documents. A well-formed record
+costs one generated expression; only a failing one is walked field by
+field for its reason.
+
+Consumer (:func:`validate_columns`, a columnar batch) judges characters the
+way Unicode does. A record is **rejected** (quarantined as
+``"<kind>:<field>"``, the first failing field in column order) for:
+
+===============  ==============================================================
+``control``      C0/C1 controls, DEL, U+2028/U+2029 line/paragraph separators
+``bidi``         bidirectional embeddings, overrides, isolates (U+202A–E, U+2066–9)
+``invisible``    format characters that are not joiners or marks: U+200B, U+FEFF,
+                 U+180E, U+2061–4, U+206A–F, U+FFF9–B, tags (U+E0000–7F), …
+``private-use``  U+E000–U+F8FF and planes 15–16
+``unassigned``   code points unassigned in the running Python's Unicode (incl. nonchars)
+``surrogate``    lone surrogates (only a JSON replay can carry them)
+``replacement``  U+FFFD: the text was already damaged upstream
+``mojibake``     UTF-8 read as Latin-1/cp1252: ``Ã©``, ``Ã¶``, ``â€™``, ``Ð¸``
+``type``         a value of the wrong type (``missing`` for null, ``empty`` for "")
+``range``        an age outside 0–150;  ``format``: a date, e-mail, nat or offset
+                 the statistics could not read
+===============  ==============================================================
+
+Every real script is **accepted** with its marks: Persian with ZWNJ (U+200C),
+ZWJ, LRM/RLM/ALM, soft hyphens, no-break spaces, combining diacritics,
+apostrophes (' ’ ʼ) and dashes. Hostile markup (``<script>``) is data: kept
+verbatim; the dashboard escapes it. Three things only **warn** (counted as
+``"<kind>:<field>"``; the record is kept, cleaned): ``whitespace`` at either
+end (trimmed), ``not-nfc`` (normalised to NFC) and, in names and places,
+``mixed-script`` (one word mixing scripts, like Latin with a Cyrillic ``Ј``).
+Passwords are secrets: judged for rejection only, never trimmed or changed.
+
+Speed: each column is joined into one string and judged in a few C-speed
+passes (ASCII columns: one ``bytes.translate`` for controls, substring tests
+for empties and spaces). Non-ASCII columns, and any column a pass flags, are
+judged value by value, once per *distinct* value, with a bounded cache of
+verdicts for names and places (which repeat across batches).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import schema
+from .schema import FIELDS, MAY_BE_EMPTY, Columns, Field
+
+# ---------------------------------------------------------------- producer side
+
+_SPLIT = {f.path: tuple(f.path.split(".")) for f in FIELDS}
+_OPTIONAL_DEFAULTS: dict[str, Any] = {"id.name": "", "id.value": None}
+
+
+def _fast_check_source() -> str:
+    """Source of one expression checking every field of a well-formed user (from FIELDS)."""
+    assign, conds, names = [], [], {(): "u"}
+    for f in FIELDS:
+        parts = _SPLIT[f.path]
+        for i in range(1, len(parts) + 1):
+            pre = parts[:i]
+            if pre not in names:
+                names[pre] = "v_" + "_".join(pre)
+                assign.append(f"        {names[pre]} = {names[pre[:-1]]}[{pre[-1]!r}]")
+        v = names[parts]
+        if f.kind == "int":
+            conds.append(f"type({v}) is int")
+        elif f.kind == "str|int":
+            conds.append(f"((type({v}) is str and {v} != '') or type({v}) is int)")
+        elif f.path == "id.value":
+            conds.append(f"({v} is None or type({v}) is str)")
+        elif f.path in MAY_BE_EMPTY:
+            conds.append(f"type({v}) is str")
+        else:
+            conds.append(f"(type({v}) is str and {v} != '')")
+    return "\n".join([
+        "def fast(u, dict=dict, str=str, int=int, type=type):",
+        "    if type(u) is not dict:",
+        "        return False",
+        "    try:",
+        *assign,
+        "    except (KeyError, TypeError, IndexError):",
+        "        return False",
+        "    return " + " and ".join(conds),
+    ])
+
+
+def _compile_fast_check() -> Callable[[Any], bool]:
+    # Generated from schema.FIELDS so it cannot drift from it; the slow path below is the reference.
+    scope: dict[str, Any] = {}
+    exec(compile(_fast_check_source(), "<validate.fast_check>", "exec"), scope)  # noqa: S102
+    return scope["fast"]  # type: ignore[no-any-return]
+
+
+_fast_ok = _compile_fast_check()
+
+
+def _type_ok(f: Field, v: Any) -> bool:
+    if f.kind == "int":
+        return type(v) is int
+    if f.kind == "str|int":
+        return type(v) in (str, int)
+    return type(v) is str
+
+
+def record_problem(user: Any) -> str | None:
+    """The first reason ``user`` fails the producer's check, or None (the reference check)."""
+    if type(user) is not dict:
+        return "type:record"
+    for f in FIELDS:
+        node: Any = user
+        parts = _SPLIT[f.path]
+        for i, part in enumerate(parts):
+            if type(node) is not dict:
+                return f"type:{'.'.join(parts[:i])}"
+            node = node.get(part)
+            if node is None:
+                break
+        if node is None:
+            if f.required:
+                return f"missing:{f.path}"
+            continue
+        if not _type_ok(f, node):
+            return f"type:{f.path}"
+        if node == "" and f.path not in MAY_BE_EMPTY:
+            return f"empty:{f.path}"
+    return None
+
+
+def _fill_optional(user: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a valid user with absent or null optional fields set to their defaults."""
+    ident = user.get("id")
+    ident = dict(ident) if type(ident) is dict else {}
+    for path, default in _OPTIONAL_DEFAULTS.items():
+        key = _SPLIT[path][1]
+        if ident.get(key) is None:
+            ident[key] = default
+    return {**user, "id": ident}
+
+
+def check_records(users: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Counter[str]]:
+    """Split API users into the well-formed ones and rejection counts by first reason."""
+    good: list[dict[str, Any]] = []
+    reasons: Counter[str] = Counter()
+    for u in users:
+        if _fast_ok(u):
+            good.append(u)
+            continue
+        why = record_problem(u)
+        if why is None:
+            good.append(_fill_optional(u))
+        else:
+            reasons[why] += 1
+    return good, reasons
+
+
+# ---------------------------------------------------------------- characters
+
+#: Invisible or directional characters that belong in real text: kept.
+ALLOWED_FORMAT = frozenset("\u00ad\u061c\u200c\u200d\u200e\u200f\u2060")
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_CATEGORY_KIND = {"Cc": "control", "Zl": "control", "Zp": "control", "Cs": "surrogate",
+                  "Co": "private-use", "Cn": "unassigned", "Cf": "invisible"}
+# UTF-8 bytes read as Latin-1 or cp1252. A lead Ã/Â followed by any continuation
+# (Latin-1 symbols or cp1252's punctuation), other 2-byte leads only by a Latin-1
+# symbol (an accented capital before "–" is real text: "JOSÉ–MARÍA"), 3-byte leads
+# by two continuations ("â€™").
+_CONT = "\u0080-\u00bf\u20ac\u201a\u0192\u201e\u2026\u2020\u2021\u02c6\u2030\u0160\u2039\u0152" \
+        "\u017d\u2018\u2019\u201c\u201d\u2022\u2013\u2014\u02dc\u2122\u0161\u203a\u0153\u017e\u0178"
+_MOJIBAKE = re.compile(f"[\u00c2\u00c3][{_CONT}]|[\u00c4-\u00df][\u00a0-\u00bf]|[\u00e0-\u00ef][{_CONT}]{{2}}")
+_PRINTABLE_ASCII = bytes(range(0x20, 0x7F))
+
+
+def char_problem(c: str) -> str | None:
+    """The rejection kind of one non-printable character, or None if it is allowed."""
+    if c in ALLOWED_FORMAT:
+        return None
+    if c in _BIDI:
+        return "bidi"
+    cat = unicodedata.category(c)
+    if cat == "Zs":  # no-break and other spaces: printable in all but name
+        return None
+    return _CATEGORY_KIND.get(cat, "invisible")
+
+
+_NOT_A_SCRIPT = frozenset({"MODIFIER", "FEMININE", "MASCULINE", "MICRO"})
+_HAN = ("CJK", "HIRAGANA", "KATAKANA", "IDEOGRAPHIC", "HALFWIDTH KATAKANA", "KATAKANA-HIRAGANA")
+
+
+@lru_cache(maxsize=8192)
+def script_of(c: str) -> str | None:
+    """The script of a letter, from its Unicode name ("LATIN", "CYRILLIC", …); None for common."""
+    name = unicodedata.name(c, "")
+    if name.startswith(_HAN):
+        return "HAN"  # Japanese mixes kanji and kana in one word
+    word = name.split(" ", 1)[0]
+    return None if not word or word in _NOT_A_SCRIPT else word
+
+
+def mixed_script(text: str) -> bool:
+    """Whether one word of ``text`` has letters of two scripts (marks and joiners stay in the word)."""
+    scripts: set[str] = set()
+    for c in text:
+        if c.isalpha():
+            s = script_of(c)
+            if s is not None:
+                scripts.add(s)
+        elif c in "\u200c\u200d" or unicodedata.category(c)[0] == "M":
+            continue
+        else:
+            if len(scripts) > 1:
+                return True
+            scripts.clear()
+    return len(scripts) > 1
+
+
+class Verdict(NamedTuple):
+    """What validation makes of one value."""
+
+    reject: str | None             # rejection kind, or None
+    warnings: tuple[str, ...]      # warning kinds (only when not rejected)
+    value: str                     # the cleaned value
+
+
+SECRET, PLAIN, NAME = "secret", "plain", "name"
+#: Free text about people and places: also checked for mixed scripts.
+NAME_FIELDS = frozenset({"name.title", "name.first", "name.last", "location.street.name",
+                         "location.city", "location.state", "location.country",
+                         "location.timezone.description"})
+
+
+def judge(value: str, policy: str = PLAIN) -> Verdict:
+    """Judge one string: reject, or keep with warnings and a cleaned value (see module doc)."""
+    if not value.isprintable():
+        for c in value:
+            if not c.isprintable():
+                kind = char_problem(c)
+                if kind is not None:
+                    return Verdict(kind, (), value)
+    if "\ufffd" in value:
+        return Verdict("replacement", (), value)
+    if not value.isascii() and _MOJIBAKE.search(value):
+        return Verdict("mojibake", (), value)
+    if policy == SECRET:
+        return Verdict(None, (), value)
+    warnings, clean = [], value.strip()
+    if clean != value:
+        warnings.append("whitespace")
+    if not unicodedata.is_normalized("NFC", clean):
+        warnings.append("not-nfc")
+        clean = unicodedata.normalize("NFC", clean)
+    if policy == NAME and not clean.isascii() and mixed_script(clean):
+        warnings.append("mixed-script")
+    return Verdict(None, tuple(warnings), clean)
+
+
+_CLEAN = Verdict(None, (), "")
+_CACHE_MAX, _CACHE_VALUE_MAX = 100_000, 64
+_verdict_cache: dict[str, dict[str, Verdict]] = {SECRET: {}, PLAIN: {}, NAME: {}}
+
+
+def _judge_cached(value: str, policy: str) -> Verdict:
+    cache = _verdict_cache[policy]
+    v = cache.get(value)
+    if v is None:
+        v = judge(value, policy)
+        if v.reject is None and not v.warnings:
+            v = _CLEAN
+        if len(value) <= _CACHE_VALUE_MAX:
+            if len(cache) >= _CACHE_MAX:
+                cache.clear()  # bounded: a hostile stream of new names only costs speed
+            cache[value] = v
+    return v
+
+
+def _ascii_suspect(joined: str, count: int, policy: str, required: bool) -> bool:
+    """Whether an ASCII column (``count`` values joined by newlines) may hold a defect."""
+    if len(joined.encode("ascii").translate(None, _PRINTABLE_ASCII)) != count - 1:
+        return True  # a control character, or a newline inside a value
+    if required and (joined.startswith("\n") or joined.endswith("\n") or "\n\n" in joined
+                     or (count == 1 and joined == "")):
+        return True  # an empty value
+    return policy != SECRET and " " in joined and (
+        joined[0] == " " or joined[-1] == " " or "\n " in joined or " \n" in joined)
+
+
+# ---------------------------------------------------------------- consumer side
+
+@dataclass
+class Validated:
+    """A validated batch: the kept rows (cleaned) and what happened to the others."""
+
+    cols: Columns
+    quarantine: Counter[str] = field(default_factory=Counter)
+    warnings: Counter[str] = field(default_factory=Counter)
+
+
+_AGE_RANGE = (0, 150)
+_RANGED = frozenset({"dob.age", "registered.age"})
+_DATE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]\d\d:\d\d)")
+_FORMATS: dict[str, re.Pattern[str]] = {
+    "nat": re.compile(r"[A-Z]{2}"),
+    "location.timezone.offset": re.compile(r"[+-]?\d{1,2}:\d\d"),
+    "email": re.compile(r"[^@\s]+@[^@\s]+"),
+    "dob.date": _DATE,
+    "registered.date": _DATE,
+}
+_DATE_DIGITS = [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18, 20, 21, 22]
+_DATE_PUNCT = [4, 7, 10, 13, 16, 19, 23]
+
+
+def _api_dates_ok(col: list[str]) -> bool:
+    """All values in the API's exact ``YYYY-MM-DDTHH:MM:SS.sssZ`` form (vectorised)."""
+    n = len(col)
+    joined = "".join(col)
+    if len(joined) != 24 * n or not joined.isascii():
+        return False
+    a = np.frombuffer(joined.encode("ascii"), dtype=np.uint8).reshape(n, 24)
+    digits = a[:, _DATE_DIGITS]
+    return bool(((digits >= 48) & (digits <= 57)).all()
+                and (a[:, _DATE_PUNCT] == np.frombuffer(b"--T::.Z", dtype=np.uint8)).all())
+
+
+def _format_suspect(path: str, values: list[str]) -> bool:
+    """Whether some value of a formatted column may not match its format (one or two passes)."""
+    if path in ("dob.date", "registered.date"):
+        return not _api_dates_ok(values)
+    if path == "email":
+        joined = "\n".join(values)
+        return (joined.count("@") != len(values) or "\n@" in joined or "@\n" in joined
+                or joined.startswith("@") or joined.endswith("@") or " " in joined)
+    pattern = _FORMATS[path]
+    return not all(pattern.fullmatch(v) for v in set(values))
+
+
+class _Batch:
+    """The working state of one validation: rejections, warnings and fixes by row."""
+
+    def __init__(self, cols: Columns, n: int) -> None:
+        self.cols, self.n = cols, n
+        self.rejected: dict[int, str] = {}
+        self.row_warnings: list[tuple[int, str]] = []
+        self.fixes: dict[str, dict[int, Any]] = {}
+
+    def reject(self, i: int, reason: str) -> None:
+        self.rejected.setdefault(i, reason)
+
+    def check_int(self, f: Field) -> None:
+        """Type (and, for ages, range) of an integer column."""
+        col = self.cols[f.path]
+        ints = col
+        if set(map(type, col)) != {int}:
+            ints = []
+            for i, v in enumerate(col):
+                if type(v) is int:
+                    ints.append(v)
+                else:
+                    self.reject(i, f"{'missing' if v is None else 'type'}:{f.path}")
+        lo, hi = _AGE_RANGE
+        if f.path in _RANGED and ints and (min(ints) < lo or max(ints) > hi):
+            for i, v in enumerate(col):
+                if type(v) is int and not lo <= v <= hi:
+                    self.reject(i, f"range:{f.path}")
+
+    def check_str(self, f: Field) -> tuple[list[str], str]:
+        """Type-check a text column: its string values (postcode numbers made strings), joined."""
+        col = self.cols[f.path]
+        try:
+            return col, "\n".join(col)  # the join is the type check: it takes nothing but str
+        except TypeError:
+            pass
+        if not f.required and set(map(type, col)) == {str, type(None)}:
+            values = list(filter(None, col))  # null ids are valid; "" needs no character check
+            return values, "\n".join(values)
+        values, fixes = [], self.fixes.setdefault(f.path, {})
+        for i, v in enumerate(col):
+            if type(v) is str:
+                values.append(v)
+            elif v is None:
+                if f.required:
+                    self.reject(i, f"missing:{f.path}")
+            elif type(v) is int and f.kind == "str|int":
+                fixes[i] = str(v)
+                values.append(fixes[i])
+            else:
+                self.reject(i, f"type:{f.path}")
+        return values, "\n".join(values)
+
+    def check_text(self, f: Field, values: list[str], joined: str) -> list[str]:
+        """Judge the characters of a column's strings (see module doc); return them cleaned."""
+        path = f.path
+        policy = SECRET if path == "login.password" else NAME if path in NAME_FIELDS else PLAIN
+        required = f.required and path not in MAY_BE_EMPTY
+        if joined.isascii() and not _ascii_suspect(joined, len(values), policy, required):
+            return values
+        verdicts = {}
+        for v in set(values):
+            vd = _judge_cached(v, policy)
+            if vd is not _CLEAN or (required and v == ""):
+                verdicts[v] = vd
+        if not verdicts:
+            return values
+        fixes = self.fixes.setdefault(path, {})
+        for i, v in enumerate(self.cols[path]):
+            vd = verdicts.get(fixes.get(i, v)) if type(v) is str or i in fixes else None
+            if vd is None:
+                continue
+            if vd.reject:
+                self.reject(i, f"{vd.reject}:{path}")
+            elif required and (vd.value == "" or v == ""):
+                self.reject(i, f"empty:{path}")
+            elif vd is not _CLEAN:
+                self.row_warnings.extend((i, f"{w}:{path}") for w in vd.warnings)
+                if vd.value != v:
+                    fixes[i] = vd.value
+        return [v for i, v in enumerate(self.cleaned(path)) if type(v) is str]
+
+    def cleaned(self, path: str) -> list[Any]:
+        """The column with this validation's fixes applied (a copy only if there are any)."""
+        col, fixes = self.cols[path], self.fixes.get(path)
+        if not fixes:
+            return col
+        col = list(col)
+        for i, v in fixes.items():
+            col[i] = v
+        return col
+
+    def check_format(self, f: Field, values: list[str]) -> None:
+        """Reject values the statistics could not read (dates, e-mail, nat, offset)."""
+        if not _format_suspect(f.path, values):
+            return
+        pattern = _FORMATS[f.path]
+        for i, v in enumerate(self.cleaned(f.path)):
+            if type(v) is str and not pattern.fullmatch(v):
+                self.reject(i, f"format:{f.path}")
+
+    def result(self) -> Validated:
+        quarantine = Counter(self.rejected.values())
+        warnings = Counter(w for i, w in self.row_warnings if i not in self.rejected)
+        cols = {path: self.cleaned(path) for path in schema.FIELD_PATHS}
+        if self.rejected:
+            cols = schema.take(cols, [i for i in range(self.n) if i not in self.rejected])
+        return Validated(cols, quarantine, warnings)
+
+
+def validate_columns(cols: Columns) -> Validated:
+    """Validate a decrypted columnar batch: keep and clean the good rows, count the rest by reason."""
+    n = schema.column_length(cols)
+    if any(type(v) is not list or len(v) != n for v in cols.values()):
+        raise ValueError("columns of a batch must be lists of one length (the wire checks this)")
+    batch = _Batch({p: cols[p] for p in schema.FIELD_PATHS if p in cols}, n)
+    for f in FIELDS:
+        if f.path not in batch.cols:
+            batch.cols[f.path] = [_OPTIONAL_DEFAULTS.get(f.path)] * n
+            for i in range(n if f.required else 0):
+                batch.reject(i, f"missing:{f.path}")
+        elif f.kind == "int":
+            batch.check_int(f)
+        else:
+            values = batch.check_text(f, *batch.check_str(f))
+            if f.path in _FORMATS:
+                batch.check_format(f, values)
+    return batch.result()

@@ -1,0 +1,345 @@
+"""Tests of the offline sources (synthetic, file replay) and the shared batch assembly."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+from apiserver import strict_check
+
+from infraetl.exceptions import ConfigError, SourceError
+from infraetl.schema import NATIONALITIES
+from infraetl.sources import Batch, RunPlan, accept_all, open_source
+from infraetl.sources.randomuser import RandomUserSource
+from infraetl.sources.replay import Collector, Rejected, ReplaySource
+from infraetl.sources.synthetic import REFERENCE_DATE, SyntheticSource, UserGenerator
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = Path(__file__).parent / "data" / "randomuser-sample.json"
+NULL_ID_NATS = ("IR", "NZ", "TR", "UA")
+UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+def sample_users() -> list[dict[str, Any]]:
+    return json.loads(SAMPLE.read_text(encoding="utf-8"))["results"]
+
+
+def run(source: Any, check: Any = accept_all, **plan: Any) -> list[Batch]:
+    return list(source.batches(RunPlan(**plan), check))
+
+
+def users_of(batches: list[Batch]) -> list[dict[str, Any]]:
+    return [u for b in batches for u in b.users]
+
+
+def quarantine_of(batches: list[Batch]) -> Counter[str]:
+    total: Counter[str] = Counter()
+    for b in batches:
+        total.update(b.quarantine)
+    return total
+
+
+def digest(batches: list[Batch]) -> str:
+    """One hash of every batch's users, in order."""
+    h = hashlib.sha256()
+    for b in batches:
+        h.update(json.dumps(b.users, sort_keys=True, ensure_ascii=False).encode())
+        h.update(b"|")
+    return h.hexdigest()
+
+
+def shape(value: Any) -> Any:
+    """Keys of a nested user, with leaves replaced by None."""
+    if isinstance(value, dict):
+        return {k: shape(v) for k, v in value.items()}
+    return None
+
+
+def reject_empty_password(users: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Counter[str]]:
+    good = [u for u in users if u["login"]["password"]]
+    return good, Counter({"empty:login.password": len(users) - len(good)} if len(good) < len(users) else {})
+
+
+# -- synthetic --
+
+
+def test_synthetic_same_seed_same_batches() -> None:
+    plan = {"users": 1200, "seed": "same", "batch_size": 500}
+    first, second = run(SyntheticSource(), **plan), run(SyntheticSource(chunk_size=97), **plan)
+    assert [len(b.users) for b in first] == [500, 500, 200]
+    assert digest(first) == digest(second)
+    assert digest(run(SyntheticSource(), **{**plan, "seed": "other"})) != digest(first)
+
+
+def test_synthetic_same_users_in_another_process() -> None:
+    """A restarted producer must get the same users: no hash(), no clock, no set order."""
+    code = (
+        "import hashlib, json\n"
+        "from infraetl.sources import RunPlan\n"
+        "from infraetl.sources.synthetic import SyntheticSource\n"
+        "b = list(SyntheticSource().batches(RunPlan(users=300, nat=('IR', 'GB', 'RS'), seed='proc', batch_size=100)))\n"
+        "print(hashlib.sha256(json.dumps([x.users for x in b], sort_keys=True).encode()).hexdigest())\n"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=60, check=True).stdout.strip()
+    here = run(SyntheticSource(), users=300, nat=("IR", "GB", "RS"), seed="proc", batch_size=100)
+    assert out == hashlib.sha256(json.dumps([x.users for x in here], sort_keys=True).encode()).hexdigest()
+
+
+def test_synthetic_has_the_api_shape_for_every_nationality() -> None:
+    reference = shape(sample_users()[2])
+    users = UserGenerator("shape").users(3000)
+    assert {u["nat"] for u in users} == set(NATIONALITIES)
+    for u in users:
+        assert shape(u) == reference
+        assert isinstance(u["location"]["street"]["number"], int)
+        assert isinstance(u["dob"]["age"], int) and isinstance(u["registered"]["age"], int)
+        assert isinstance(u["location"]["postcode"], (int, str))
+        assert UUID4.match(u["login"]["uuid"])
+        assert u["email"].endswith("@example.com") and u["email"].isascii()
+        salted = (u["login"]["password"] + u["login"]["salt"]).encode()
+        assert u["login"]["sha256"] == hashlib.sha256(salted).hexdigest()
+        if u["nat"] in NULL_ID_NATS:
+            assert u["id"]["value"] is None
+        else:
+            assert isinstance(u["id"]["value"], str) and u["id"]["value"]
+    kinds = {(u["nat"], type(u["location"]["postcode"])) for u in users}
+    assert ("GB", str) in kinds and ("DE", int) in kinds and ("IR", str) in kinds
+    assert len({u["login"]["uuid"] for u in users}) == len(users)
+
+
+def test_synthetic_keeps_the_api_quirks() -> None:
+    users = UserGenerator("quirks").users(6000)
+    by_nat: dict[str, list[dict[str, Any]]] = {}
+    for u in users:
+        by_nat.setdefault(u["nat"], []).append(u)
+    assert any("\u200c" in u["name"]["last"] for u in by_nat["IR"])
+    assert any(re.search("[\u0600-\u06ff]", u["name"]["first"]) for u in by_nat["IR"])
+    assert all(re.search("[\u0400-\u04ff]", u["name"]["first"]) for u in by_nat["UA"])
+    rs_streets = {u["location"]["street"]["name"] for u in by_nat["RS"]}
+    assert any("\u0408" in s for s in rs_streets) and any(s.isascii() for s in rs_streets)
+    assert any(u["name"]["first"].endswith(" ") or u["name"]["last"].endswith(" ") for u in users)
+
+
+def test_synthetic_ages_match_dates_at_the_reference_date() -> None:
+    ref = date(*REFERENCE_DATE)
+    for u in UserGenerator("ages").users(2000):
+        for key in ("dob", "registered"):
+            d = date.fromisoformat(u[key]["date"][:10])
+            assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", u[key]["date"])
+            assert u[key]["age"] == ref.year - d.year - ((d.month, d.day) > (ref.month, ref.day))
+        assert 21 <= u["dob"]["age"] <= 77 and 0 <= u["registered"]["age"] <= 22
+
+
+def test_synthetic_passwords_are_realistic() -> None:
+    users = UserGenerator("passwords").users(10000)
+    passwords = [u["login"]["password"] for u in users]
+    counts = Counter(passwords)
+    empty = counts[""] / len(users)
+    assert 0.002 < empty < 0.01
+    def classes(p: str) -> int:
+        return sum((any(c.islower() for c in p), any(c.isupper() for c in p),
+                    any(c.isdigit() for c in p), any(not c.isalnum() for c in p)))
+
+    strong = sum(1 for p in passwords if len(p) >= 12 and classes(p) >= 3) / len(users)
+    assert 0.03 < strong < 0.08
+
+    def personal(u: dict[str, Any]) -> bool:
+        p, first = u["login"]["password"], u["email"].split("@")[0].split(".")[0]
+        year = u["dob"]["date"][:4]
+        return bool(p) and (first in p.lower() or year in p or year[2:] in p or p == u["login"]["username"])
+
+    assert 0.07 < sum(map(personal, users)) / len(users) < 0.2
+    top = [p for p, _ in counts.most_common(50)]
+    assert "" in passwords and all(p.isascii() for p in top)
+    assert counts.most_common(1)[0][1] > 20  # weak words repeat, as in the API
+
+
+def test_synthetic_nat_filter_and_order_independent_codes() -> None:
+    users = users_of(run(SyntheticSource(), users=500, nat=("gb", "FR"), seed="n"))
+    assert {u["nat"] for u in users} == {"GB", "FR"}
+
+
+def test_synthetic_tops_up_exactly_and_reports_only_needed_drops() -> None:
+    batches = run(SyntheticSource(chunk_size=333), reject_empty_password, users=5000, seed="top", batch_size=700)
+    assert [len(b.users) for b in batches] == [700] * 7 + [100]
+    stream = UserGenerator("top").users(6000)
+    passwords = [u["login"]["password"] for u in stream]
+    # The 5000th user with a password ends the run; empties after it were never needed.
+    last = [i for i, p in enumerate(passwords) if p][4999]
+    assert quarantine_of(batches) == Counter({"empty:login.password": passwords[: last + 1].count("")})
+    assert [u["login"]["uuid"] for u in users_of(batches)] == \
+        [u["login"]["uuid"] for u in stream[: last + 1] if u["login"]["password"]]
+
+
+def test_synthetic_fails_when_the_checker_rejects_everything() -> None:
+    def reject_all(users: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Counter[str]]:
+        return [], Counter({"bad:everything": len(users)})
+
+    with pytest.raises(SourceError, match="only 0 of 10 users passed the checks"):
+        run(SyntheticSource(), reject_all, users=10)
+
+
+def test_synthetic_honours_deadline_and_cancel() -> None:
+    with pytest.raises(SourceError, match="deadline"):
+        run(SyntheticSource(), users=10, deadline=time.monotonic() - 1)
+    cancel = threading.Event()
+    batches = SyntheticSource().batches(RunPlan(users=1000, batch_size=100, cancelled=cancel.is_set))
+    assert len(next(batches).users) == 100
+    cancel.set()
+    with pytest.raises(SourceError, match="cancelled"):
+        list(batches)
+
+
+@pytest.mark.parametrize("source", [SyntheticSource(), ReplaySource(SAMPLE), RandomUserSource("http://127.0.0.1:9/")])
+def test_unknown_nationality_is_a_config_error(source: Any) -> None:
+    with pytest.raises(ConfigError, match="'XX'"):
+        run(source, users=10, nat=("GB", "XX"))
+
+
+def test_open_source_picks_the_implementation(tmp_path: Path) -> None:
+    assert open_source("synthetic").name == "synthetic"
+    assert open_source(f"file:{SAMPLE}").name == "file"
+    assert open_source("randomuser", api_url="http://127.0.0.1:1/api/").name == "randomuser"
+    with pytest.raises(ConfigError, match="colour"):
+        open_source("synthetic", colour="red")
+    with pytest.raises(ConfigError, match="does not exist"):
+        open_source(f"file:{tmp_path / 'missing.json'}")
+
+
+def test_zero_users_yields_nothing() -> None:
+    assert run(SyntheticSource(), users=0) == []
+
+
+# -- collector --
+
+
+def user(uuid: str, nat: str = "GB") -> dict[str, Any]:
+    return {"login": {"uuid": uuid}, "nat": nat}
+
+
+def test_collector_dedupes_filters_and_cuts_exactly() -> None:
+    c = Collector(RunPlan(users=3, nat=("GB",), batch_size=2))
+    records = [user("a"), "junk", user("a"), user("b", "FR"), {"login": {}, "nat": "GB"}, user("c"),
+               Rejected("parse:line"), user("d"), None, user("e")]
+    batches = c.add(records)
+    assert [[u["login"]["uuid"] for u in b.users] for b in batches] == [["a", "c"], ["d"]]
+    # Only what was looked at up to the 3rd good user counts; the None after it does not.
+    assert quarantine_of(batches) == Counter({"type:record": 1, "duplicate:login.uuid": 1, "nat_not_requested": 1,
+                                              "missing:login.uuid": 1, "parse:line": 1})
+    assert c.done and c.examined == 8 and c.add([user("f")]) == []
+
+
+def test_collector_dedupes_across_pages_and_carries_counts() -> None:
+    c = Collector(RunPlan(users=3, batch_size=3))
+    assert c.add([user("a"), 42]) == []
+    batches = c.add([user("a"), user("b"), user("c")])
+    assert len(batches) == 1 and batches[0].quarantine == Counter({"type:record": 1, "duplicate:login.uuid": 1})
+
+
+# -- replay --
+
+
+def write_jsonl(path: Path, lines: list[Any]) -> Path:
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x, ensure_ascii=False)) + "\n"
+                            for x in lines), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def pool_users() -> list[dict[str, Any]]:
+    return UserGenerator("replay").users(250)
+
+
+def test_replay_json_array(tmp_path: Path, pool_users: list[dict[str, Any]]) -> None:
+    path = tmp_path / "users.json"
+    path.write_text(json.dumps(pool_users, indent=1), encoding="utf-8")
+    batches = run(ReplaySource(path, chunk_size=64), users=250, batch_size=100)
+    assert [len(b.users) for b in batches] == [100, 100, 50]
+    assert users_of(batches) == pool_users
+
+
+def test_replay_saved_api_response_keeps_null_id_nationalities() -> None:
+    batches = run(ReplaySource(SAMPLE), strict_check, users=4)
+    got = users_of(batches)
+    assert [u["nat"] for u in got] == ["IR", "NZ", "GB", "DE"]
+    assert [u["id"]["value"] for u in got][:2] == [None, None]
+    assert quarantine_of(batches) == Counter()
+
+
+def test_replay_json_lines_with_bad_lines(tmp_path: Path, pool_users: list[dict[str, Any]]) -> None:
+    lines: list[Any] = list(pool_users[:100])
+    lines[10:10] = ['{"gender": "female", "name": ', "not json at all", "[1, 2"]
+    lines.insert(50, "\xff\xfe garbage")
+    lines.insert(60, "")
+    path = write_jsonl(tmp_path / "users.jsonl", lines)
+    batches = run(ReplaySource(path), users=100, batch_size=40)
+    assert users_of(batches) == pool_users[:100]
+    assert quarantine_of(batches) == Counter({"parse:line": 4})
+
+
+def test_replay_json_lines_of_api_responses(tmp_path: Path, pool_users: list[dict[str, Any]]) -> None:
+    pages = [{"results": pool_users[i:i + 50], "info": {"page": i // 50 + 1}} for i in range(0, 250, 50)]
+    path = write_jsonl(tmp_path / "pages.jsonl", [*pages[:2], {"error": "Uh oh"}, *pages[2:]])
+    batches = run(ReplaySource(path), users=250, batch_size=100)
+    assert users_of(batches) == pool_users
+    assert quarantine_of(batches) == Counter({"api_error:line": 1})
+
+
+def test_replay_first_line_broken_is_still_json_lines(tmp_path: Path, pool_users: list[dict[str, Any]]) -> None:
+    path = write_jsonl(tmp_path / "users.jsonl", ['{"broken', *pool_users[:5]])
+    batches = run(ReplaySource(path), users=5)
+    assert len(users_of(batches)) == 5 and quarantine_of(batches) == Counter({"parse:line": 1})
+
+
+def test_replay_streams_json_lines(tmp_path: Path, pool_users: list[dict[str, Any]],
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_jsonl(tmp_path / "big.jsonl", pool_users * 40)  # 10,000 lines, duplicates after 250
+    from infraetl.sources import replay
+
+    parsed = 0
+    real_loads = json.loads
+
+    def counting_loads(s: Any, *a: Any, **k: Any) -> Any:
+        nonlocal parsed
+        parsed += 1
+        return real_loads(s, *a, **k)
+
+    monkeypatch.setattr(replay.json, "loads", counting_loads)
+    batches = run(ReplaySource(path, chunk_size=50), users=120, batch_size=50)
+    assert len(users_of(batches)) == 120
+    assert parsed <= 120 + 50 + 5  # read up to the chunk that completed the run, not the file
+
+
+def test_replay_dedupes_and_filters_nat(tmp_path: Path, pool_users: list[dict[str, Any]]) -> None:
+    path = write_jsonl(tmp_path / "dups.jsonl", pool_users + pool_users)
+    gb = [u for u in pool_users if u["nat"] == "GB"]
+    batches = run(ReplaySource(path), users=len(gb), nat=("GB",))
+    assert users_of(batches) == gb
+    with pytest.raises(SourceError) as err:
+        run(ReplaySource(path), users=251)
+    assert str(err.value) == f"file {path} holds only 250 valid users, 251 were requested"
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{\n  \"results\": [\n", "is not valid JSON"),
+    ('{\n  "error": "Uh oh, something has gone wrong"\n}', "saved API error"),
+    ("42", "holds only 0 valid users"),
+])
+def test_replay_unusable_files(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(SourceError, match=message):
+        run(ReplaySource(path), users=1)
