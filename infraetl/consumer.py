@@ -169,6 +169,13 @@ class Consumer:
                 self._reject("bad_schema", f"{kind} message on the data socket")
         except StoreError as e:
             self._store_failed(e, frame)
+        except Exception:
+            # A bug must not kill the daemon. The batch is not ACKed, so the producer keeps
+            # it and re-sends it: nothing is lost, and a fixed consumer will apply it.
+            self.metrics.rejected.labels("internal_error").inc()
+            if self._warn.allow("internal_error"):
+                logger.exception("internal error handling a %s frame of run %s; not ACKed",
+                                 kind, msg.get("run"))
 
     def _on_data(self, msg: dict[str, Any]) -> None:
         run_id, seq = msg["run"], msg["seq"]

@@ -9,8 +9,10 @@ Key pairs are ZeroMQ certificate files that ``infraetl-ctl keygen --curve
 DIR --name NAME`` writes (``NAME.key`` public, ``NAME.key_secret`` secret,
 mode 0600); the allow-list is a directory of public ``.key`` files. The
 allow-list is re-read when the directory changes, so admitting a new peer
-needs no restart (refusing one takes effect on its next connection; restart
-the daemon to cut a session that is already up).
+needs no restart on this side; but libzmq never retries a connection whose
+handshake was refused, so a peer refused before must itself be restarted.
+Removing a key refuses the peer's next connection; restart this daemon to
+cut a session that is already up.
 
 The ZAP handler (RFC 27) is a small thread of our own rather than pyzmq's
 ``ThreadAuthenticator``: it ends by itself when the context terminates, so a
@@ -44,14 +46,14 @@ _lock = threading.Lock()
 
 def _load(path: Path, secret: bool) -> tuple[bytes, bytes | None]:
     try:
-        if secret and path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigError(f"CURVE secret key file {path} is readable by group or others; "
-                              f"run `chmod 600 {path}`")
         public, secret_key = zmq.auth.load_certificate(str(path))
+        mode = path.stat().st_mode
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot read the CURVE key file {path}: {e}") from None
     if secret and not secret_key:
         raise ConfigError(f"{path} holds no secret key; pass the .key_secret file")
+    if secret and mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"CURVE secret key file {path} is readable by group or others; run `chmod 600 {path}`")
     return public, secret_key
 
 
@@ -136,10 +138,11 @@ class ZapHandler(threading.Thread):
                     logger.exception("CURVE: refusing a peer after an error in the authenticator")
                     reply = [b"1.0", request[1] if len(request) > 1 else b"", b"500", b"error", b"", b""]
                 sock.send_multipart(reply)
-        except zmq.ContextTerminated:
-            pass  # the daemon is shutting down: let ctx.term() finish
         except zmq.ZMQError as e:
-            logger.error("CURVE authenticator stopped: %s", e)
+            # ETERM: the daemon is shutting down (let ctx.term() finish); ENOTSOCK:
+            # ctx.destroy() closed our socket. Anything else is worth a line.
+            if e.errno not in (zmq.ETERM, zmq.ENOTSOCK):
+                logger.error("CURVE authenticator stopped: %s", e)
         finally:
             sock.close(linger=0)
 

@@ -216,6 +216,16 @@ class RateLimitedLog:
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
+    def allow(self, reason: str) -> bool:
+        """True (and start a new period) if ``reason`` may be logged now."""
+        now = time.monotonic()
+        last = self._last.get(reason)
+        if last is not None and now - last < self._period:
+            self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
+            return False
+        self._last[reason] = now
+        return True
+
     def warning(self, reason: str, msg: str, *args: object) -> None:
         """Log ``msg`` for ``reason`` unless one was logged in the last period."""
         now = time.monotonic()

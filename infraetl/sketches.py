@@ -155,62 +155,52 @@ def _exact_sums(x: np.ndarray) -> tuple[int, int]:
 
 
 class Moments:
-    """Count, mean, population variance, min and max of numbers with ``scale`` decimals.
+    """Count, mean, population variance, min and max of integers (ages by nationality).
 
-    Values are held as integers in units of ``10**-scale`` (coordinates come
-    with 4 decimals), so Σx and Σx² are exact Python integers and merging is
-    exact and associative. This is Chan et al.'s parallel combination
-    ``M2 = M2a + M2b + δ²·na·nb/n`` in exact arithmetic: Welford/Chan exist to
-    avoid cancellation in floating point, which integer sums do not suffer;
-    mean and variance are rounded to float once, when read.
+    Σx and Σx² are exact Python integers, so merging is exact and associative.
+    This is Chan et al.'s parallel combination ``M2 = M2a + M2b + δ²·na·nb/n``
+    in exact arithmetic: Welford/Chan exist to avoid cancellation in floating
+    point, which integer sums do not suffer. Mean and variance are rounded to
+    float once, when read.
     """
 
-    __slots__ = ("count", "hi", "lo", "s1", "s2", "scale")
+    __slots__ = ("count", "hi", "lo", "s1", "s2")
 
-    def __init__(self, scale: int = 0, count: int = 0, s1: int = 0, s2: int = 0,
+    def __init__(self, count: int = 0, s1: int = 0, s2: int = 0,
                  lo: int | None = None, hi: int | None = None) -> None:
-        self.scale, self.count, self.s1, self.s2, self.lo, self.hi = scale, count, s1, s2, lo, hi
+        self.count, self.s1, self.s2, self.lo, self.hi = count, s1, s2, lo, hi
 
     @classmethod
-    def from_ints(cls, x: np.ndarray, scale: int = 0) -> Moments:
-        """Moments of an int64 array already in units of ``10**-scale``."""
+    def from_ints(cls, x: np.ndarray) -> Moments:
+        """Moments of an int64 array."""
         if x.size == 0:
-            return cls(scale)
+            return cls()
         s1, s2 = _exact_sums(x)
-        return cls(scale, int(x.size), s1, s2, int(x.min()), int(x.max()))
-
-    @classmethod
-    def from_floats(cls, x: np.ndarray, scale: int) -> Moments:
-        """Moments of floats, quantised to ``scale`` decimals (exact for decimal input)."""
-        return cls.from_ints(np.rint(x * 10.0**scale).astype(np.int64), scale)
+        return cls(int(x.size), s1, s2, int(x.min()), int(x.max()))
 
     def merge(self, other: Moments) -> Moments:
-        """A new summary of both (same scale)."""
-        if self.scale != other.scale:
-            raise ValueError("cannot merge moments of different scales")
+        """A new summary of both."""
         lows = [v for v in (self.lo, other.lo) if v is not None]
         highs = [v for v in (self.hi, other.hi) if v is not None]
-        return Moments(self.scale, self.count + other.count, self.s1 + other.s1, self.s2 + other.s2,
+        return Moments(self.count + other.count, self.s1 + other.s1, self.s2 + other.s2,
                        min(lows) if lows else None, max(highs) if highs else None)
 
     def summary(self) -> dict[str, Any]:
         """{n, mean, std (population), min, max}, floats rounded once from exact values."""
-        n, unit = self.count, 10**self.scale
+        n = self.count
         if not n:
             return {"n": 0, "mean": None, "std": None, "min": None, "max": None}
-        var = Fraction(n * self.s2 - self.s1 * self.s1, n * n * unit * unit)
-        assert self.lo is not None and self.hi is not None
-        return {"n": n, "mean": float(Fraction(self.s1, n * unit)), "std": math.sqrt(var),
-                "min": self.lo / unit, "max": self.hi / unit}
+        return {"n": n, "mean": self.s1 / n, "std": math.sqrt(Fraction(n * self.s2 - self.s1 * self.s1, n * n)),
+                "min": self.lo, "max": self.hi}
 
     def to_wire(self) -> list[Any]:
-        """[scale, count, Σx, Σx², min, max] (Σx² may exceed 64 bits: sent as a string then)."""
-        return [self.scale, self.count, _big(self.s1), _big(self.s2), self.lo, self.hi]
+        """[count, Σx, Σx², min, max] (a sum past 64 bits travels as a decimal string)."""
+        return [self.count, _big(self.s1), _big(self.s2), self.lo, self.hi]
 
     @classmethod
     def from_wire(cls, w: list[Any]) -> Moments:
         """Inverse of :meth:`to_wire`."""
-        return cls(w[0], w[1], int(w[2]), int(w[3]), w[4], w[5])
+        return cls(w[0], int(w[1]), int(w[2]), w[3], w[4])
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Moments) and self.to_wire() == other.to_wire()
@@ -237,7 +227,8 @@ class Categorical:
     __slots__ = ("cap", "counts")
 
     def __init__(self, counts: Mapping[str, int] | None = None, cap: int = 2048) -> None:
-        self.counts: Counter[str] = Counter(counts or {})
+        # A Counter is taken as is (from_columns hands over a fresh one); merge copies.
+        self.counts: Counter[str] = counts if isinstance(counts, Counter) else Counter(counts or {})
         self.cap = cap
         self._fold()
 
@@ -251,8 +242,7 @@ class Categorical:
 
     def merge(self, other: Categorical) -> Categorical:
         """A new count of both."""
-        out = Categorical(self.counts, self.cap)
-        out.counts.update(other.counts)
+        out = Categorical(self.counts + other.counts, self.cap)
         out._fold()
         return out
 
@@ -261,8 +251,8 @@ class Categorical:
         return dict(sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
     def to_wire(self) -> dict[str, int]:
-        """{label: count}."""
-        return dict(self.counts)
+        """{label: count}, by label (canonical: equal summaries give equal bytes)."""
+        return dict(sorted(self.counts.items()))
 
     @classmethod
     def from_wire(cls, w: Mapping[str, int], cap: int = 2048) -> Categorical:
@@ -327,8 +317,8 @@ class TopK:
         return [{"value": x, "count": c, "max_count": c + self.error} for x, c in ranked]
 
     def to_wire(self) -> list[Any]:
-        """[k, n, error, {item: count}]."""
-        return [self.k, self.n, self.error, self.counts]
+        """[k, n, error, {item: count}] (items sorted: canonical)."""
+        return [self.k, self.n, self.error, dict(sorted(self.counts.items()))]
 
     @classmethod
     def from_wire(cls, w: list[Any]) -> TopK:
@@ -357,6 +347,7 @@ def _splitmix64(n: int, seed: int = 0x1F2E3D4C5B6A7988) -> list[int]:
 
 
 _keys = np.array(_splitmix64(_SHORT), dtype=_U64)
+_SEED = _U64(0x243F6A8885A308D3)  # so that "" does not hash to 0
 
 
 def _fmix64(h: np.ndarray) -> np.ndarray:
@@ -382,16 +373,18 @@ def hash64(values: list[str]) -> np.ndarray:
     n = len(values)
     if n == 0:
         return np.zeros(0, dtype=_U64)
-    lens = np.fromiter(map(len, values), dtype=np.int64, count=n)
-    long_idx = np.flatnonzero(lens > _SHORT).tolist()
+    width = max(map(len, values))
+    long_idx: list[int] = []
     short = values
-    if long_idx:
+    if width > _SHORT:
+        long_idx = [i for i, v in enumerate(values) if len(v) > _SHORT]
         short = list(values)
         for i in long_idx:
             short[i] = ""
-    width = max(int(lens.max()) if not long_idx else _SHORT, 1)
+        width = _SHORT
+    width = max(width, 1)
     codes = np.array(short, dtype=f"<U{width}").view("<u4").reshape(n, width)
-    h = _fmix64((codes.astype(_U64) * _keys[:width]).sum(axis=1, dtype=_U64))
+    h = _fmix64(codes @ _keys[:width] + _SEED)  # uint64 arithmetic wraps: mod 2**64
     for i in long_idx:
         digest = hashlib.blake2b(values[i].encode("utf-8", "surrogatepass"), digest_size=8).digest()
         h[i] = int.from_bytes(digest, "little")
@@ -441,6 +434,8 @@ class HyperLogLog:
     __slots__ = ("p", "registers")
 
     def __init__(self, p: int = 12, registers: np.ndarray | None = None) -> None:
+        if not 11 <= p <= 18:
+            raise ValueError("HyperLogLog precision must be 11..18")  # rank bits must fit a float
         self.p = p
         self.registers = np.zeros(1 << p, dtype=np.uint8) if registers is None else registers
 
@@ -456,11 +451,10 @@ class HyperLogLog:
         if h.size == 0:
             return
         q = 64 - self.p
-        idx = (h >> _U64(q)).astype(np.intp)
-        w = h & _U64((1 << q) - 1)
-        low = w & (~w + _U64(1))  # the lowest set bit: its position is geometric(1/2)
-        with np.errstate(divide="ignore"):
-            rank = np.where(w == 0, q + 1, np.log2(low.astype(np.float64)) + 1).astype(np.uint8)
+        idx = (h & _U64((1 << self.p) - 1)).astype(np.intp)
+        # rank = leading zeros of the other q bits + 1; frexp's exponent is the bit length,
+        # exact because q <= 53 bits convert to float without rounding (0 -> q + 1).
+        rank = (q + 1 - np.frexp((h >> _U64(self.p)).astype(np.float64))[1]).astype(np.uint8)
         np.maximum.at(self.registers, idx, rank)
 
     def merge(self, other: HyperLogLog) -> HyperLogLog:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping
+from operator import itemgetter
 from typing import Any
 
 import msgpack
@@ -41,12 +42,11 @@ WIRE_VERSION = 1
 TOP_K = 128            # counters per top-k sketch: error <= users / 129
 TOP_SHOWN = 10         # entries per top-k list in the figures
 SHORT_PASSWORD = 8     # a password shorter than this is "short" (short_pct)
-COORD_DECIMALS = 4     # the API gives coordinates with 4 decimals
 
 _HISTOGRAMS = ("age", "account_age", "age_at_registration", "registration_years",
                "username_length", "password_length")
 _CATEGORIES = ("gender", "countries", "nationalities", "email_domains", "timezones")
-_DISTINCT = ("users", "usernames", "emails", "first_names", "cities")
+_DISTINCT = ("users", "usernames", "first_names", "cities")
 _TOPS = ("first_names", "cities")
 _EMPTY_MAP: Mapping[str, int] = {}
 
@@ -55,30 +55,22 @@ _EMPTY_MAP: Mapping[str, int] = {}
 _recent_domains: list[str] = []
 
 
+_year_of = itemgetter(slice(0, 4))
+
+
 def _ints(col: list[Any]) -> np.ndarray:
     return np.fromiter(col, dtype=np.int64, count=len(col))
 
 
-def _lengths(col: list[str]) -> np.ndarray:
-    return np.fromiter(map(len, col), dtype=np.int64, count=len(col))
-
-
-def _years(dates: list[str]) -> np.ndarray:
-    """The year (first 4 characters) of ISO dates; vectorised for the API's 24-character form."""
-    n = len(dates)
-    joined = "".join(dates)
-    if len(joined) == 24 * n and joined.isascii():
-        digits = np.frombuffer(joined.encode("ascii"), dtype=np.uint8).reshape(n, 24)[:, :4]
-        if ((digits >= 48) & (digits <= 57)).all():
-            return (digits.astype(np.int64) - 48) @ np.array([1000, 100, 10, 1], dtype=np.int64)
-    return np.fromiter((int(d[:4]) for d in dates), dtype=np.int64, count=n)
+def _int_keys(counts: Counter[Any]) -> IntHistogram:
+    return IntHistogram({int(k): v for k, v in counts.items()})
 
 
 def _email_domains(emails: list[str]) -> Counter[str]:
     """{domain: count}, the domain being what follows the '@' (as the original split it)."""
     n = len(emails)
     joined = "\n".join(emails) + "\n"
-    if joined.count("@") == n and joined.count("\n") == n:  # exactly one '@' per address: "@domain\n" is unambiguous
+    if joined.count("@") == n and joined.count("\n") == n:  # one '@' per address: "@domain\n" is unambiguous
         found, total = Counter(), 0
         for d in _recent_domains:
             c = joined.count(f"@{d}\n")
@@ -92,20 +84,18 @@ def _email_domains(emails: list[str]) -> Counter[str]:
     return counts
 
 
-def _by_group(labels: list[str], values: np.ndarray) -> dict[str, Moments]:
-    """Exact integer moments of ``values`` per label, without a per-user Python loop."""
-    index = {k: i for i, k in enumerate(Counter(labels))}
+def _by_group(groups: Counter[str], labels: list[str], values: np.ndarray) -> dict[str, Moments]:
+    """Exact integer moments of ``values`` per label (``groups`` counts the labels)."""
+    index = {k: i for i, k in enumerate(groups)}
     inv = np.fromiter(map(index.__getitem__, labels), dtype=np.intp, count=len(labels))
     order = np.argsort(inv, kind="stable")
-    sorted_inv, v = inv[order], values[order]
-    starts = np.flatnonzero(np.r_[True, sorted_inv[1:] != sorted_inv[:-1]])
-    counts = np.diff(np.r_[starts, v.size])
-    s1 = np.add.reduceat(v, starts)
-    s2 = np.add.reduceat(v * v, starts)  # ages <= 150: no int64 overflow below 10^14 users
+    v = values[order]
+    sizes = np.fromiter(groups.values(), dtype=np.intp, count=len(groups))
+    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    s1, s2 = np.add.reduceat(v, starts), np.add.reduceat(v * v, starts)  # ages: no overflow
     lo, hi = np.minimum.reduceat(v, starts), np.maximum.reduceat(v, starts)
-    keys = list(index)
-    return {keys[g]: Moments(0, c, a, b, x, y) for g, c, a, b, x, y in zip(
-        sorted_inv[starts].tolist(), counts.tolist(), s1.tolist(), s2.tolist(), lo.tolist(), hi.tolist())}
+    return {k: Moments(c, a, b, x, y) for k, c, a, b, x, y in zip(
+        groups, sizes.tolist(), s1.tolist(), s2.tolist(), lo.tolist(), hi.tolist())}
 
 
 class StatsSummary:
@@ -120,7 +110,6 @@ class StatsSummary:
         self.hist: dict[str, IntHistogram] = {k: IntHistogram() for k in _HISTOGRAMS}
         self.cats: dict[str, Categorical] = {k: Categorical() for k in _CATEGORIES}
         self.age_by_nat: dict[str, Moments] = {}
-        self.coords: dict[str, Moments] = {k: Moments(COORD_DECIMALS) for k in ("latitude", "longitude")}
         self.distinct: dict[str, HyperLogLog] = {k: HyperLogLog() for k in _DISTINCT}
         self.top: dict[str, TopK] = {k: TopK(TOP_K) for k in _TOPS}
         self.quarantine: Counter[str] = Counter()
@@ -139,34 +128,33 @@ class StatsSummary:
         if n == 0:
             return out
         age, reg_age = _ints(cols["dob.age"]), _ints(cols["registered.age"])
-        h = out.hist
-        h["age"] = IntHistogram.from_array(age)
-        h["account_age"] = IntHistogram.from_array(reg_age)
-        h["age_at_registration"] = IntHistogram.from_array(age - reg_age)
-        h["registration_years"] = IntHistogram.from_array(_years(cols["registered.date"]))
-        h["username_length"] = IntHistogram.from_array(_lengths(cols["login.username"]))
-        h["password_length"] = IntHistogram.from_array(_lengths(cols["login.password"]))
-        nats = cols["nat"]
+        nats = Counter(cols["nat"])
+        firsts, cities = Counter(cols["name.first"]), Counter(cols["location.city"])
+        out.hist = {
+            "age": IntHistogram.from_array(age),
+            "account_age": IntHistogram.from_array(reg_age),
+            "age_at_registration": IntHistogram.from_array(age - reg_age),
+            "registration_years": _int_keys(Counter(map(_year_of, cols["registered.date"]))),
+            "username_length": IntHistogram(Counter(map(len, cols["login.username"]))),
+            "password_length": IntHistogram(Counter(map(len, cols["login.password"]))),
+        }
         out.cats = {
             "gender": Categorical(Counter(cols["gender"])),
             "countries": Categorical(Counter(cols["location.country"])),
-            "nationalities": Categorical(Counter(nats)),
+            "nationalities": Categorical(nats.copy()),
             "email_domains": Categorical(_email_domains(cols["email"])),
             "timezones": Categorical(Counter(cols["location.timezone.offset"])),
         }
-        out.age_by_nat = _by_group(nats, age)
-        for axis in ("latitude", "longitude"):
-            col = cols[f"location.coordinates.{axis}"]
-            out.coords[axis] = Moments.from_floats(
-                np.fromiter(map(float, col), dtype=np.float64, count=n), COORD_DECIMALS)
-        firsts, cities = Counter(cols["name.first"]), Counter(cols["location.city"])
+        out.age_by_nat = _by_group(nats, cols["nat"], age)
         out.top = {"first_names": TopK.from_counter(firsts, TOP_K), "cities": TopK.from_counter(cities, TOP_K)}
-        d = out.distinct
-        d["users"] = HyperLogLog.from_hashes(hash64(cols["login.uuid"]))
-        d["usernames"] = HyperLogLog.from_hashes(hash64(cols["login.username"]))
-        d["emails"] = HyperLogLog.from_hashes(hash64(cols["email"]))
-        d["first_names"] = HyperLogLog.from_hashes(hash64(list(firsts)))
-        d["cities"] = HyperLogLog.from_hashes(hash64(list(cities)))
+        # One vectorised hashing pass for every distinct-count sketch.
+        parts = {"users": cols["login.uuid"], "usernames": cols["login.username"],
+                 "first_names": list(firsts), "cities": list(cities)}
+        hashes = hash64([v for part in parts.values() for v in part])
+        at = 0
+        for name, part in parts.items():
+            out.distinct[name] = HyperLogLog.from_hashes(hashes[at:at + len(part)])
+            at += len(part)
         return out
 
     def merge(self, other: StatsSummary) -> StatsSummary:
@@ -178,7 +166,6 @@ class StatsSummary:
         out.age_by_nat = dict(self.age_by_nat)
         for nat, m in other.age_by_nat.items():
             out.age_by_nat[nat] = out.age_by_nat[nat].merge(m) if nat in out.age_by_nat else m
-        out.coords = {k: self.coords[k].merge(other.coords[k]) for k in self.coords}
         out.distinct = {k: self.distinct[k].merge(other.distinct[k]) for k in _DISTINCT}
         out.top = {k: self.top[k].merge(other.top[k]) for k in _TOPS}
         out.quarantine = self.quarantine + other.quarantine
@@ -198,11 +185,11 @@ class StatsSummary:
             "v": WIRE_VERSION, "n": self.n,
             "hist": {k: v.to_wire() for k, v in self.hist.items()},
             "cats": {k: v.to_wire() for k, v in self.cats.items()},
-            "age_by_nat": {k: v.to_wire() for k, v in self.age_by_nat.items()},
-            "coords": {k: v.to_wire() for k, v in self.coords.items()},
+            "age_by_nat": {k: self.age_by_nat[k].to_wire() for k in sorted(self.age_by_nat)},
             "distinct": {k: v.to_wire() for k, v in self.distinct.items()},
             "top": {k: v.to_wire() for k, v in self.top.items()},
-            "quarantine": dict(self.quarantine), "warnings": dict(self.warnings),
+            "quarantine": dict(sorted(self.quarantine.items())),
+            "warnings": dict(sorted(self.warnings.items())),
         }, use_bin_type=True)
 
     @classmethod
@@ -217,7 +204,6 @@ class StatsSummary:
             out.hist.update({k: IntHistogram.from_wire(v) for k, v in d["hist"].items()})
             out.cats.update({k: Categorical.from_wire(v) for k, v in d["cats"].items()})
             out.age_by_nat = {k: Moments.from_wire(v) for k, v in d["age_by_nat"].items()}
-            out.coords.update({k: Moments.from_wire(v) for k, v in d["coords"].items()})
             out.distinct.update({k: HyperLogLog.from_wire(v) for k, v in d["distinct"].items()})
             out.top.update({k: TopK.from_wire(v) for k, v in d["top"].items()})
             out.quarantine, out.warnings = Counter(d["quarantine"]), Counter(d["warnings"])
@@ -226,6 +212,7 @@ class StatsSummary:
         return out
 
     def __eq__(self, other: object) -> bool:
+        # The serialised form is canonical (sorted everywhere): equal state, equal bytes.
         return isinstance(other, StatsSummary) and self.to_bytes() == other.to_bytes()
 
     # -- figures --
@@ -260,7 +247,6 @@ class StatsSummary:
             "account_age": h["account_age"].summary(),
             "age_at_registration": {**at_reg.summary(),
                                     "negative": sum(c for k, c in at_reg.counts.items() if k < 0)},
-            "coordinates": {k: v.summary() for k, v in self.coords.items()},
             "distinct": {k: v.estimate() for k, v in self.distinct.items()},
             "distinct_rse": 1.04 / math.sqrt(1 << self.distinct["users"].p),
             "top_first_names": self.top["first_names"].top(TOP_SHOWN),

@@ -78,7 +78,8 @@ class Faults:
     # The first attempts at every query fail in this order, e.g. ("429", "503").
     first: tuple[str, ...] = ()
     hang_seconds: float = 60.0
-    seed: str = "faults"
+    seed: str = "faults"          # of the request faults
+    record_seed: str = "records"  # of the record faults (part of the data, like the real API's quirks)
 
     @classmethod
     def realistic(cls, **overrides: Any) -> Faults:
@@ -295,8 +296,8 @@ class ApiServer:
         if not any(rate for _, rate in kinds):
             return users
         for i in range(len(users)):
-            u = _unit(f.seed, "record", seed, page, ",".join(nat), i)
-            v = _unit(f.seed, "detail", seed, page, ",".join(nat), i)
+            u = _unit(f.record_seed, "record", seed, page, ",".join(nat), i)
+            v = _unit(f.record_seed, "detail", seed, page, ",".join(nat), i)
             for kind, rate in kinds:
                 if u < rate:
                     users[i] = _break(kind, users, i, v, nat)
@@ -360,7 +361,8 @@ class _Handler(BaseHTTPRequestHandler):
         app: ApiServer = self.server.app  # type: ignore[attr-defined]
         reply = app.answer(self.path, self.headers.get("User-Agent", ""))
         if reply.delay and app.closing.wait(reply.delay):
-            return  # shutting down: drop the slow answer
+            self.close_connection = True  # shutting down: drop the slow answer and the client
+            return
         try:
             self.send_response(reply.status)
             for name, value in reply.headers.items():

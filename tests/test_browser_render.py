@@ -81,10 +81,18 @@ class Watched:
         self.errors: list[str] = []
         self.requests: list[str] = []
         self.dialogs: list[str] = []
-        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("console", self._console)
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
         self.page.on("request", lambda r: self.requests.append(r.url))
-        self.page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
+        self.page.on("dialog", self._dialog)
+
+    def _console(self, message: Any) -> None:
+        if message.type == "error":
+            self.errors.append(message.text)
+
+    def _dialog(self, dialog: Any) -> None:
+        self.dialogs.append(dialog.message)  # an alert() means injected script ran
+        dialog.dismiss()
 
     def open(self, path: str = "/") -> Any:
         self.page.goto(self.base + path, wait_until="load")
@@ -200,12 +208,13 @@ def test_next_run_appears_without_a_reload(watched: Watched, server: DashboardSe
     page.wait_for_function("() => document.documentElement.classList.contains('js')")
     wait_until(lambda: server.subscribers >= 1)  # the page's EventSource is connected
     page.evaluate("() => { window.__sameDocument = true; }")
-    server.publish("progress", {"run_id": "live-run-42", "delivered": 300, "requested": 777})
+    # The consumer's payloads (consumer.py): progress every 10 batches, run-complete after the render.
+    server.publish("progress", {"run_id": "live-run-42", "applied_batches": 3, "users": 300, "requested": 777})
     page.wait_for_function("() => document.getElementById('progress').textContent.includes('300')",
                            timeout=LIVE_MS)
     later = GENERATED_AT + 60
     server.update(next_run(later), later)
-    server.publish("run-complete", {"run_id": "live-run-42", "state": "complete"})
+    server.publish("run-complete", {"generated_at": later, "run_id": "live-run-42"})
     page.wait_for_function(UPDATED_TO, arg=later, timeout=LIVE_MS)
     assert page.evaluate("() => window.__sameDocument") is True  # swapped in place, not reloaded
     assert page.locator('#runs tr[data-run="live-run-42"]').count() == 1

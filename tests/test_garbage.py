@@ -36,6 +36,13 @@ def _push_frames(endpoint: str, frames: list[bytes | list[bytes]]) -> None:
     ctx.term()
 
 
+def _nested(depth: int) -> list:
+    out: list = []
+    for _ in range(depth):
+        out = [out]
+    return out
+
+
 def _garbage(key: bytes, old_frame: bytes) -> tuple[list[bytes | list[bytes]], dict[str, int]]:
     rnd = random.Random(7)
     sealer = wire.Sealer((key,), ttl=3600, max_size=16 << 20)
@@ -64,7 +71,7 @@ def _garbage(key: bytes, old_frame: bytes) -> tuple[list[bytes | list[bytes]], d
         {"v": 1, "kind": "data", "run": "r", "seq": 1, "producer": "p", "n": 1, "cols": {"a": [[[[[]]]]]},
          "quarantine": {"x": -5}},
         {"v": 1, "kind": "reply", "run": "r", "seq": 1, "ok": True},
-        [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]],
+        _nested(200),
     )] * 10)
     # A frame from an earlier run, replayed within its window: a duplicate, applied zero times.
     frames.extend([old_frame] * 20)

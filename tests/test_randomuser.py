@@ -54,26 +54,28 @@ def server() -> Iterator[ApiServer]:
 def test_every_fault_on_still_delivers_exactly() -> None:
     """3000 users through every fault at realistic rates: exact, honest and frugal."""
     with ApiServer(Faults.realistic()) as srv:
-        source = fast_source(srv.url, page_size=500, concurrency=4)
+        # Pages of 100 make 30 requests at least, enough for the fault rates to bite.
+        source = fast_source(srv.url, page_size=100, concurrency=4)
         batches = run(source, strict_check, users=3000, nat=("GB", "FR", "IR"), seed="faulty", batch_size=500)
     users = users_of(batches)
     assert [len(b.users) for b in batches] == [500] * 6
     assert len({u["login"]["uuid"] for u in users}) == 3000
     assert {u["nat"] for u in users} == {"GB", "FR", "IR"}
-    # Faults happened, and every kind of bad record was counted by reason.
-    assert sum(srv.faults_sent.values()) >= 2
+    # Faults of several kinds happened, and every kind of bad record was counted by reason.
+    assert len(srv.faults_sent) >= 3, srv.faults_sent
     dropped = quarantine_of(batches)
     assert {"type:record", "nat_not_requested", "duplicate:login.uuid"} <= set(dropped)
     assert any(reason.startswith(("null:", "missing:", "empty:")) for reason in dropped)
     # Hostile strings are data: delivered unchanged for the consumer to judge.
     assert any(u["name"]["first"] in HOSTILE or u["location"]["city"] in HOSTILE for u in users)
-    # Requests stay within a stated factor of the minimum (6 pages of 500).
-    minimum = math.ceil(3000 / 500)
+    # Requests stay within a stated factor of the minimum (30 pages of 100).
+    minimum = math.ceil(3000 / 100)
     assert srv.requests <= REQUEST_FACTOR * minimum
     assert sum(b.requests for b in batches) == srv.requests
 
 
 def test_same_seed_same_users_whatever_the_faults() -> None:
+    # Request faults differ between the two runs; the data (with its bad records) is the same.
     plan = {"users": 1200, "seed": "repro", "batch_size": 250}
     with ApiServer(Faults.realistic(seed="one", slow=0.0)) as srv:
         first = run(fast_source(srv.url, page_size=300, concurrency=4), strict_check, **plan)
@@ -172,9 +174,8 @@ def test_never_recovering_api_fails_within_its_deadline() -> None:
 
 
 def test_retry_budget_ends_the_run_with_its_reason() -> None:
-    with ApiServer(Faults(always="truncated")) as srv:
-        with pytest.raises(SourceError) as err:
-            run(fast_source(srv.url, retry_budget=3), users=50)
+    with ApiServer(Faults(always="truncated")) as srv, pytest.raises(SourceError) as err:
+        run(fast_source(srv.url, retry_budget=3), users=50)
     assert str(err.value) == "RandomUser API failed: page 1: response is not valid JSON (truncated?) after 3 retries"
     assert srv.requests == 4
 

@@ -113,8 +113,9 @@ def test_context_has_the_documented_structure(stats: dict[str, Any]) -> None:
         assert [c["id"] for c in view["cards"]] == list(CARDS)
         assert [p["id"] for p in view["panels"]] == [*CHARTS, *TABLES]
         for panel in view["panels"]:
-            assert set(panel) == {"id", "key", "title", "svg", "columns", "rows", "note", "wide"}
+            assert set(panel) == {"id", "key", "title", "svg", "columns", "align", "rows", "note", "wide"}
             assert all(len(r["cells"]) == len(panel["columns"]) for r in panel["rows"])
+            assert len(panel["align"]) == (len(panel["columns"]) if panel["rows"] else 0)
     assert set(ctx["runs"]) == {"rows", "total", "shown"}
     assert next(r["run_id"] for r in ctx["runs"]["rows"]) == stats["runs"][-1]["run_id"]  # newest first
 
@@ -192,7 +193,7 @@ def test_empty_state_says_no_data_yet(stats: dict[str, Any]) -> None:
     assert render.render_sections(stats, generated_at=0.0).keys() == set(render.SECTION_IDS)
 
 
-GARBAGE = [None, [], "text", {"x": "y"}, float("nan"), True]
+GARBAGE: list[Any] = [None, [], "text", {"x": "y"}, float("nan"), True]
 
 
 @pytest.mark.parametrize("value", GARBAGE, ids=repr)
@@ -260,6 +261,13 @@ def test_json_is_strict_and_plain() -> None:
     assert sections["generated_at"] == GENERATED_AT and set(sections["sections"]) == set(render.SECTION_IDS)
 
 
+def test_render_all_reuses_the_render_of_an_identical_state(stats: dict[str, Any]) -> None:
+    first = render.render_all(stats, generated_at=GENERATED_AT)
+    assert render.render_all(stats, generated_at=GENERATED_AT) == first
+    later = render.render_all(stats, generated_at=GENERATED_AT + 1)
+    assert later["index.html"] != first["index.html"]
+
+
 def test_sections_are_the_page_parts(stats: dict[str, Any]) -> None:
     page = render.render_page(stats, generated_at=GENERATED_AT)
     for sid, html in render.render_sections(stats, generated_at=GENERATED_AT).items():
@@ -281,23 +289,28 @@ def test_write_site(tmp_path: pathlib.Path, stats: dict[str, Any]) -> None:
     assert (out / "static/dashboard.js").read_bytes() == (render.STATIC_DIR / "dashboard.js").read_bytes()
 
 
-def _best_ms(fn: Any, repeat: int = 5) -> float:
-    best = math.inf
+def _best_ms(fn: Any, repeat: int = 10) -> tuple[float, float]:
+    """Best wall and best CPU (this thread) milliseconds of ``repeat`` calls."""
+    wall = cpu = math.inf
     for _ in range(repeat):
-        start = time.perf_counter()
+        w, c = time.perf_counter(), time.thread_time()
         fn()
-        best = min(best, (time.perf_counter() - start) * 1000)
-    return best
+        wall = min(wall, (time.perf_counter() - w) * 1000)
+        cpu = min(cpu, (time.thread_time() - c) * 1000)
+    return wall, cpu
 
 
 def test_render_of_a_million_users_takes_under_100_ms() -> None:
+    """Benchmark. Asserts CPU time, which a host busy with other work cannot inflate; wall time is printed."""
     stats = large_stats(users=1_000_000, runs=500)
     render.render_page(stats, generated_at=GENERATED_AT)  # template compilation is a one-off
-    page_ms = _best_ms(lambda: render.render_page(stats, generated_at=GENERATED_AT))
-    all_ms = _best_ms(lambda: render.render_all(stats, generated_at=GENERATED_AT))
-    print(f"render_page {page_ms:.1f} ms, render_all {all_ms:.1f} ms")
-    assert page_ms < 100
-    assert all_ms < 100
+    page_wall, page_cpu = _best_ms(lambda: render.render_page(stats, generated_at=GENERATED_AT))
+    stamps = iter(range(1, 100))  # a new generated_at each time: render_all reuses an identical state
+    all_wall, all_cpu = _best_ms(lambda: render.render_all(stats, generated_at=GENERATED_AT + next(stamps)))
+    print(f"render_page {page_wall:.1f} ms wall / {page_cpu:.1f} ms CPU; "
+          f"render_all (page + JSON + sections) {all_wall:.1f} ms wall / {all_cpu:.1f} ms CPU")
+    assert page_cpu < 100
+    assert all_cpu < 100
 
 
 def test_hostile_fixture_covers_every_payload() -> None:

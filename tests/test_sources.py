@@ -32,7 +32,8 @@ UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-
 
 
 def sample_users() -> list[dict[str, Any]]:
-    return json.loads(SAMPLE.read_text(encoding="utf-8"))["results"]
+    users: list[dict[str, Any]] = json.loads(SAMPLE.read_text(encoding="utf-8"))["results"]
+    return users
 
 
 def run(source: Any, check: Any = accept_all, **plan: Any) -> list[Batch]:
@@ -317,7 +318,7 @@ def test_replay_streams_json_lines(tmp_path: Path, pool_users: list[dict[str, An
         parsed += 1
         return real_loads(s, *a, **k)
 
-    monkeypatch.setattr(replay.json, "loads", counting_loads)
+    monkeypatch.setattr(replay.json, "loads", counting_loads)  # type: ignore[attr-defined]
     batches = run(ReplaySource(path, chunk_size=50), users=120, batch_size=50)
     assert len(users_of(batches)) == 120
     assert parsed <= 120 + 50 + 5  # read up to the chunk that completed the run, not the file

@@ -29,15 +29,15 @@ PALETTE: tuple[str, ...] = (
 _TEXT = "#5b6472"
 _GRID = "#d5d9e0"
 
-# Bidi overrides/isolates and C0 controls in a label could reorder or hide
-# the text around them; show a visible replacement character instead.
-_UNSAFE = {c: "\ufffd" for c in (*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F)}
-_UNSAFE.update({c: "\ufffd" for c in (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))})
+#: Bidi overrides/isolates and C0 controls in a label could reorder or hide
+#: the text around them: str.translate table to a visible replacement character.
+UNSAFE = {c: "\ufffd" for c in (*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F)}
+UNSAFE.update({c: "\ufffd" for c in (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))})
 
 
 def clean(value: object) -> str:
     """Return ``value`` as text with bidi and control characters made visible."""
-    return str(value).translate(_UNSAFE)
+    return str(value).translate(UNSAFE)
 
 
 def esc(value: object) -> Markup:

@@ -16,7 +16,8 @@ The context every template gets (built by :func:`build_context`)::
     View   = {id, title, subtitle, empty: bool, cards: [Card], panels: [Panel]}
     Card   = {id, label, value: str, sub: str | None}
     Panel  = {id (data-chart), key (JSON path), title, svg: Markup | None,
-              columns: [str], rows: [Row], note: str | None, wide: bool}
+              columns: [str], align: ["num" | "txt" per column], rows: [Row],
+              note: str | None, wide: bool}
     Row    = {key: str, cells: [(display: str, raw: number | str | None)]}
     RunRow = {run_id, source, requested, delivered, quarantined, duration,
               started, state, state_class, reason}   (display strings)
@@ -40,7 +41,7 @@ import jinja2
 from markupsafe import Markup
 
 from infraetl.dashboard import charts
-from infraetl.dashboard.charts import clean, fmt_int, fmt_num, fmt_pct
+from infraetl.dashboard.charts import UNSAFE, fmt_int, fmt_num, fmt_pct
 from infraetl.pwshape import mask
 
 logger = logging.getLogger(__name__)
@@ -60,8 +61,8 @@ _STATES = {"running", "complete", "failed"}
 
 def _finalize(value: Any) -> Any:
     # Every {{ }} of plain text goes through here before autoescape: neutralise bidi overrides.
-    if isinstance(value, str) and not isinstance(value, Markup):
-        return clean(value)
+    if type(value) is str:  # exactly str: Markup (our own SVG, sections) passes untouched
+        return value.translate(UNSAFE)
     return "" if value is None else value
 
 
@@ -285,6 +286,8 @@ def _panels(f: dict[str, Any], masked: bool) -> list[dict[str, Any]]:
     ]
     for p in panels:
         p["wide"] = p["id"] == "registration_years"
+        first = p["rows"][0]["cells"] if p["rows"] else []
+        p["align"] = ["num" if isinstance(raw, (int, float)) else "txt" for _, raw in first]
     return panels
 
 
@@ -462,18 +465,27 @@ def render_sections(stats: dict[str, Any], *, generated_at: float) -> dict[str, 
     return _render_sections(build_context(stats, generated_at=generated_at))
 
 
+_last: tuple[bytes, dict[str, bytes]] = (b"", {})
+
+
 def render_all(stats: dict[str, Any], *, generated_at: float) -> dict[str, bytes]:
     """Every document the site serves, rendered once: page, stats, runs and sections JSON."""
+    global _last
     doc = public_stats(stats, generated_at=generated_at)
+    stats_json = to_json(doc)
+    cached_json, cached = _last
+    if stats_json == cached_json:  # the consumer writes the files and updates the server from one state
+        return dict(cached)
     ctx = _context(doc, generated_at)
     sections = _render_sections(ctx)
-    page = _page(ctx, sections).encode("utf-8")
-    return {
-        "index.html": page,
-        "api/stats.json": to_json(doc),
+    docs = {
+        "index.html": _page(ctx, sections).encode("utf-8"),
+        "api/stats.json": stats_json,
         "api/runs.json": to_json({"runs": doc["runs"]}),
         "api/sections.json": to_json({"generated_at": generated_at, "sections": sections}),
     }
+    _last = (stats_json, docs)
+    return dict(docs)
 
 
 def _atomic_write(path: pathlib.Path, data: bytes) -> None:

@@ -17,12 +17,13 @@ import email.utils
 import json
 import logging
 import math
+import queue
 import random
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
@@ -39,7 +40,7 @@ logger = logging.getLogger(__name__)
 API_URL = "https://randomuser.me/api/1.4/"
 #: The API's largest page; anything above silently becomes 1.
 MAX_RESULTS = 5000
-USER_AGENT = f"infraetl/{__version__} (+streaming ETL) python-requests/{requests.__version__}"
+USER_AGENT = f"infraetl/{__version__} python-requests/{requests.__version__}"  # type: ignore[attr-defined]
 _POLL = 0.1  # seconds between checks of cancel/deadline while waiting
 
 
@@ -175,6 +176,46 @@ class _Run:
         return self.error
 
 
+class _Workers:
+    """A fixed number of daemon threads running submitted calls (a minimal thread pool)."""
+
+    # Not ThreadPoolExecutor: it joins its threads at interpreter exit, so one
+    # request stuck on a dead network would hold a stopping daemon for up to
+    # the read timeout. Daemon threads are simply abandoned.
+
+    def __init__(self, size: int, name: str) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None] = \
+            queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+                         for i in range(size)]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        """Run ``fn(*args)`` on a worker; its result or exception lands in the future."""
+        future: Future[Any] = Future()
+        self._jobs.put((future, fn, args))
+        return future
+
+    def shutdown(self) -> None:
+        """Let each worker finish its current call and exit; queued calls are dropped."""
+        for _ in self._threads:
+            self._jobs.put(None)
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            future, fn, args = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except Exception as e:  # noqa: BLE001 (handed to whoever waits on the future)
+                future.set_exception(e)
+
+
 class RandomUserSource:
     """The RandomUser HTTP API as a source of exact, reproducible batches."""
 
@@ -220,7 +261,7 @@ class RandomUserSource:
         collector = Collector(plan, check)
         run = _Run(plan, self)
         session = self._session()
-        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="randomuser")
+        pool = _Workers(self.concurrency, "randomuser")
         planned: deque[int] = deque(page_sizes(plan.users, self.page_size))
         in_flight: deque[Future[tuple[list[Any], int]]] = deque()
         page = 0
@@ -245,7 +286,9 @@ class RandomUserSource:
                         collector.accepted, page, run.retries, dict(collector.dropped) or "none")
         finally:
             run.stop.set()
-            pool.shutdown(wait=False, cancel_futures=True)
+            for future in in_flight:
+                future.cancel()
+            pool.shutdown()
             session.close()
 
     def _session(self) -> requests.Session:

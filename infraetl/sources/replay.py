@@ -276,8 +276,9 @@ def _whole_document(f: BinaryIO, path: Path) -> list[Any]:
     if isinstance(data, list):
         return data
     if isinstance(data, dict):
-        if isinstance(data.get("results"), list):
-            return data["results"]
+        results = data.get("results")
+        if isinstance(results, list):
+            return results
         if "error" in data:
             raise SourceError(f"file {path} is a saved API error: {str(data['error'])[:100]}")
         if "login" in data:

@@ -2,10 +2,12 @@
 
 Faker is slow (tens of microseconds a call), so it is used once per process
 and nationality to sample *pools* of names, streets, cities and phone
-numbers with a fixed seed; users are then composed from the pools with a
-``random.Random`` seeded from the run's seed. The same seed, nationalities
-and stream give the same users in any process (for one Faker version, which
-fixes the pools).
+numbers with a fixed seed. Users are then composed from the pools with
+random numbers drawn a chunk at a time (one row of :data:`_DRAWS` 32-bit
+numbers per user, from numpy's legacy ``RandomState``, whose stream numpy
+never changes). User i of a stream is the same however the stream is cut
+into chunks, and the same seed, nationalities and stream give the same
+users in any process (for one Faker version, which fixes the pools).
 
 Quirks of the real API are reproduced on purpose, because they are valid
 data the pipeline must keep: ``id.value`` is None for IR, NZ, TR and UA; the
@@ -29,6 +31,8 @@ from importlib import resources
 from itertools import product
 from random import Random
 from typing import Any
+
+import numpy as np
 
 from ..exceptions import ConfigError, SourceError
 from ..schema import NATIONALITIES
@@ -143,12 +147,12 @@ def ascii_fold(text: str) -> str:
     return "".join(out)
 
 
-def _pattern(spec: str) -> Callable[[Random], str]:
-    """Compile an id/phone pattern (# digit, ? capital letter) into a fast filler."""
-    # One random draw per run of '#' or '?' rather than per character: this
-    # runs for every user, and per-character work was a tenth of the budget.
+def _pattern(spec: str) -> Callable[[int, int], str]:
+    """Compile an id/phone pattern (# digit, ? capital letter) into ``fill(digits, letters)``."""
+    # The filler takes two random integers and peels one run of '#' or '?'
+    # off each: this runs for every user, so no per-character draws.
     template: list[str] = []
-    runs: list[tuple[str, int]] = []
+    runs: list[tuple[bool, int]] = []
     i = 0
     while i < len(spec):
         ch = spec[i]
@@ -156,21 +160,27 @@ def _pattern(spec: str) -> Callable[[Random], str]:
         while j < len(spec) and spec[j] == ch and ch in "#?":
             j += 1
         if j > i:
-            runs.append((ch, j - i))
+            runs.append((ch == "#", j - i))
             template.append(f"%0{j - i}d" if ch == "#" else "%s")
             i = j
         else:
             template.append(ch.replace("%", "%%"))
             i += 1
     fmt = "".join(template)
-    # Letter runs pick from a table of every combination (runs are 1-2 letters long).
-    draws = [(10 ** n, None) if ch == "#" else (26 ** n, ["".join(t) for t in product(_UPPER, repeat=n)])
-             for ch, n in runs]
+    steps = tuple((is_digit, 10 ** n if is_digit else 26 ** n,
+                   None if is_digit else tuple("".join(t) for t in product(_UPPER, repeat=n)))
+                  for is_digit, n in runs)
 
-    def fill(rng: Random) -> str:
-        r = rng.random
-        return fmt % tuple([int(r() * scale) if table is None else table[int(r() * scale)]
-                            for scale, table in draws])
+    def fill(digits: int, letters: int) -> str:
+        parts: list[int | str] = []
+        for is_digit, size, table in steps:
+            if is_digit:
+                digits, value = divmod(digits, size)
+                parts.append(value)
+            else:
+                letters, value = divmod(letters, size)
+                parts.append(table[value])  # type: ignore[index]
+        return fmt % tuple(parts)
 
     return fill
 
@@ -180,7 +190,7 @@ _ID_FILLERS = {nat: (name, _pattern(p) if p else None) for nat, (name, p) in ID_
 
 @dataclass(frozen=True)
 class Pools:
-    """Pre-sampled values of one nationality; entries are ``(text, ascii form)`` for names."""
+    """Pre-sampled values of one nationality, :data:`_POOL_SIZE` each; names are ``(text, ascii)``."""
 
     first_male: tuple[tuple[str, str], ...]
     first_female: tuple[tuple[str, str], ...]
@@ -235,8 +245,8 @@ def _build_pools(nat: str) -> Pools:
     if locale is None:  # Faker has no Serbian locale: the shipped lists stand in
         male, female, last = over["first_male"], over["first_female"], over["last"]
         streets, cities, states = over["streets"], over["cities"], over["states"]
-        phones = [_pattern(rng.choice(over["phone_formats"]))(rng) for _ in range(_POOL_SIZE)]
-        cells = [_pattern(rng.choice(over["cell_formats"]))(rng) for _ in range(_POOL_SIZE)]
+        phones = [_pattern(rng.choice(over["phone_formats"]))(rng.getrandbits(64), 0) for _ in range(_POOL_SIZE)]
+        cells = [_pattern(rng.choice(over["cell_formats"]))(rng.getrandbits(64), 0) for _ in range(_POOL_SIZE)]
         postcodes: list[str] = []
     else:
         from faker import Faker
@@ -261,12 +271,20 @@ def _build_pools(nat: str) -> Pools:
 
     def named(names: Sequence[str]) -> tuple[tuple[str, str], ...]:
         # A few API names carry a trailing space; the e-mail is built from the trimmed name.
-        return tuple((x + " " if rng.random() < 0.02 else x, ascii_fold(x) or "user") for x in names)
+        return _fixed([(x + " " if rng.random() < 0.02 else x, ascii_fold(x) or "user") for x in names])
 
-    built = Pools(named(male), named(female), named(last), tuple(streets), tuple(cities),
-                  tuple(states), tuple(postcodes), tuple(phones), tuple(cells))
+    built = Pools(named(male), named(female), named(last), _fixed(streets), _fixed(cities),
+                  _fixed(states), _fixed(postcodes), _fixed(phones), _fixed(cells))
     logger.debug("sampled pools for %s in %.0f ms", nat, (time.perf_counter() - started) * 1000)
     return built
+
+
+def _fixed(values: Sequence[Any]) -> tuple[Any, ...]:
+    """Exactly :data:`_POOL_SIZE` entries spread evenly over ``values`` (empty stays empty)."""
+    # Equal-sized pools let one vectorised draw pick for every nationality.
+    if not values:
+        return ()
+    return tuple(values[i * len(values) // _POOL_SIZE] for i in range(_POOL_SIZE))
 
 
 def _state(fake: Any, nat: str) -> str:
@@ -284,78 +302,108 @@ def _persian_compounds(last: list[str], first: list[str], rng: Random) -> list[s
     return out
 
 
+#: Column of each per-user random draw (32-bit unsigned), in stream order.
+(_NAT, _MALE, _FIRST, _LAST, _TITLE, _POSTCODE, _TZ, _DOB_DAY, _DOB_MIN, _DOB_MS, _REG_DAY, _REG_MIN,
+ _REG_MS, _UUID, _UUID_1, _UUID_2, _UUID_3, _ADJ, _ANIMAL, _NUMBER, _PW_KIND, _PW_WORD, _PW_HOW,
+ _SALT_A, _SALT_B, _STREET_NO, _STREET, _CITY, _STATE, _LAT, _LON, _PHONE, _CELL, _ID_DIGITS,
+ _ID_DIGITS_2, _ID_LETTERS, _PICTURE) = range(37)
+_DRAWS = 37
+_T_EMPTY = int(P_EMPTY * 2**32)
+_T_STRONG = int((P_EMPTY + P_STRONG) * 2**32)
+_T_PERSONAL = int((P_EMPTY + P_STRONG + P_PERSONAL) * 2**32)
+
+
 class UserGenerator:
     """A deterministic stream of API-shaped users for one seed, nationalities and stream."""
 
     def __init__(self, seed: str, nat: Sequence[str] = (), *, stream: object = "") -> None:
         self.nat = normalise_nat(nat) or NATIONALITIES
-        self._rng = Random(stable_seed("users", seed, ",".join(self.nat), stream))
-        self._pools = {n: pools(n) for n in self.nat}
+        digest = hashlib.sha256(f"users\x1f{seed}\x1f{','.join(self.nat)}\x1f{stream}".encode()).digest()
+        self._rs = np.random.RandomState(np.frombuffer(digest, dtype=np.uint32))
+        self._pools = [pools(n) for n in self.nat]
         w = words()
         self._passwords: tuple[str, ...] = w["passwords"]
-        self._adjectives: tuple[str, ...] = tuple(w["username_adjectives"])
-        self._animals: tuple[str, ...] = tuple(w["username_animals"])
+        self._usernames = tuple(a + b for a in w["username_adjectives"] for b in w["username_animals"])
         self._dob = _days("dob").days
         self._registered = _days("registered").days
 
     def users(self, count: int) -> list[User]:
         """The next ``count`` users of the stream."""
-        return [self._user() for _ in range(count)]
+        if count <= 0:
+            return []
+        draws = self._rs.randint(0, 2**32, size=(count, _DRAWS), dtype=np.uint32)
+        cols = draws.T.astype(np.uint64)
 
-    def _user(self) -> User:
-        rng = self._rng
-        r = rng.random
-        nats = self.nat
-        nat = nats[int(r() * len(nats))]
-        p = self._pools[nat]
-        male = r() < 0.5
-        firsts = p.first_male if male else p.first_female
-        first, first_ascii = firsts[int(r() * len(firsts))]
-        last, last_ascii = p.last[int(r() * len(p.last))]
+        def pick(col: int, n: int) -> list[int]:
+            return ((cols[col] * np.uint64(n)) >> np.uint64(32)).tolist()  # type: ignore[no-any-return]
+
+        def raw(col: int) -> list[int]:
+            return cols[col].tolist()  # type: ignore[no-any-return]
+
+        hexes = np.ascontiguousarray(draws[:, _UUID:_UUID + 4]).tobytes().hex()
+        lat = (cols[_LAT] * (180 / 2**32) - 90).tolist()
+        lon = (cols[_LON] * (360 / 2**32) - 180).tolist()
+        rows = zip(
+            pick(_NAT, len(self.nat)), pick(_MALE, 2), pick(_FIRST, _POOL_SIZE), pick(_LAST, _POOL_SIZE),
+            pick(_TITLE, 6), raw(_POSTCODE), pick(_TZ, len(TIMEZONES)),
+            pick(_DOB_DAY, len(self._dob)), pick(_DOB_MIN, 1440), pick(_DOB_MS, 60000),
+            pick(_REG_DAY, len(self._registered)), pick(_REG_MIN, 1440), pick(_REG_MS, 60000),
+            pick(_ADJ, len(self._usernames)), pick(_NUMBER, 900), raw(_PW_KIND), raw(_PW_WORD),
+            raw(_PW_HOW), pick(_SALT_A, 3844 * 3844), pick(_SALT_B, 3844 * 3844), pick(_STREET_NO, 9999),
+            pick(_STREET, _POOL_SIZE), pick(_CITY, _POOL_SIZE), pick(_STATE, _POOL_SIZE), lat, lon,
+            pick(_PHONE, _POOL_SIZE), pick(_CELL, _POOL_SIZE), raw(_ID_DIGITS), raw(_ID_DIGITS_2),
+            raw(_ID_LETTERS), pick(_PICTURE, 100), range(count),
+        )
+        return [self._user(row, hexes) for row in rows]
+
+    def _user(self, row: tuple[Any, ...], hexes: str) -> User:
+        (nat_i, male, first_i, last_i, title_i, pc, tz_i, dob_day, dob_min, dob_ms, reg_day, reg_min,
+         reg_ms, name_i, number, pw_kind, pw_word, pw_how, salt_a, salt_b, street_no, street_i, city_i,
+         state_i, lat, lon, phone_i, cell_i, id_digits, id_digits_2, id_letters, picture, i) = row
+        nat = self.nat[nat_i]
+        p = self._pools[nat_i]
+        first, first_ascii = (p.first_male if male else p.first_female)[first_i]
+        last, last_ascii = p.last[last_i]
         if nat == "CH":
-            title = "Monsieur" if male else ("Madame", "Mademoiselle")[int(r() * 2)]
+            title = "Monsieur" if male else ("Madame", "Mademoiselle")[title_i & 1]
         else:
-            title = "Mr" if male else ("Mrs", "Ms", "Miss")[int(r() * 3)]
+            title = "Mr" if male else ("Mrs", "Ms", "Miss")[title_i % 3]
         digits = INT_POSTCODE_DIGITS.get(nat)
         if digits:
             low = 10 ** (digits - 1)
-            postcode: int | str = low + int(r() * 9 * low)
+            postcode: int | str = low + ((pc * 9 * low) >> 32)
         else:
-            postcode = p.postcodes[int(r() * len(p.postcodes))]
-        offset, tz_description = TIMEZONES[int(r() * len(TIMEZONES))]
-        dob_day, dob_age, year = self._dob[int(r() * len(self._dob))]
-        reg_day, reg_age, _ = self._registered[int(r() * len(self._registered))]
-        hm, ms = _HOURS_MINUTES, int(r() * 60000)
-        dob_date = f"{dob_day}{hm[int(r() * 1440)]}{ms // 1000:02d}.{ms % 1000:03d}Z"
-        ms = int(r() * 60000)
-        reg_date = f"{reg_day}{hm[int(r() * 1440)]}{ms // 1000:02d}.{ms % 1000:03d}Z"
-        h = f"{rng.getrandbits(128):032x}"
-        uuid = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
-        username = (self._adjectives[int(r() * len(self._adjectives))]
-                    + self._animals[int(r() * len(self._animals))] + str(100 + int(r() * 900)))
-        password = self._password(first_ascii, last_ascii, username, year)
+            postcode = p.postcodes[(pc * _POOL_SIZE) >> 32]
+        offset, tz_description = TIMEZONES[tz_i]
+        dob_date, dob_age, year = self._dob[dob_day]
+        reg_date, reg_age, _ = self._registered[reg_day]
+        h = hexes[32 * i: 32 * i + 32]
+        username = f"{self._usernames[name_i]}{100 + number}"
+        if pw_kind >= _T_PERSONAL:
+            password = self._passwords[(pw_word * len(self._passwords)) >> 32]
+        else:
+            password = self._password(pw_kind, pw_word, pw_how, first_ascii, last_ascii, username, year)
         pairs = _ALNUM_PAIRS
-        salt = (pairs[int(r() * 3844)] + pairs[int(r() * 3844)]
-                + pairs[int(r() * 3844)] + pairs[int(r() * 3844)])
+        salt = pairs[salt_a // 3844] + pairs[salt_a % 3844] + pairs[salt_b // 3844] + pairs[salt_b % 3844]
         salted = (password + salt).encode()
         id_name, id_fill = _ID_FILLERS[nat]
-        picture = f"{'men' if male else 'women'}/{int(r() * 100)}.jpg"
+        pic = _PICTURES[picture if male else 100 + picture]
+        hm = _HOURS_MINUTES
         return {
             "gender": "male" if male else "female",
             "name": {"title": title, "first": first, "last": last},
             "location": {
-                "street": {"number": 1 + int(r() * 9999), "name": p.streets[int(r() * len(p.streets))]},
-                "city": p.cities[int(r() * len(p.cities))],
-                "state": p.states[int(r() * len(p.states))],
+                "street": {"number": 1 + street_no, "name": p.streets[street_i]},
+                "city": p.cities[city_i],
+                "state": p.states[state_i],
                 "country": COUNTRIES[nat],
                 "postcode": postcode,
-                "coordinates": {"latitude": f"{r() * 180 - 90:.4f}",
-                                "longitude": f"{r() * 360 - 180:.4f}"},
+                "coordinates": {"latitude": f"{lat:.4f}", "longitude": f"{lon:.4f}"},
                 "timezone": {"offset": offset, "description": tz_description},
             },
             "email": f"{first_ascii}.{last_ascii}@example.com",
             "login": {
-                "uuid": uuid,
+                "uuid": f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}",
                 "username": username,
                 "password": password,
                 "salt": salt,
@@ -363,41 +411,25 @@ class UserGenerator:
                 "sha1": hashlib.sha1(salted).hexdigest(),
                 "sha256": hashlib.sha256(salted).hexdigest(),
             },
-            "dob": {"date": dob_date, "age": dob_age},
-            "registered": {"date": reg_date, "age": reg_age},
-            "phone": p.phones[int(r() * len(p.phones))],
-            "cell": p.cells[int(r() * len(p.cells))],
-            "id": {"name": id_name, "value": id_fill(rng) if id_fill else None},
-            "picture": {
-                "large": "https://randomuser.me/api/portraits/" + picture,
-                "medium": "https://randomuser.me/api/portraits/med/" + picture,
-                "thumbnail": "https://randomuser.me/api/portraits/thumb/" + picture,
-            },
+            "dob": {"date": f"{dob_date}{hm[dob_min]}{dob_ms // 1000:02d}.{dob_ms % 1000:03d}Z", "age": dob_age},
+            "registered": {"date": f"{reg_date}{hm[reg_min]}{reg_ms // 1000:02d}.{reg_ms % 1000:03d}Z",
+                           "age": reg_age},
+            "phone": p.phones[phone_i],
+            "cell": p.cells[cell_i],
+            "id": {"name": id_name, "value": id_fill(id_digits << 32 | id_digits_2, id_letters) if id_fill else None},
+            "picture": {"large": pic[0], "medium": pic[1], "thumbnail": pic[2]},
             "nat": nat,
         }
 
-    def _password(self, first: str, last: str, username: str, year: int) -> str:
-        r = self._rng.random
-        u = r()
-        if u < P_EMPTY:
+    def _password(self, kind: int, word: int, how: int, first: str, last: str, username: str, year: int) -> str:
+        """The rarer passwords: empty, strong random, or built from the user's own details."""
+        if kind < _T_EMPTY:
             return ""
-        if u < P_EMPTY + P_STRONG:
-            return _strong(self._rng)
-        if u < P_EMPTY + P_STRONG + P_PERSONAL:
-            word = self._passwords[int(r() * len(self._passwords))]
-            kind = int(r() * 6)
-            if kind == 0:
-                return f"{first}{year}"
-            if kind == 1:
-                return f"{last}{year % 100:02d}"
-            if kind == 2:
-                return username
-            if kind == 3:
-                return first.capitalize() + "123"
-            if kind == 4:
-                return first + last
-            return f"{word}{year}"
-        return self._passwords[int(r() * len(self._passwords))]
+        if kind < _T_STRONG:
+            return _strong(Random(word << 32 | how))
+        common = self._passwords[(word * len(self._passwords)) >> 32]
+        return (f"{first}{year}", f"{last}{year % 100:02d}", username, first.capitalize() + "123",
+                first + last, f"{common}{year}")[how % 6]
 
 
 def _strong(rng: Random) -> str:
@@ -433,6 +465,8 @@ class _Days:
 
 
 _HOURS_MINUTES = tuple(f"T{m // 60:02d}:{m % 60:02d}:" for m in range(1440))
+_PICTURES = tuple(tuple(f"https://randomuser.me/api/portraits/{size}{who}/{n}.jpg" for size in ("", "med/", "thumb/"))
+                  for who in ("men", "women") for n in range(100))
 _ALNUM_PAIRS = tuple(a + b for a in _ALNUM for b in _ALNUM)
 _tables: dict[str, _Days] = {}
 

@@ -64,16 +64,20 @@
       .catch(function () { inFlight = false; });
   }
 
+  function count(n) { return Number(n).toLocaleString('en-US'); }
+
   function showProgress(data) {
     if (!progress) { return; }
     var text = data.message;
+    var users = data.delivered !== undefined ? data.delivered : data.users;
     if (!text) {
       text = 'Run ' + (data.run_id || '') + ' in progress';
-      if (data.delivered !== undefined) {
-        text += ': ' + Number(data.delivered).toLocaleString('en-US') + ' users';
-        if (data.requested) { text += ' of ' + Number(data.requested).toLocaleString('en-US'); }
+      if (users !== undefined && users !== null) {
+        text += ': ' + count(users) + ' users';
+        if (data.requested) { text += ' of ' + count(data.requested); }
       }
-      if (data.quarantined) { text += ', ' + Number(data.quarantined).toLocaleString('en-US') + ' quarantined'; }
+      if (data.applied_batches) { text += ' (' + count(data.applied_batches) + ' batches)'; }
+      if (data.quarantined) { text += ', ' + count(data.quarantined) + ' quarantined'; }
     }
     progress.textContent = text;
     progress.hidden = false;

@@ -1,0 +1,171 @@
+"""The password estimators: the original's definitions, Shannon, zxcvbn, Pipal shape."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from infraetl import entropy, pwshape
+
+
+@pytest.mark.parametrize(("password", "size"), [
+    ("abc", 26),
+    ("ABC", 26),
+    ("123", 10),
+    ("!?", 32),
+    ("a b", 27),
+    ("aB1!", 94),
+    ("aB1! ", 95),
+    ("", 0),
+    ("üé", 0),  # outside the five pools, as in the original
+])
+def test_charset_size_sums_the_pools_present(password: str, size: int) -> None:
+    assert entropy.charset_size(password) == size
+
+
+def test_charset_entropy_is_length_times_log2_of_pool() -> None:
+    assert entropy.charset_entropy("abc") == pytest.approx(3 * math.log2(26))
+    assert entropy.charset_entropy("aB1!xyz") == pytest.approx(7 * math.log2(94))
+    assert entropy.charset_entropy("") == 0.0
+    assert entropy.charset_entropy("ü") == 0.0  # the original would take log2(0)
+
+
+@pytest.mark.parametrize(("password", "expected"), [
+    ("abc", "lowercase_only"),
+    ("123", "numbers_only"),
+    ("\u0663\u0664\u0665", "numbers_only"),  # Python's \d is Unicode, as in the original
+    ("abc123", "letters_and_numbers"),
+    ("Abc", "letters_and_numbers"),  # [a-z]+ is lowercase only
+    ("abc_1", "letters_and_numbers"),  # "_" is \w, so not a symbol
+    ("a b", "includes_symbols"),
+    ("p@ss", "includes_symbols"),
+    ("", "empty"),  # our deviation: the original fell through to letters_and_numbers
+])
+def test_complexity_classes_follow_the_original_regexes(password: str, expected: str) -> None:
+    assert entropy.complexity(password) == expected
+
+
+@pytest.mark.parametrize(("password", "strong"), [
+    ("Abcdef1!", True),  # 8 × log2(94) = 52.4 bits, 4 classes
+    ("Abcdefg12", True),  # 9 × log2(62) = 53.6 bits, 3 classes
+    ("Abcdef12", False),  # 8 × log2(62) = 47.6 bits: under 50
+    ("abcdefghijklmnopq", False),  # 79.9 bits but one class
+    ("abcdefgh12345!!!", True),  # lower, digit, punctuation
+    ("Abc1!", False),
+    ("", False),
+])
+def test_strong_needs_50_bits_and_three_classes(password: str, strong: bool) -> None:
+    assert entropy.is_strong(password) is strong
+
+
+def test_secure_score_is_length_plus_three_per_class() -> None:
+    assert entropy.secure_score("Abc1!") == 5 + 4 * 3
+    assert entropy.secure_score("abc") == 3 + 3
+    assert entropy.secure_score("a b") == 3 + 3  # the space counts in R, not as a class
+    assert entropy.classes("a b") == ("lower",)
+    assert entropy.secure_score("") == 0
+
+
+def test_shannon_entropy_in_bits() -> None:
+    assert entropy.shannon_entropy("") == 0.0
+    assert entropy.shannon_entropy("aaaa") == 0.0
+    assert entropy.shannon_entropy("abcd") == pytest.approx(8.0)
+    assert entropy.shannon_entropy("aabb") == pytest.approx(4.0)
+
+
+def test_zxcvbn_scores_and_empty_password() -> None:
+    assert entropy.zxcvbn_strength("") == (0, 0.0)
+    assert entropy.zxcvbn_strength("password")[0] == 0
+    assert entropy.zxcvbn_strength("Xk9#mQ2$vL7!pR4&")[0] == 4
+    plain = entropy.zxcvbn_strength("edwardlambert1")
+    told = entropy.zxcvbn_strength("edwardlambert1", ["edward", "lambert"])
+    assert told[1] <= plain[1]
+
+
+def test_zxcvbn_is_capped_on_long_passwords() -> None:
+    t = time.perf_counter()
+    score, guesses = entropy.zxcvbn_strength("correcthorse" * 50)
+    assert time.perf_counter() - t < 0.5
+    assert 0 <= score <= 4 and guesses > 0
+    # A prefix that already scores 4 decides for the whole.
+    assert entropy.zxcvbn_strength("Xk9#mQ2$vL7!" + "a" * 100)[0] == 4
+
+
+def test_cached_strength_runs_zxcvbn_once_per_password() -> None:
+    entropy.cached_strength("Unique-For-This-Test-1")
+    hits = entropy.cached_strength.cache_info().hits
+    assert entropy.cached_strength("Unique-For-This-Test-1") == entropy.zxcvbn_strength(
+        "Unique-For-This-Test-1")
+    assert entropy.cached_strength.cache_info().hits == hits + 1
+
+
+@pytest.mark.parametrize(("password", "masked"), [
+    ("secret", "s****t"),
+    ("soccer", "s****r"),
+    ("abcde", "a***e"),
+    ("abcd", "****"),
+    ("ab", "**"),
+    ("", "(empty)"),
+    ("x" * 100, "x" + "*" * 30 + "x"),
+])
+def test_mask(password: str, masked: str) -> None:
+    assert pwshape.mask(password) == masked
+
+
+@given(st.text(alphabet=st.characters(blacklist_characters="*"), min_size=3, max_size=60))
+def test_mask_never_contains_a_password_of_three_or_more_characters(password: str) -> None:
+    masked = pwshape.mask(password)
+    assert password not in masked
+    assert pwshape.mask(masked) == masked  # idempotent: masked labels merge with revealed ones
+
+
+@pytest.mark.parametrize(("password", "mask"), [
+    ("abc12", "?l?l?l?d?d"),
+    ("Ab!", "?u?l?s"),
+    ("a b", "?l?s?l"),
+    ("é1", "?b?d"),
+    ("x" * 25, pwshape.LONG_MASK),
+])
+def test_hashcat_mask(password: str, mask: str) -> None:
+    assert pwshape.hashcat_mask(password) == mask
+
+
+@pytest.mark.parametrize(("password", "name"), [
+    ("abc", "loweralpha"), ("ABC", "upperalpha"), ("aBc", "mixedalpha"), ("123", "numeric"),
+    ("!!", "special"), ("1!", "specialnum"), ("abc1", "loweralphanum"),
+    ("Abc1!", "mixedalphaspecialnum"), ("abc!", "loweralphaspecial"), ("", "empty"),
+])
+def test_pipal_charset_names(password: str, name: str) -> None:
+    assert pwshape.charset_name(password) == name
+
+
+@pytest.mark.parametrize(("password", "pattern"), [
+    ("soccer", "none"), ("soccer1", "1"), ("soccer12", "2"), ("soccer123", "3"),
+    ("soccer1961", "4 year-like"), ("soccer2024", "4 year-like"), ("soccer1234", "4"),
+    ("soccer12345", "5+"), ("123456", "all digits"), ("", "empty"),
+])
+def test_trailing_digit_patterns(password: str, pattern: str) -> None:
+    assert pwshape.trailing_digits(password) == pattern
+
+
+@pytest.mark.parametrize(("password", "base"), [
+    ("P@ssw0rd123", "password"),
+    ("123soccer!", "soccer"),
+    ("Dragon", "dragon"),
+    ("ab1", ""),  # shorter than 3
+    ("123456", ""),
+])
+def test_base_word_is_lowercased_stripped_then_deleeted(password: str, base: str) -> None:
+    assert pwshape.base_word(password) == base
+
+
+def test_digit_runs_and_length_buckets() -> None:
+    assert pwshape.digit_runs("ab12c345") == ("12", "345")
+    assert pwshape.digit_runs("1961") == ("1961",)
+    assert pwshape.digit_runs("abc") == ()
+    assert pwshape.length_bucket("abc") == "3"
+    assert pwshape.length_bucket("x" * 40) == ">32"

@@ -1,0 +1,315 @@
+"""Validation: the producer's record check and the consumer's Unicode-aware column check."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import userfactory
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from infraetl import schema, validate
+from infraetl.validate import check_records, judge, record_problem, validate_columns
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+DELETE = object()
+
+
+def users_with(path: str, value: Any, index: int = 1) -> list[dict[str, Any]]:
+    """The four sample users with one field of user ``index`` replaced (or deleted)."""
+    users = copy.deepcopy(userfactory.sample_users())
+    node = users[index]
+    *parents, last = path.split(".")
+    for part in parents:
+        node = node[part]
+    if value is DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return users
+
+
+def validated(path: str, value: Any) -> validate.Validated:
+    """Validate the sample batch with ``value`` as user 1's ``path`` in the columns."""
+    cols = schema.to_columns(userfactory.sample_users())
+    cols[path][1] = value
+    return validate_columns(cols)
+
+
+# ---------------------------------------------------------------- producer: check_records
+
+def test_real_api_users_pass() -> None:
+    users = userfactory.sample_users()
+    good, reasons = check_records(users)
+    assert good == users and not reasons
+    many = userfactory.make_users(2000, seed=5)
+    assert check_records(many) == (many, {})
+
+
+@pytest.mark.parametrize(("path", "value", "reason"), [
+    ("location.city", DELETE, "missing:location.city"),
+    ("location.city", None, "missing:location.city"),
+    ("email", "", "empty:email"),
+    ("dob.age", "64", "type:dob.age"),
+    ("dob.age", True, "type:dob.age"),
+    ("dob.age", 64.0, "type:dob.age"),
+    ("location.street.number", "8687", "type:location.street.number"),
+    ("location.postcode", "", "empty:location.postcode"),
+    ("location.postcode", 1.5, "type:location.postcode"),
+    ("location", "Tehran", "type:location"),
+    ("login", None, "missing:login.uuid"),
+    ("name.first", ["Nazanin"], "type:name.first"),
+    ("id.value", 12, "type:id.value"),
+])
+def test_bad_records_are_rejected_with_their_first_reason(path: str, value: Any, reason: str) -> None:
+    good, reasons = check_records(users_with(path, value, index=0))
+    assert len(good) == 3 and reasons == {reason: 1}
+
+
+@pytest.mark.parametrize(("path", "value"), [
+    ("login.password", ""), ("id.value", None), ("id.value", ""), ("id.name", ""),
+    ("location.postcode", 8444), ("location.postcode", "054121"),
+])
+def test_valid_variants_pass(path: str, value: Any) -> None:
+    good, reasons = check_records(users_with(path, value))
+    assert len(good) == 4 and not reasons
+
+
+@pytest.mark.parametrize("path", ["id", "id.name", "id.value"])
+def test_absent_optional_fields_get_their_defaults(path: str) -> None:
+    good, reasons = check_records(users_with(path, DELETE))
+    assert not reasons and good[1]["id"].keys() == {"name", "value"}
+    schema.to_columns(good)  # flattens
+
+
+def test_not_a_record() -> None:
+    assert check_records([None, "user", 3, []])[1] == {"type:record": 4}  # type: ignore[list-item]
+
+
+_PATHS = [f.path for f in schema.FIELDS] + ["name", "location", "location.street", "login", "dob", "id"]
+_VALUES = [DELETE, None, "", "x", 0, True, 1.5, [], {}]
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.sampled_from(_PATHS), st.sampled_from(_VALUES)), max_size=3))
+def test_fast_check_agrees_with_the_reference(mutations: list[tuple[str, Any]]) -> None:
+    user = copy.deepcopy(userfactory.sample_users()[2])
+    for path, value in mutations:
+        node: Any = user
+        *parents, last = path.split(".")
+        try:
+            for part in parents:
+                node = node[part]
+            if value is DELETE:
+                del node[last]
+            else:
+                node[last] = copy.copy(value)
+        except (KeyError, TypeError):
+            continue
+    problem = record_problem(user)
+    if validate._fast_ok(user):
+        assert problem is None
+    ident = user.get("id")
+    if problem is None and type(ident) is dict and type(ident.get("name")) is str and "value" in ident:
+        assert validate._fast_ok(user)
+    good, reasons = check_records([user])
+    assert (reasons == {problem: 1}) if problem else (len(good) == 1)
+
+
+# ---------------------------------------------------------------- consumer: characters
+
+ACCEPTED = {
+    "Persian with ZWNJ": "علی\u200cزاده",
+    "Persian (real sample)": "نازنين",
+    "Cyrillic": "Ярослав",
+    "Greek": "Αλέξανδρος",
+    "Latin diacritics": "Ó Súilleabháin",
+    "Vietnamese": "Nguyễn Thị Ánh",
+    "apostrophe": "D'Angelo",
+    "typographic apostrophe": "D’Angelo",
+    "modifier apostrophe": "Ngaʼa",
+    "hyphen": "Jean-Luc",
+    "en dash": "Smith–Jones",
+    "capitals and dash (not mojibake)": "JOSÉ–MARÍA",
+    "no-break space": "Jean\u00a0Luc",
+    "soft hyphen": "Zimmer\u00admann",
+    "Japanese": "山田はなこ",
+    "Korean": "김민준",
+    "Devanagari": "आरव",
+    "Hebrew": "דוד",
+    "Serbian Cyrillic": "Живковић",
+    "Serbian Latin": "Đorđe Živković",
+    "emoji with ZWJ": "Ann 👩\u200d💻",
+    "hostile markup": "<script>alert(1)</script>",
+    "hostile attribute": '"><img src=x onerror=alert(1)>',
+    "template": "{{7*7}}",
+}
+
+
+@pytest.mark.parametrize("value", ACCEPTED.values(), ids=ACCEPTED.keys())
+def test_real_scripts_and_markup_are_kept_verbatim(value: str) -> None:
+    for path in ("name.first", "name.last", "location.city", "location.street.name"):
+        v = validated(path, value)
+        assert not v.quarantine and not v.warnings
+        assert v.cols[path][1] == value
+
+
+REJECTED = {
+    "NUL": ("Ann\x00a", "control"), "tab": ("Ann\ta", "control"), "newline": ("Ann\na", "control"),
+    "DEL": ("Ann\x7fa", "control"), "C1 NEL": ("Ann\x85a", "control"),
+    "line separator": ("Ann\u2028a", "control"),
+    "RLO": ("\u202egnp.exe", "bidi"), "LRE": ("a\u202ab", "bidi"), "PDF": ("ab\u202c", "bidi"),
+    "LRI": ("a\u2066b", "bidi"), "PDI": ("a\u2069", "bidi"),
+    "zero-width space": ("An\u200bna", "invisible"), "BOM": ("\ufeffAnna", "invisible"),
+    "tag character": ("Anna\U000e0041", "invisible"), "Mongolian vowel separator": ("a\u180eb", "invisible"),
+    "private use": ("Ann\ue000", "private-use"), "plane 15": ("Ann\U000f0000", "private-use"),
+    "unassigned": ("Ann\u0378", "unassigned"), "noncharacter": ("Ann\ufdd0", "unassigned"),
+    "surrogate": ("Ann\ud800", "surrogate"), "replacement": ("Ren\ufffd", "replacement"),
+    "mojibake é": ("JosÃ©", "mojibake"), "mojibake ü": ("MÃ¼ller", "mojibake"),
+    "mojibake ’": ("Itâ€™s", "mojibake"), "mojibake Cyrillic": ("Ð˜Ð²Ð°Ð½", "mojibake"),
+    "mojibake à": ("VoilÃ\u00a0", "mojibake"),
+}
+
+
+@pytest.mark.parametrize(("value", "kind"), REJECTED.values(), ids=REJECTED.keys())
+def test_strange_characters_are_quarantined_with_field_and_reason(value: str, kind: str) -> None:
+    for path in ("name.first", "location.state", "phone", "login.password"):
+        v = validated(path, value)
+        assert v.quarantine == {f"{kind}:{path}": 1}
+        assert schema.column_length(v.cols) == 3 and value not in v.cols[path]
+
+
+WARNED = {
+    "Serbian mixed (Cyrillic Ј)": ("Јovan", "mixed-script", "Јovan"),
+    "Greek capital in Latin": ("Αlpha", "mixed-script", "Αlpha"),
+    "fullwidth in Latin": ("Ａnna", "mixed-script", "Ａnna"),
+    "maths bold in Latin": ("𝐀nna", "mixed-script", "𝐀nna"),
+    "leading and trailing spaces": ("  Anna ", "whitespace", "Anna"),
+    "trailing no-break space": ("Anna\u00a0", "whitespace", "Anna"),
+    "decomposed": ("Jose\u0301", "not-nfc", "José"),
+    "Kelvin sign": ("\u212aelvin", "not-nfc", "Kelvin"),
+}
+
+
+@pytest.mark.parametrize(("value", "kind", "clean"), WARNED.values(), ids=WARNED.keys())
+def test_warnings_keep_the_record_cleaned(value: str, kind: str, clean: str) -> None:
+    v = validated("name.last", value)
+    assert not v.quarantine and v.warnings == {f"{kind}:name.last": 1}
+    assert v.cols["name.last"][1] == clean
+
+
+def test_mixed_scripts_are_judged_per_word() -> None:
+    v = validated("name.first", "Иван Smith")
+    assert not v.warnings
+    assert validated("login.username", "Јovan").warnings == {}  # not a name: only the characters count
+
+
+def test_passwords_are_never_changed() -> None:
+    for pw in ("  secret ", "Jose\u0301", "Јovan", ""):
+        v = validated("login.password", pw)
+        assert not v.quarantine and not v.warnings and v.cols["login.password"][1] == pw
+
+
+@pytest.mark.parametrize(("path", "value", "reason"), [
+    ("name.first", 7, "type:name.first"),
+    ("name.first", None, "missing:name.first"),
+    ("name.first", "", "empty:name.first"),
+    ("name.first", "   ", "empty:name.first"),
+    ("dob.age", "64", "type:dob.age"),
+    ("dob.age", True, "type:dob.age"),
+    ("dob.age", None, "missing:dob.age"),
+    ("dob.age", 151, "range:dob.age"),
+    ("registered.age", -1, "range:registered.age"),
+    ("registered.date", "2009-13", "format:registered.date"),
+    ("dob.date", "yesterday", "format:dob.date"),
+    ("email", "edward.lambert.example.com", "format:email"),
+    ("email", "a@b@example.com", "format:email"),
+    ("nat", "nz", "format:nat"),
+    ("location.timezone.offset", "UTC", "format:location.timezone.offset"),
+    ("location.postcode", 1.5, "type:location.postcode"),
+])
+def test_wrong_types_ranges_and_formats(path: str, value: Any, reason: str) -> None:
+    assert validated(path, value).quarantine == {reason: 1}
+
+
+def test_other_valid_forms() -> None:
+    for path, value in (("registered.date", "2009-10-10T13:38:34Z"), ("dob.date", "1994-12-24T21:13:11+02:00"),
+                        ("dob.age", 0), ("dob.age", 150), ("id.value", None), ("id.name", None)):
+        v = validated(path, value)
+        assert not v.quarantine and v.cols[path][1] == value
+    v = validated("location.postcode", 8444)
+    assert not v.quarantine and v.cols["location.postcode"][1] == "8444"
+
+
+def test_one_reason_per_record_the_first_field_in_column_order() -> None:
+    users = users_with("name.last", "\u202eevil")
+    users[1]["gender"] = 3
+    users[1]["name"]["first"] = " trailing "
+    v = validate_columns(schema.to_columns(users))
+    assert v.quarantine == {"type:gender": 1}
+    assert not v.warnings  # the warning of a rejected record is not counted
+
+
+def test_a_clean_batch_is_passed_through_without_copies() -> None:
+    cols = userfactory.make_columns(500, seed=2)
+    v = validate_columns(cols)
+    assert not v.quarantine and not v.warnings
+    assert all(v.cols[p] is cols[p] for p in schema.FIELD_PATHS)
+
+
+def test_kept_rows_keep_their_order_and_alignment() -> None:
+    cols = userfactory.make_columns(50, seed=4)
+    cols["name.first"][10] = "a\x00"
+    cols["dob.age"][20] = 999
+    cols["name.last"][30] = " Trim"
+    v = validate_columns(cols)
+    assert sum(v.quarantine.values()) == 2 and schema.column_length(v.cols) == 48
+    uuids = [u for i, u in enumerate(cols["login.uuid"]) if i not in (10, 20)]
+    assert v.cols["login.uuid"] == uuids
+    assert v.cols["name.last"][28] == "Trim"
+
+
+def test_missing_columns_and_empty_batches() -> None:
+    cols = userfactory.make_columns(5)
+    del cols["location.city"], cols["id.value"]
+    v = validate_columns(cols)
+    assert v.quarantine == {"missing:location.city": 5} and schema.column_length(v.cols) == 0
+    empty = validate_columns(schema.to_columns([]))
+    assert schema.column_length(empty.cols) == 0 and not empty.quarantine
+    with pytest.raises(ValueError):
+        validate_columns({"gender": ["male"], "nat": []})
+
+
+# ---------------------------------------------------------------- the batch pass agrees with the reference
+
+_ALPHABET = ["a", "Z", " ", "\n", "\t", "\x00", "\x7f", "é", "Ã", "©", "\u200c", "\u202e", "\u200b",
+             "Ј", "o", "\u0301", "\ufffd", "\ue000", "\u00a0", "\u0378", "<", "'", "@"]
+_POLICY = {"name.first": validate.NAME, "login.password": validate.SECRET, "phone": validate.PLAIN,
+           "location.postcode": validate.PLAIN, "id.name": validate.PLAIN}
+
+
+@SETTINGS
+@given(st.sampled_from(sorted(_POLICY)),
+       st.lists(st.text(st.sampled_from(_ALPHABET), max_size=6) | st.sampled_from(["Anna", "Јovan", ""]),
+                min_size=1, max_size=30))
+def test_column_pass_agrees_with_judging_each_value(path: str, values: list[str]) -> None:
+    cols = userfactory.make_columns(len(values), seed=len(values))
+    cols[path] = list(values)
+    v = validate_columns(cols)
+    required = path not in schema.MAY_BE_EMPTY
+    expected_q: dict[str, int] = {}
+    expected_w: dict[str, int] = {}
+    kept = []
+    for value in values:
+        vd = judge(value, _POLICY[path])
+        reason = vd.reject or ("empty" if required and vd.value == "" else None)
+        if reason:
+            expected_q[f"{reason}:{path}"] = expected_q.get(f"{reason}:{path}", 0) + 1
+            continue
+        kept.append(vd.value)
+        for w in vd.warnings:
+            expected_w[f"{w}:{path}"] = expected_w.get(f"{w}:{path}", 0) + 1
+    assert v.quarantine == expected_q and v.warnings == expected_w
+    assert v.cols[path] == kept
