@@ -147,24 +147,23 @@ class AuditSummary:
         dinfos = password_infos(distinct)
         keyed = list(map(attrgetter("keyed"), dinfos))
         if not all(map(is_, map(itemgetter(0), keyed), repeat(fp_key))):
-            keyed = [info.fingerprints(pw, fp_key) for pw, info in zip(distinct, dinfos)]
+            # New passwords (or another key object): HMAC those, once.
+            keyed = [k if k[0] is fp_key else info.fingerprints(pw, fp_key)
+                     for k, pw, info in zip(keyed, distinct, dinfos, strict=True)]
         fps = list(map(itemgetter(1), keyed))
-        s.passwords.counts = dict(zip(fps, cs))
+        s.passwords.counts = dict(zip(fps, cs, strict=True))
         s.passwords.labels = dict(zip(fps, distinct if reveal else
-                                      map(attrgetter("masked"), dinfos)))
+                                      map(attrgetter("masked"), dinfos), strict=True))
         s.entropy_milli, s.shannon_milli, s.guesses_milli = (
             sum(map(mul, map(attrgetter(attr), dinfos), cs))
             for attr in ("charset_milli", "shannon_milli", "guesses_milli"))
-        infos = dict(zip(distinct, dinfos))
+        infos = dict(zip(distinct, dinfos, strict=True))
         inf = list(map(infos.__getitem__, pws))
         s.masks.counts = dict(Counter(map(attrgetter("hashcat"), inf)))
-        base_fps = Counter(map(itemgetter(2), map(attrgetter("keyed"), inf)))
-        base_fps.pop(None, None)
-        if base_fps:
-            s.base_words.counts = dict(base_fps)
-            labels = zip(map(itemgetter(2), keyed), map(attrgetter(
-                "base" if reveal else "base_masked"), dinfos))
-            s.base_words.labels = {k: v for k, v in labels if k is not None}
+        base = s.base_words
+        for (_, _, base_fp), c, info in zip(keyed, cs, dinfos, strict=True):
+            if base_fp is not None:
+                base.add(base_fp, c, info.base if reveal else info.base_masked)
         for (cx, strong, hist_bin, zx, length, charset, trailing), c in Counter(
                 map(attrgetter("agg"), inf)).items():
             s.complexity[cx] += c
@@ -176,7 +175,7 @@ class AuditSummary:
                 table[k] = table.get(k, 0) + c
         s.empty_passwords = s.complexity["empty"]
         flagged = s._add_users(columns, inf)
-        s._most_secure(list(zip(map(attrgetter("secure_score"), dinfos), fps, distinct)),
+        s._most_secure(list(zip(map(attrgetter("secure_score"), dinfos), fps, distinct, strict=True)),
                        infos, flagged)
         return s
 
@@ -263,8 +262,8 @@ class AuditSummary:
         self.entropy_milli += other.entropy_milli
         self.shannon_milli += other.shannon_milli
         self.guesses_milli += other.guesses_milli
-        self.entropy_hist = [a + b for a, b in zip(self.entropy_hist, other.entropy_hist)]
-        self.zx = [a + b for a, b in zip(self.zx, other.zx)]
+        self.entropy_hist = [a + b for a, b in zip(self.entropy_hist, other.entropy_hist, strict=True)]
+        self.zx = [a + b for a, b in zip(self.zx, other.zx, strict=True)]
         _add_counts(self.personal, other.personal)
         self.passwords.merge(other.passwords, relabel=remask_other)
         self.masks.merge(other.masks)

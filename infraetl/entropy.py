@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import re
 import string
-from collections import Counter
 from collections.abc import Iterable
 from functools import lru_cache
 
@@ -56,23 +55,30 @@ _CLASS_MASK = sum(_POOL_BITS[c] for c in CLASSES)
 _SIZE_BY_MASK = tuple(
     sum(size for i, (_, _, size) in enumerate(POOLS) if m >> i & 1) for m in range(1 << len(POOLS))
 )
-_CHAR_BITS: dict[str, int] = {c: _POOL_BITS[name] for name, chars, _ in POOLS for c in chars}
+_POOL_SETS = tuple((_POOL_BITS[name], chars) for name, chars, _ in POOLS)
+_CLASSES_BY_MASK = tuple(
+    tuple(c for c in CLASSES if m & _POOL_BITS[c]) for m in range(1 << len(POOLS))
+)
 
 
 def pool_mask(password: str) -> int:
     """Bit set of the :data:`POOLS` present in ``password`` (bit i = POOLS[i])."""
-    get = _CHAR_BITS.get
+    chars = set(password)
     mask = 0
-    # set() first: a long password is scanned once, a bit per distinct char.
-    for c in set(password):
-        mask |= get(c, 0)
+    for bit, pool in _POOL_SETS:
+        if not chars.isdisjoint(pool):
+            mask |= bit
     return mask
+
+
+def classes_of(mask: int) -> tuple[str, ...]:
+    """The classes of :data:`CLASSES` in a :func:`pool_mask`, in that order."""
+    return _CLASSES_BY_MASK[mask]
 
 
 def classes(password: str) -> tuple[str, ...]:
     """The classes of :data:`CLASSES` present in ``password``, in that order."""
-    mask = pool_mask(password)
-    return tuple(c for c in CLASSES if mask & _POOL_BITS[c])
+    return _CLASSES_BY_MASK[pool_mask(password)]
 
 
 def class_count(mask: int) -> int:
@@ -85,14 +91,19 @@ def charset_size(password: str) -> int:
     return _SIZE_BY_MASK[pool_mask(password)]
 
 
+def charset_bits(length: int, mask: int) -> float:
+    """L·log2(R) for a length and a :func:`pool_mask`; 0.0 when R is 0."""
+    size = _SIZE_BY_MASK[mask]
+    return length * math.log2(size) if size else 0.0
+
+
 def charset_entropy(password: str) -> float:
     """Original estimate L·log2(R); 0.0 when R is 0 (only non-ASCII letters).
 
     The original would raise on R == 0 (log of zero); characters outside
     the five pools add nothing to R, as in the original.
     """
-    size = charset_size(password)
-    return len(password) * math.log2(size) if size else 0.0
+    return charset_bits(len(password), pool_mask(password))
 
 
 def shannon_entropy(password: str) -> float:
@@ -100,8 +111,9 @@ def shannon_entropy(password: str) -> float:
     n = len(password)
     if n == 0:
         return 0.0
-    h = -sum(k / n * math.log2(k / n) for k in Counter(password).values())
-    return h * n
+    # n·H = n·log2(n) − Σ k·log2(k) over the character counts k.
+    counts = list(map(password.count, set(password)))
+    return max(0.0, n * math.log2(n) - sum(k * math.log2(k) for k in counts))
 
 
 def complexity(password: str) -> str:
@@ -122,12 +134,15 @@ def complexity(password: str) -> str:
     return "letters_and_numbers"
 
 
+def strong_of(mask: int, bits: float) -> bool:
+    """The "strong" rule for a :func:`pool_mask` and charset bits."""
+    return class_count(mask) >= STRONG_CLASSES and bits >= STRONG_BITS
+
+
 def is_strong(password: str) -> bool:
     """Original rule: charset entropy ≥ 50 bits and at least 3 of the 4 classes."""
-    return (
-        class_count(pool_mask(password)) >= STRONG_CLASSES
-        and charset_entropy(password) >= STRONG_BITS
-    )
+    mask = pool_mask(password)
+    return strong_of(mask, charset_bits(len(password), mask))
 
 
 def secure_score(password: str) -> int:

@@ -94,20 +94,23 @@ class Tally(Generic[K]):
         self.labels = {k: remask(v) for k, v in self.labels.items()}
 
     def to_wire(self) -> list[Any]:
-        """A msgpack-ready list (see :meth:`from_wire`)."""
-        items = [[k, n, self.labels.get(k)] for k, n in self.counts.items()]
-        return [self.exact, self.evicted_keys, self.evicted_sharing, items]
+        """A msgpack-ready list (see :meth:`from_wire`): parallel key, count, label lists."""
+        keys = list(self.counts)
+        labels = list(map(self.labels.get, keys)) if self.labels else None
+        return [self.exact, self.evicted_keys, self.evicted_sharing, keys,
+                list(self.counts.values()), labels]
 
     @classmethod
     def from_wire(cls, cap: int, wire: list[Any]) -> Tally[Any]:
         """Inverse of :meth:`to_wire`; a tally over ``cap`` is pruned."""
         tally: Tally[Any] = cls(cap)
-        exact, evicted_keys, evicted_sharing, items = wire
+        exact, evicted_keys, evicted_sharing, keys, counts, labels = wire
         tally.exact = bool(exact)
         tally.evicted_keys, tally.evicted_sharing = int(evicted_keys), int(evicted_sharing)
-        for key, n, label in items:
-            tally.counts[key] = int(n)
-            if label is not None:
-                tally.labels[key] = str(label)
+        if not all(type(n) is int for n in counts):
+            raise TypeError("tally counts must be integers")
+        tally.counts = dict(zip(keys, counts, strict=True))
+        if labels is not None:
+            tally.labels = {k: v for k, v in zip(keys, labels, strict=True) if v is not None}
         tally.prune()
         return tally

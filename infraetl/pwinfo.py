@@ -35,6 +35,7 @@ HIST_STEP, HIST_BINS = 10, 21
 CACHE_MAX_LEN = 256
 #: Domain separation: a base word's fingerprint never equals a password's.
 BASE_DOMAIN = "\x00base\x00"
+_KEYED: dict[bytes, hmac.HMAC] = {}
 
 
 def fingerprint_key(fernet_key_bytes: bytes) -> bytes:
@@ -54,10 +55,17 @@ def fingerprint_key(fernet_key_bytes: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=FP_INFO).derive(raw)
 
 
-@lru_cache(maxsize=entropy.CACHE_SIZE)
 def fingerprint(fp_key: bytes, text: str) -> bytes:
     """Keyed, irreversible fingerprint of a password: HMAC-SHA256, first 12 bytes."""
-    return hmac.digest(fp_key, text.encode("utf-8", "surrogatepass"), sha256)[:FP_BYTES]
+    keyed = _KEYED.get(fp_key)
+    if keyed is None:
+        if len(_KEYED) >= 8:
+            _KEYED.clear()
+        keyed = _KEYED[fp_key] = hmac.new(fp_key, digestmod=sha256)
+    # Copying the keyed state skips hashing the key pads again (~30% faster).
+    h = keyed.copy()
+    h.update(text.encode("utf-8", "surrogatepass"))
+    return h.digest()[:FP_BYTES]
 
 
 class PasswordInfo:
@@ -79,11 +87,12 @@ class PasswordInfo:
         self.tail = self.runs[-1] if self.runs and password.endswith(self.runs[-1]) else ""
         self.tail2 = self.tail if len(self.tail) == 2 and len(password) > 2 else NO_TOKEN
         self.long_runs = " ".join(r for r in self.runs if len(r) >= MIN_PHONE_RUN)
-        self.strong = entropy.is_strong(password)
+        pools = entropy.pool_mask(password)
+        bits = entropy.charset_bits(len(password), pools)
+        self.strong = entropy.strong_of(pools, bits)
         self.weak = not self.strong
-        self.classes = entropy.classes(password)
-        self.secure_score = entropy.secure_score(password)
-        bits = entropy.charset_entropy(password)
+        self.classes = entropy.classes_of(pools)
+        self.secure_score = len(password) + 3 * len(self.classes)
         # Sums in integer milli-bits merge exactly, in any order.
         self.charset_milli = round(bits * 1000)
         self.shannon_milli = round(entropy.shannon_entropy(password) * 1000)
@@ -106,7 +115,7 @@ class PasswordInfo:
     def fingerprints(self, password: str, fp_key: bytes) -> tuple[bytes, bytes, bytes | None]:
         """(fp_key, fingerprint, base-word fingerprint or None), cached for the last key."""
         keyed = self.keyed
-        if keyed[0] != fp_key:
+        if keyed[0] is not fp_key:
             base_fp = fingerprint(fp_key, BASE_DOMAIN + self.base) if self.base else None
             keyed = self.keyed = (fp_key, fingerprint(fp_key, password), base_fp)
         return keyed

@@ -8,6 +8,7 @@ whose results the audit only ever keeps as fingerprints and masks.
 
 from __future__ import annotations
 
+import re
 import string
 
 #: Passwords this short are shown fully starred (first + last would be half of it).
@@ -31,8 +32,12 @@ _HASHCAT = {c: "?l" for c in string.ascii_lowercase}
 _HASHCAT.update({c: "?u" for c in string.ascii_uppercase})
 _HASHCAT.update({c: "?d" for c in string.digits})
 _HASHCAT.update({c: "?s" for c in string.punctuation + " "})
-_ASCII_LETTERS = frozenset(string.ascii_letters)
+# ASCII control characters are not hashcat classes either.
+_HASHCAT_TABLE = str.maketrans({chr(i): _HASHCAT.get(chr(i), "?b") for i in range(128)})
+_LOWER = frozenset(string.ascii_lowercase)
+_UPPER = frozenset(string.ascii_uppercase)
 _DIGITS = frozenset(string.digits)
+_DIGIT_RUN = re.compile(r"[0-9]+")
 _NOT_LETTERS = "".join(chr(i) for i in range(128) if chr(i) not in string.ascii_letters)
 
 
@@ -56,6 +61,8 @@ def hashcat_mask(password: str) -> str:
     """Hashcat mask (``?l?l?d``); ``?b`` stands for a non-ASCII character."""
     if len(password) > HASHCAT_MAX_LEN:
         return LONG_MASK
+    if password.isascii():
+        return password.translate(_HASHCAT_TABLE)
     get = _HASHCAT.get
     return "".join([get(c, "?b") for c in password])
 
@@ -75,10 +82,10 @@ def charset_name(password: str) -> str:
     if not password:
         return "empty"
     chars = set(password)
-    lower = any(c in chars for c in string.ascii_lowercase)
-    upper = any(c in chars for c in string.ascii_uppercase)
+    lower = not chars.isdisjoint(_LOWER)
+    upper = not chars.isdisjoint(_UPPER)
     digit = not chars.isdisjoint(_DIGITS)
-    special = any(c not in _ASCII_LETTERS and c not in _DIGITS for c in chars)
+    special = not (password.isascii() and password.isalnum())
     letters = "mixedalpha" if lower and upper else "loweralpha" if lower else (
         "upperalpha" if upper else "")
     if letters:
@@ -104,18 +111,7 @@ def trailing_digits(password: str) -> str:
 
 def digit_runs(password: str) -> tuple[str, ...]:
     """The maximal runs of ASCII digits, in order (``"ab12c345"`` → ``("12", "345")``)."""
-    runs: list[str] = []
-    start = -1
-    for i, c in enumerate(password):
-        if c in _DIGITS:
-            if start < 0:
-                start = i
-        elif start >= 0:
-            runs.append(password[start:i])
-            start = -1
-    if start >= 0:
-        runs.append(password[start:])
-    return tuple(runs)
+    return tuple(_DIGIT_RUN.findall(password))
 
 
 def deleet(lowered: str) -> str:

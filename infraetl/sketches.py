@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import operator
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from fractions import Fraction
@@ -51,7 +52,7 @@ class IntHistogram:
         lo = int(values.min())
         counts = np.bincount(values - lo)
         keys = np.flatnonzero(counts)
-        return cls(dict(zip((keys + lo).tolist(), counts[keys].tolist())))
+        return cls(dict(zip((keys + lo).tolist(), counts[keys].tolist(), strict=True)))
 
     def merge(self, other: IntHistogram) -> IntHistogram:
         """A new histogram of both."""
@@ -129,30 +130,10 @@ class IntHistogram:
     @classmethod
     def from_wire(cls, w: list[list[int]]) -> IntHistogram:
         """Inverse of :meth:`to_wire`."""
-        return cls(dict(zip(w[0], w[1])))
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, IntHistogram) and self.counts == other.counts
+        return cls(dict(zip(w[0], w[1], strict=True)))
 
 
 # ---------------------------------------------------------------- moments
-
-def _exact_sums(x: np.ndarray) -> tuple[int, int]:
-    """(Σx, Σx²) of an int64 array as Python ints, in int64 chunks that cannot overflow."""
-    if x.size == 0:
-        return 0, 0
-    peak = max(abs(int(x.min())), abs(int(x.max())), 1)
-    if peak >= 2**31:  # squares would not fit int64: exact, slowly
-        xs = x.tolist()
-        return sum(xs), sum(v * v for v in xs)
-    step = max(1, 2**62 // (peak * peak))
-    s1 = s2 = 0
-    for i in range(0, x.size, step):
-        c = x[i:i + step]
-        s1 += int(c.sum())
-        s2 += int(np.dot(c, c))
-    return s1, s2
-
 
 class Moments:
     """Count, mean, population variance, min and max of integers (ages by nationality).
@@ -172,11 +153,11 @@ class Moments:
 
     @classmethod
     def from_ints(cls, x: np.ndarray) -> Moments:
-        """Moments of an int64 array."""
-        if x.size == 0:
+        """Moments of an int64 array (as Python ints: no overflow)."""
+        xs = x.tolist()
+        if not xs:
             return cls()
-        s1, s2 = _exact_sums(x)
-        return cls(int(x.size), s1, s2, int(x.min()), int(x.max()))
+        return cls(len(xs), sum(xs), sum(map(operator.mul, xs, xs)), min(xs), max(xs))
 
     def merge(self, other: Moments) -> Moments:
         """A new summary of both."""
@@ -190,8 +171,8 @@ class Moments:
         n = self.count
         if not n:
             return {"n": 0, "mean": None, "std": None, "min": None, "max": None}
-        return {"n": n, "mean": self.s1 / n, "std": math.sqrt(Fraction(n * self.s2 - self.s1 * self.s1, n * n)),
-                "min": self.lo, "max": self.hi}
+        var = Fraction(n * self.s2 - self.s1 * self.s1, n * n)
+        return {"n": n, "mean": self.s1 / n, "std": math.sqrt(var), "min": self.lo, "max": self.hi}
 
     def to_wire(self) -> list[Any]:
         """[count, Σx, Σx², min, max] (a sum past 64 bits travels as a decimal string)."""
@@ -259,9 +240,6 @@ class Categorical:
         """Inverse of :meth:`to_wire`."""
         return cls(w, cap)
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Categorical) and self.counts == other.counts
-
 
 # ---------------------------------------------------------------- top-k (Misra-Gries)
 
@@ -325,9 +303,6 @@ class TopK:
         """Inverse of :meth:`to_wire`."""
         return cls(w[0], w[3], w[1], w[2])
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, TopK) and self.to_wire() == other.to_wire()
-
 
 # ---------------------------------------------------------------- stable string hashing
 
@@ -363,11 +338,13 @@ def _fmix64(h: np.ndarray) -> np.ndarray:
 def hash64(values: list[str]) -> np.ndarray:
     """Stable 64-bit hashes of strings (uint64 array), vectorised.
 
-    Short strings: a multilinear hash Σ codepoint_i·K_i mod 2⁶⁴ with fixed
-    random odd keys (zero padding adds nothing, so a string hashes the same
-    in every batch), then MurmurHash3's finaliser. Two given distinct strings
-    collide with probability about 2⁻⁴⁴ (code points are < 2²¹); trailing NULs
-    are ignored (validation rejects control characters). Longer strings, rare,
+    Short strings: a multilinear hash Σ pair_i·K_i mod 2⁶⁴ over pairs of
+    code points (one 64-bit word each) with fixed random odd keys, then
+    MurmurHash3's finaliser. Zero padding adds nothing, so a string hashes
+    the same in every batch; trailing NULs are ignored (validation rejects
+    control characters). Two given distinct strings collide with probability
+    at most 2⁻³² (when they differ only in the second code point of pairs),
+    far below what would move a HyperLogLog estimate. Longer strings, rare,
     go through BLAKE2b.
     """
     n = len(values)
@@ -382,13 +359,30 @@ def hash64(values: list[str]) -> np.ndarray:
         for i in long_idx:
             short[i] = ""
         width = _SHORT
-    width = max(width, 1)
-    codes = np.array(short, dtype=f"<U{width}").view("<u4").reshape(n, width)
-    h = _fmix64(codes @ _keys[:width] + _SEED)  # uint64 arithmetic wraps: mod 2**64
+    width += width & 1 or 2 * (width == 0)  # an even number of code points: whole pairs
+    pairs = np.array(short, dtype=f"<U{width}").view("<u8").reshape(n, width // 2)
+    h = _fmix64(pairs @ _keys[: width // 2] + _SEED)  # uint64 arithmetic wraps: mod 2**64
     for i in long_idx:
         digest = hashlib.blake2b(values[i].encode("utf-8", "surrogatepass"), digest_size=8).digest()
         h[i] = int.from_bytes(digest, "little")
     return h
+
+
+class HashMemo:
+    """hash64 remembered for values that recur across batches (cities), bounded."""
+
+    def __init__(self, limit: int = 50_000) -> None:
+        self.limit = limit
+        self.known: dict[str, int] = {}
+
+    def __call__(self, values: list[str]) -> np.ndarray:
+        """The hashes of ``values`` (as hash64 would give them)."""
+        fresh = list(set(values).difference(self.known))
+        if fresh:
+            if len(self.known) + len(fresh) > self.limit:
+                self.known.clear()
+            self.known.update(zip(fresh, hash64(fresh).tolist(), strict=True))
+        return np.fromiter(map(self.known.__getitem__, values), dtype=_U64, count=len(values))
 
 
 # ---------------------------------------------------------------- distinct counts (HyperLogLog)

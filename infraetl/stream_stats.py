@@ -36,7 +36,7 @@ import msgpack
 import numpy as np
 
 from .schema import Columns, column_length
-from .sketches import Categorical, HyperLogLog, IntHistogram, Moments, TopK, hash64
+from .sketches import Categorical, HashMemo, HyperLogLog, IntHistogram, Moments, TopK, hash64
 
 WIRE_VERSION = 1
 TOP_K = 128            # counters per top-k sketch: error <= users / 129
@@ -46,13 +46,15 @@ SHORT_PASSWORD = 8     # a password shorter than this is "short" (short_pct)
 _HISTOGRAMS = ("age", "account_age", "age_at_registration", "registration_years",
                "username_length", "password_length")
 _CATEGORIES = ("gender", "countries", "nationalities", "email_domains", "timezones")
-_DISTINCT = ("users", "usernames", "first_names", "cities")
+_DISTINCT = ("users", "usernames", "cities")
 _TOPS = ("first_names", "cities")
 _EMPTY_MAP: Mapping[str, int] = {}
 
 # Domains seen in recent batches: counting "@domain\n" in the joined column
 # is one C pass per domain instead of a Python-level split of every address.
 _recent_domains: list[str] = []
+# Cities recur across batches: hash each once per process.
+_city_hashes = HashMemo()
 
 
 _year_of = itemgetter(slice(0, 4))
@@ -71,7 +73,8 @@ def _email_domains(emails: list[str]) -> Counter[str]:
     n = len(emails)
     joined = "\n".join(emails) + "\n"
     if joined.count("@") == n and joined.count("\n") == n:  # one '@' per address: "@domain\n" is unambiguous
-        found, total = Counter(), 0
+        found: Counter[str] = Counter()
+        total = 0
         for d in _recent_domains:
             c = joined.count(f"@{d}\n")
             if c:
@@ -95,7 +98,7 @@ def _by_group(groups: Counter[str], labels: list[str], values: np.ndarray) -> di
     s1, s2 = np.add.reduceat(v, starts), np.add.reduceat(v * v, starts)  # ages: no overflow
     lo, hi = np.minimum.reduceat(v, starts), np.maximum.reduceat(v, starts)
     return {k: Moments(c, a, b, x, y) for k, c, a, b, x, y in zip(
-        groups, sizes.tolist(), s1.tolist(), s2.tolist(), lo.tolist(), hi.tolist())}
+        groups, sizes.tolist(), s1.tolist(), s2.tolist(), lo.tolist(), hi.tolist(), strict=True)}
 
 
 class StatsSummary:
@@ -123,10 +126,13 @@ class StatsSummary:
     @classmethod
     def from_columns(cls, cols: Columns) -> StatsSummary:
         """Summarise a validated columnar batch (see ``validate.validate_columns``)."""
-        out = cls()
-        n = out.n = column_length(cols)
+        n = column_length(cols)
         if n == 0:
-            return out
+            return cls()
+        out = cls.__new__(cls)  # every part is built below: skip the empty sketches
+        out.n = n
+        out.quarantine, out.warnings = Counter(), Counter()
+        out.distinct = {}
         age, reg_age = _ints(cols["dob.age"]), _ints(cols["registered.age"])
         nats = Counter(cols["nat"])
         firsts, cities = Counter(cols["name.first"]), Counter(cols["location.city"])
@@ -146,15 +152,13 @@ class StatsSummary:
             "timezones": Categorical(Counter(cols["location.timezone.offset"])),
         }
         out.age_by_nat = _by_group(nats, cols["nat"], age)
-        out.top = {"first_names": TopK.from_counter(firsts, TOP_K), "cities": TopK.from_counter(cities, TOP_K)}
-        # One vectorised hashing pass for every distinct-count sketch.
-        parts = {"users": cols["login.uuid"], "usernames": cols["login.username"],
-                 "first_names": list(firsts), "cities": list(cities)}
-        hashes = hash64([v for part in parts.values() for v in part])
-        at = 0
-        for name, part in parts.items():
-            out.distinct[name] = HyperLogLog.from_hashes(hashes[at:at + len(part)])
-            at += len(part)
+        out.top = {"first_names": TopK.from_counter(firsts, TOP_K),
+                   "cities": TopK.from_counter(cities, TOP_K)}
+        # One vectorised hashing pass for both columns of (mostly) unique values.
+        ids = hash64(cols["login.uuid"] + cols["login.username"])
+        d = out.distinct
+        d["users"], d["usernames"] = HyperLogLog.from_hashes(ids[:n]), HyperLogLog.from_hashes(ids[n:])
+        d["cities"] = HyperLogLog.from_hashes(_city_hashes(list(cities)))
         return out
 
     def merge(self, other: StatsSummary) -> StatsSummary:
@@ -181,7 +185,7 @@ class StatsSummary:
     # -- serialisation --
     def to_bytes(self) -> bytes:
         """Compact msgpack (for an SQLite blob); no per-user data."""
-        return msgpack.packb({
+        blob: bytes = msgpack.packb({
             "v": WIRE_VERSION, "n": self.n,
             "hist": {k: v.to_wire() for k, v in self.hist.items()},
             "cats": {k: v.to_wire() for k, v in self.cats.items()},
@@ -191,6 +195,7 @@ class StatsSummary:
             "quarantine": dict(sorted(self.quarantine.items())),
             "warnings": dict(sorted(self.warnings.items())),
         }, use_bin_type=True)
+        return blob
 
     @classmethod
     def from_bytes(cls, b: bytes) -> StatsSummary:

@@ -7,8 +7,8 @@ costs one generated expression; only a failing one is walked field by
 field for its reason.
 
 Consumer (:func:`validate_columns`, a columnar batch) judges characters the
-way Unicode does. A record is **rejected** (quarantined as
-``"<kind>:<field>"``, the first failing field in column order) for:
+way Unicode does. A record is **rejected** (quarantined as ``"<kind>:<field>"``,
+the first failing field in column order) for:
 
 ===============  ==============================================================
 ``control``      C0/C1 controls, DEL, U+2028/U+2029 line/paragraph separators
@@ -25,20 +25,18 @@ way Unicode does. A record is **rejected** (quarantined as
                  the statistics could not read
 ===============  ==============================================================
 
-Every real script is **accepted** with its marks: Persian with ZWNJ (U+200C),
-ZWJ, LRM/RLM/ALM, soft hyphens, no-break spaces, combining diacritics,
-apostrophes (' ’ ʼ) and dashes. Hostile markup (``<script>``) is data: kept
-verbatim; the dashboard escapes it. Three things only **warn** (counted as
-``"<kind>:<field>"``; the record is kept, cleaned): ``whitespace`` at either
-end (trimmed), ``not-nfc`` (normalised to NFC) and, in names and places,
-``mixed-script`` (one word mixing scripts, like Latin with a Cyrillic ``Ј``).
-Passwords are secrets: judged for rejection only, never trimmed or changed.
+Every real script is **accepted** with its marks: Persian with ZWNJ, ZWJ,
+LRM/RLM/ALM, soft hyphens, no-break spaces, diacritics, apostrophes (' ’ ʼ),
+dashes. Hostile markup (``<script>``) is data: kept verbatim (the dashboard
+escapes it). Only **warned** (counted as ``"<kind>:<field>"``, record kept
+and cleaned): ``whitespace`` at either end (trimmed), ``not-nfc``
+(normalised) and, in names and places, ``mixed-script`` (a word mixing
+scripts: Latin with a Cyrillic ``Ј``). Passwords are never changed.
 
-Speed: each column is joined into one string and judged in a few C-speed
-passes (ASCII columns: one ``bytes.translate`` for controls, substring tests
-for empties and spaces). Non-ASCII columns, and any column a pass flags, are
-judged value by value, once per *distinct* value, with a bounded cache of
-verdicts for names and places (which repeat across batches).
+Speed: each column is joined into one string and judged in C-speed passes
+(ASCII: one ``bytes.translate`` for controls, substring tests for empties and
+spaces). Only non-ASCII values, and a column a pass flags, are looked at value
+by value: once per distinct value, with verdicts remembered across batches.
 """
 
 from __future__ import annotations
@@ -49,6 +47,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import compress, filterfalse
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -64,7 +63,9 @@ _OPTIONAL_DEFAULTS: dict[str, Any] = {"id.name": "", "id.value": None}
 
 def _fast_check_source() -> str:
     """Source of one expression checking every field of a well-formed user (from FIELDS)."""
-    assign, conds, names = [], [], {(): "u"}
+    assign: list[str] = []
+    conds: list[str] = []
+    names: dict[tuple[str, ...], str] = {(): "u"}
     for f in FIELDS:
         parts = _SPLIT[f.path]
         for i in range(1, len(parts) + 1):
@@ -105,12 +106,7 @@ def _compile_fast_check() -> Callable[[Any], bool]:
 _fast_ok = _compile_fast_check()
 
 
-def _type_ok(f: Field, v: Any) -> bool:
-    if f.kind == "int":
-        return type(v) is int
-    if f.kind == "str|int":
-        return type(v) in (str, int)
-    return type(v) is str
+_TYPES = {"int": (int,), "str|int": (str, int), "str": (str,)}
 
 
 def record_problem(user: Any) -> str | None:
@@ -130,7 +126,7 @@ def record_problem(user: Any) -> str | None:
             if f.required:
                 return f"missing:{f.path}"
             continue
-        if not _type_ok(f, node):
+        if type(node) not in _TYPES[f.kind]:  # exact types: True is not an age
             return f"type:{f.path}"
         if node == "" and f.path not in MAY_BE_EMPTY:
             return f"empty:{f.path}"
@@ -139,13 +135,8 @@ def record_problem(user: Any) -> str | None:
 
 def _fill_optional(user: dict[str, Any]) -> dict[str, Any]:
     """A copy of a valid user with absent or null optional fields set to their defaults."""
-    ident = user.get("id")
-    ident = dict(ident) if type(ident) is dict else {}
-    for path, default in _OPTIONAL_DEFAULTS.items():
-        key = _SPLIT[path][1]
-        if ident.get(key) is None:
-            ident[key] = default
-    return {**user, "id": ident}
+    ident = user.get("id") or {}
+    return {**user, "id": {"name": ident.get("name") or "", "value": ident.get("value")}}
 
 
 def check_records(users: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Counter[str]]:
@@ -177,7 +168,8 @@ _CATEGORY_KIND = {"Cc": "control", "Zl": "control", "Zp": "control", "Cs": "surr
 # by two continuations ("â€™").
 _CONT = "\u0080-\u00bf\u20ac\u201a\u0192\u201e\u2026\u2020\u2021\u02c6\u2030\u0160\u2039\u0152" \
         "\u017d\u2018\u2019\u201c\u201d\u2022\u2013\u2014\u02dc\u2122\u0161\u203a\u0153\u017e\u0178"
-_MOJIBAKE = re.compile(f"[\u00c2\u00c3][{_CONT}]|[\u00c4-\u00df][\u00a0-\u00bf]|[\u00e0-\u00ef][{_CONT}]{{2}}")
+_MOJIBAKE = re.compile(f"[\u00c2\u00c3][{_CONT}]|[\u00c4-\u00df][\u00a0-\u00bf]"
+                       f"|[\u00e0-\u00ef][{_CONT}]{{2}}")
 _PRINTABLE_ASCII = bytes(range(0x20, 0x7F))
 
 
@@ -264,23 +256,45 @@ def judge(value: str, policy: str = PLAIN) -> Verdict:
     return Verdict(None, tuple(warnings), clean)
 
 
-_CLEAN = Verdict(None, (), "")
-_CACHE_MAX, _CACHE_VALUE_MAX = 100_000, 64
-_verdict_cache: dict[str, dict[str, Verdict]] = {SECRET: {}, PLAIN: {}, NAME: {}}
+class _Verdicts:
+    """Verdicts of one policy, remembered across batches (names and places repeat).
+
+    Clean values go in a set and the others in a dict, so that a column's
+    distinct values are sorted out with C-level set operations and only
+    values never seen before are judged in Python. Bounded: past ``limit``
+    entries it starts afresh (a stream of new names only costs speed), and
+    values longer than ``longest`` are judged every time.
+    """
+
+    def __init__(self, policy: str, limit: int = 100_000, longest: int = 64) -> None:
+        self.policy, self.limit, self.longest = policy, limit, longest
+        self.clean: set[str] = set()
+        self.bad: dict[str, Verdict] = {}
+
+    def judge(self, values: set[str]) -> dict[str, Verdict]:
+        """The non-clean verdicts among distinct ``values``."""
+        unknown = values - self.clean
+        if not unknown:
+            return {}
+        out = {v: self.bad[v] for v in unknown.intersection(self.bad)}
+        fresh = unknown.difference(self.bad)
+        if len(self.clean) + len(self.bad) + len(fresh) > self.limit:
+            self.clean.clear()
+            self.bad.clear()
+        for v in fresh:
+            vd = judge(v, self.policy)
+            keep = len(v) <= self.longest
+            if vd.reject is None and not vd.warnings:
+                if keep:
+                    self.clean.add(v)
+            else:
+                out[v] = vd
+                if keep:
+                    self.bad[v] = vd
+        return out
 
 
-def _judge_cached(value: str, policy: str) -> Verdict:
-    cache = _verdict_cache[policy]
-    v = cache.get(value)
-    if v is None:
-        v = judge(value, policy)
-        if v.reject is None and not v.warnings:
-            v = _CLEAN
-        if len(value) <= _CACHE_VALUE_MAX:
-            if len(cache) >= _CACHE_MAX:
-                cache.clear()  # bounded: a hostile stream of new names only costs speed
-            cache[value] = v
-    return v
+_VERDICTS = {policy: _Verdicts(policy) for policy in (SECRET, PLAIN, NAME)}
 
 
 def _ascii_suspect(joined: str, count: int, policy: str, required: bool) -> bool:
@@ -315,8 +329,9 @@ _FORMATS: dict[str, re.Pattern[str]] = {
     "dob.date": _DATE,
     "registered.date": _DATE,
 }
-_DATE_DIGITS = [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18, 20, 21, 22]
-_DATE_PUNCT = [4, 7, 10, 13, 16, 19, 23]
+# The API's dates, byte by byte: "YYYY-MM-DDTHH:MM:SS.sssZ" (a digit is "0" + 0..9).
+_API_DATE_LOW = np.frombuffer(b"0000-00-00T00:00:00.000Z", dtype=np.uint8)
+_API_DATE_SPAN = np.array([0 if c in b"-T:.Z" else 9 for c in b"0000-00-00T00:00:00.000Z"], dtype=np.uint8)
 
 
 def _api_dates_ok(col: list[str]) -> bool:
@@ -326,9 +341,7 @@ def _api_dates_ok(col: list[str]) -> bool:
     if len(joined) != 24 * n or not joined.isascii():
         return False
     a = np.frombuffer(joined.encode("ascii"), dtype=np.uint8).reshape(n, 24)
-    digits = a[:, _DATE_DIGITS]
-    return bool(((digits >= 48) & (digits <= 57)).all()
-                and (a[:, _DATE_PUNCT] == np.frombuffer(b"--T::.Z", dtype=np.uint8)).all())
+    return bool(((a - _API_DATE_LOW) <= _API_DATE_SPAN).all())  # uint8: below "0" wraps high
 
 
 def _format_suspect(path: str, values: list[str]) -> bool:
@@ -341,6 +354,14 @@ def _format_suspect(path: str, values: list[str]) -> bool:
                 or joined.startswith("@") or joined.endswith("@") or " " in joined)
     pattern = _FORMATS[path]
     return not all(pattern.fullmatch(v) for v in set(values))
+
+
+def _rows_holding(col: list[Any], wanted: dict[str, Any]) -> list[int]:
+    """Indexes of the rows of ``col`` whose value is a key of ``wanted``, in order (C-level)."""
+    try:
+        return list(compress(range(len(col)), map(wanted.__contains__, col)))
+    except TypeError:  # an unhashable value (a list where a name should be): already rejected
+        return [i for i, v in enumerate(col) if type(v) is str and v in wanted]
 
 
 class _Batch:
@@ -375,13 +396,19 @@ class _Batch:
     def check_str(self, f: Field) -> tuple[list[str], str]:
         """Type-check a text column: its string values (postcode numbers made strings), joined."""
         col = self.cols[f.path]
-        try:
-            return col, "\n".join(col)  # the join is the type check: it takes nothing but str
-        except TypeError:
-            pass
-        if not f.required and set(map(type, col)) == {str, type(None)}:
-            values = list(filter(None, col))  # null ids are valid; "" needs no character check
-            return values, "\n".join(values)
+        if f.required:
+            try:
+                return col, "\n".join(col)  # the join is the type check: it takes nothing but str
+            except TypeError:
+                pass
+        else:  # null and "" are valid here, and need no character check
+            values = list(filter(None, col))
+            try:
+                joined = "\n".join(values)
+                if len(values) + col.count(None) + col.count("") == len(col):  # no 0, False, []
+                    return values, joined
+            except TypeError:
+                pass
         values, fixes = [], self.fixes.setdefault(f.path, {})
         for i, v in enumerate(col):
             if type(v) is str:
@@ -396,34 +423,39 @@ class _Batch:
                 self.reject(i, f"type:{f.path}")
         return values, "\n".join(values)
 
-    def check_text(self, f: Field, values: list[str], joined: str) -> list[str]:
-        """Judge the characters of a column's strings (see module doc); return them cleaned."""
+    def check_text(self, f: Field, values: list[str], joined: str) -> None:
+        """Judge the characters of a column's strings (see module doc)."""
         path = f.path
         policy = SECRET if path == "login.password" else NAME if path in NAME_FIELDS else PLAIN
         required = f.required and path not in MAY_BE_EMPTY
-        if joined.isascii() and not _ascii_suspect(joined, len(values), policy, required):
-            return values
-        verdicts = {}
-        for v in set(values):
-            vd = _judge_cached(v, policy)
-            if vd is not _CLEAN or (required and v == ""):
-                verdicts[v] = vd
+        ascii_col = joined.isascii()
+        if ascii_col and not _ascii_suspect(joined, len(values), policy, required):
+            return
+        # Candidates, with C-level set operations: every non-ASCII value (judged once per
+        # process, see _Verdicts), then ASCII values with a control or outer white space.
+        distinct = set(values)
+        cands = set() if ascii_col else set(filterfalse(str.isascii, distinct))
+        cands.update(filterfalse(str.isprintable, distinct))
+        if policy != SECRET:
+            cands.update(distinct.difference(map(str.strip, distinct)))
+        verdicts = _VERDICTS[policy].judge(cands) if cands else {}
+        if required and "" in distinct:
+            verdicts[""] = Verdict(None, (), "")
         if not verdicts:
-            return values
+            return
         fixes = self.fixes.setdefault(path, {})
-        for i, v in enumerate(self.cols[path]):
-            vd = verdicts.get(fixes.get(i, v)) if type(v) is str or i in fixes else None
-            if vd is None:
-                continue
+        col = self.cols[path]
+        for i in _rows_holding(col, verdicts):
+            v = col[i]
+            vd = verdicts[v]
             if vd.reject:
                 self.reject(i, f"{vd.reject}:{path}")
-            elif required and (vd.value == "" or v == ""):
+            elif required and vd.value == "":
                 self.reject(i, f"empty:{path}")
-            elif vd is not _CLEAN:
+            else:
                 self.row_warnings.extend((i, f"{w}:{path}") for w in vd.warnings)
                 if vd.value != v:
                     fixes[i] = vd.value
-        return [v for i, v in enumerate(self.cleaned(path)) if type(v) is str]
 
     def cleaned(self, path: str) -> list[Any]:
         """The column with this validation's fixes applied (a copy only if there are any)."""
@@ -435,12 +467,16 @@ class _Batch:
             col[i] = v
         return col
 
-    def check_format(self, f: Field, values: list[str]) -> None:
+    def check_format(self, f: Field) -> None:
         """Reject values the statistics could not read (dates, e-mail, nat, offset)."""
-        if not _format_suspect(f.path, values):
-            return
+        col = self.cleaned(f.path)
+        try:
+            if not _format_suspect(f.path, col):
+                return
+        except TypeError:
+            pass  # a value of another type, already rejected
         pattern = _FORMATS[f.path]
-        for i, v in enumerate(self.cleaned(f.path)):
+        for i, v in enumerate(col):
             if type(v) is str and not pattern.fullmatch(v):
                 self.reject(i, f"format:{f.path}")
 
@@ -467,7 +503,7 @@ def validate_columns(cols: Columns) -> Validated:
         elif f.kind == "int":
             batch.check_int(f)
         else:
-            values = batch.check_text(f, *batch.check_str(f))
+            batch.check_text(f, *batch.check_str(f))
             if f.path in _FORMATS:
-                batch.check_format(f, values)
+                batch.check_format(f)
     return batch.result()

@@ -29,7 +29,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 if __name__ == "__main__":  # run as a script from a checkout
@@ -182,7 +182,7 @@ class ApiServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> ApiServer:
         self.start()
         return self
 

@@ -14,6 +14,7 @@ when the test fails.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import functools
@@ -116,6 +117,7 @@ def wheelhouse() -> Path:
     tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
     deps = cache_dir() / f"wheels-{tag}-{hashlib.sha256(meta).hexdigest()[:12]}"
     work = Path(tempfile.mkdtemp(prefix="infraetl-wheels-"))
+    atexit.register(shutil.rmtree, work, True)
     src = _source_copy(Path(tempfile.mkdtemp(prefix="src-", dir=work)))
     pip = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check"]
     with _locked(deps.name):
@@ -174,8 +176,8 @@ class TwoHosts:
     def drop(self, ns: str, ports: Sequence[int], on: bool) -> None:
         """Silently drop (nftables) TCP to ``ports`` in ``ns``: no RST, no carrier change."""
         if on:
-            rules = (f"table inet infraetl_test {{ chain input {{ type filter hook input priority 0; "
-                     f"tcp dport {{ {', '.join(map(str, ports))} }} drop; }} }}")
+            rules = (f"table inet infraetl_test {{\n chain input {{\n  type filter hook input priority 0;\n"
+                     f"  tcp dport {{ {', '.join(map(str, ports))} }} drop\n }}\n}}\n")
             run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=rules)
         else:
             run(["ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "infraetl_test"])

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import json
 import pathlib
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from browser import ARGS, CHROMIUM, TABLES_JS, Watched, wait_until
 from sample_stats import GENERATED_AT, hostile_stats, sample_stats
 
 from infraetl.dashboard.server import DashboardServer
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
 ARTIFACTS = pathlib.Path(__file__).resolve().parent.parent / "test-artifacts"
 LIVE_MS = 2000  # a page left open shows the next run within 2 s of its completion
 # Functions, not expression strings: Playwright evals a string, which our CSP (rightly) refuses.
@@ -27,31 +24,6 @@ pytestmark = [
     pytest.mark.skipif(not pathlib.Path(CHROMIUM).exists(), reason="needs Debian chromium at /usr/bin/chromium"),
 ]
 playwright_api = pytest.importorskip("playwright.sync_api")
-
-# Each figure's table as {row key: [data-value of each cell]}, keyed "view/chart".
-TABLES_JS = """() => {
-  const out = {};
-  for (const fig of document.querySelectorAll('section.view [data-chart]')) {
-    const rows = {};
-    for (const tr of fig.querySelectorAll('tr[data-key]')) {
-      rows[tr.dataset.key] = [...tr.querySelectorAll('[data-value]')].map(c => c.dataset.value);
-    }
-    out[fig.closest('section').id + '/' + fig.dataset.chart] = {
-      key: fig.dataset.key, rows, svg: !!fig.querySelector('svg[role=img][aria-label]'),
-      titles: fig.querySelectorAll('svg title').length };
-  }
-  return out;
-}"""
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll ``predicate`` until true; fail the test at the deadline instead of hanging."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s")
-        time.sleep(0.01)
-
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
@@ -69,43 +41,6 @@ def server(tmp_path: pathlib.Path) -> Iterator[DashboardServer]:
     srv.start()
     yield srv
     srv.close()
-
-
-class Watched:
-    """A page that records console errors, page errors, dialogs and every request URL."""
-
-    def __init__(self, browser: Any, base: str, **context: Any) -> None:
-        self.context = browser.new_context(viewport={"width": 1400, "height": 900}, **context)
-        self.page = self.context.new_page()
-        self.base = base
-        self.errors: list[str] = []
-        self.requests: list[str] = []
-        self.dialogs: list[str] = []
-        self.page.on("console", self._console)
-        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
-        self.page.on("request", lambda r: self.requests.append(r.url))
-        self.page.on("dialog", self._dialog)
-
-    def _console(self, message: Any) -> None:
-        if message.type == "error":
-            self.errors.append(message.text)
-
-    def _dialog(self, dialog: Any) -> None:
-        self.dialogs.append(dialog.message)  # an alert() means injected script ran
-        dialog.dismiss()
-
-    def open(self, path: str = "/") -> Any:
-        self.page.goto(self.base + path, wait_until="load")
-        return self.page
-
-    def assert_clean(self) -> None:
-        assert self.errors == []
-        assert self.dialogs == []
-        outside = [u for u in self.requests if not u.startswith(self.base + "/")]
-        assert outside == []
-
-    def close(self) -> None:
-        self.context.close()
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ stops it is CURVE alone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -113,8 +114,11 @@ def test_unlisted_peer_cannot_deliver_a_single_frame(who: str, keys: dict[str, P
     frame = sealer.seal(wire.make("begin", "r-intruder", 0, producer="x", requested=1, source="synthetic",
                                   nat=[], seed="s"))
     for _ in range(20):
-        bad.send(frame, zmq.NOBLOCK)  # queued on the client: it never gets a session to send on
-    assert _received(server, 2.0) == []
+        # Queued on the client until the handshake fails; refused after that.
+        with contextlib.suppress(zmq.Again):
+            bad.send(frame, zmq.NOBLOCK)
+        time.sleep(0.05)
+    assert _received(server, 1.0) == []
     # The listed peer, on the same server at the same time, gets through.
     good = _push_client(ctx, endpoint, keys["peer_secret"], keys["server"])
     good.send(b"hello")
@@ -212,7 +216,7 @@ def test_ctl_without_a_listed_key_cannot_steer_the_producer(who: str, curve_clus
     args = [] if who == "no-curve" else ["--curve-secret", str(curve_keys["intruder_secret"]),
                                         "--curve-server-key", str(curve_keys["producer"])]
     try:
-        proc = ctl(curve_cluster, "start-run", "--users", "5", "--no-wait", curve_args=args, timeout=20)
+        proc = ctl(curve_cluster, "start-run", "--users", "5", "--no-wait", curve_args=args, timeout=8)
         assert proc.returncode != 0 and "Traceback" not in proc.stderr
     except subprocess.TimeoutExpired:
         pass  # infraetl-ctl waits for a session that never comes; either way nothing started

@@ -134,8 +134,9 @@ def test_ready_after_bind_then_watchdog_then_stopping(role: str, listener: Notif
     log = lambda: (tmp_path / f"{role}.log").read_text()  # noqa: E731
 
     at, pid, ready = listener.wait_for("READY", 30)
-    # READY=1 is the first thing systemd hears, from the main pid itself...
-    assert listener.messages[0][2] is ready and ready["READY"] == "1", listener.messages
+    # READY=1 comes once, from the main pid itself, before any watchdog ping...
+    assert ready["READY"] == "1" and [m[2] for m in listener.messages].index(ready) == len(listener.messages) - 1
+    assert not any("WATCHDOG" in m[2] or "READY" in m[2] for m in listener.messages[:-1]), listener.messages
     assert pid == proc.pid and ready.get("MAINPID") == str(proc.pid)
     assert ready.get("STATUS") and "\n" not in ready["STATUS"]
     # ...and only once every socket is bound: each one accepts a connection right now.

@@ -104,7 +104,8 @@ def test_random_users_give_the_originals_figures(users: list[dict[str, Any]]) ->
     kept = users
     if quarantined:
         checked = validate_columns(schema.to_columns(users))
-        kept = [schema.to_nested(schema.row(checked.cols, i)) for i in range(schema.column_length(checked.cols))]
+        n = schema.column_length(checked.cols)
+        kept = [schema.to_nested(schema.row(checked.cols, i)) for i in range(n)]
         if not kept:
             return
     assert_same(ours, original_figures(kept))

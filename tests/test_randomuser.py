@@ -18,6 +18,7 @@ from infraetl.sources.randomuser import RandomUserSource, _retry_after, page_siz
 
 #: A faulty run may spend at most this many requests per page it minimally needs.
 REQUEST_FACTOR = 3
+NULL_ID_NATS = ("IR", "NZ", "TR", "UA")
 
 
 def fast_source(url: str, **options: Any) -> RandomUserSource:
@@ -88,9 +89,9 @@ def test_same_seed_same_users_whatever_the_faults() -> None:
 def test_pages_in_order_whatever_finishes_first() -> None:
     # Page 1's first answer is slow, so later pages finish first; batches still follow page order.
     with ApiServer(Faults(first=("slow",), slow_seconds=0.3)) as srv:
-        got = run(fast_source(srv.url, page_size=100, concurrency=4), users=400, seed="order", batch_size=100)
+        got = run(fast_source(srv.url, page_size=100, concurrency=4), users=400, seed="order")
     with ApiServer() as srv:
-        want = run(fast_source(srv.url, page_size=100, concurrency=1), users=400, seed="order", batch_size=100)
+        want = run(fast_source(srv.url, page_size=100, concurrency=1), users=400, seed="order")
     assert uuids(got) == uuids(want)
 
 
@@ -108,7 +109,7 @@ def test_wrong_nationalities_from_the_api_are_quarantined() -> None:
 
 
 def test_null_id_nationalities_are_kept(server: ApiServer) -> None:
-    batches = run(fast_source(server.url), strict_check, users=400, nat=("IR", "NZ", "TR", "UA"), seed="null-id")
+    batches = run(fast_source(server.url), strict_check, users=400, nat=NULL_ID_NATS, seed="null-id")
     users = users_of(batches)
     assert {u["nat"] for u in users} == {"IR", "NZ", "TR", "UA"}
     assert all(u["id"]["value"] is None for u in users)
@@ -176,7 +177,8 @@ def test_never_recovering_api_fails_within_its_deadline() -> None:
 def test_retry_budget_ends_the_run_with_its_reason() -> None:
     with ApiServer(Faults(always="truncated")) as srv, pytest.raises(SourceError) as err:
         run(fast_source(srv.url, retry_budget=3), users=50)
-    assert str(err.value) == "RandomUser API failed: page 1: response is not valid JSON (truncated?) after 3 retries"
+    assert str(err.value) == ("RandomUser API failed: page 1: response is not valid JSON (truncated?) "
+                              "after 3 retries")
     assert srv.requests == 4
 
 
@@ -194,6 +196,15 @@ def test_long_retry_after_fails_at_once_rather_than_past_the_deadline() -> None:
         with pytest.raises(SourceError, match="HTTP 429"):
             list(fast_source(srv.url).batches(RunPlan(users=10, deadline=started + 60)))
         assert time.monotonic() - started < 1.0
+
+
+def test_unusable_data_fails_instead_of_fetching_forever(server: ApiServer) -> None:
+    def reject_all(users: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Counter[str]]:
+        return [], Counter({"bad:everything": len(users)})
+
+    with pytest.raises(SourceError, match=r"only 0 of 10 users passed the checks .*bad:everything"):
+        run(fast_source(server.url), reject_all, users=10)
+    assert server.requests < 30
 
 
 def test_wrong_url_is_not_retried(server: ApiServer) -> None:

@@ -89,7 +89,8 @@ def test_synthetic_same_users_in_another_process() -> None:
         "import hashlib, json\n"
         "from infraetl.sources import RunPlan\n"
         "from infraetl.sources.synthetic import SyntheticSource\n"
-        "b = list(SyntheticSource().batches(RunPlan(users=300, nat=('IR', 'GB', 'RS'), seed='proc', batch_size=100)))\n"
+        "plan = RunPlan(users=300, nat=('IR', 'GB', 'RS'), seed='proc', batch_size=100)\n"
+        "b = list(SyntheticSource().batches(plan))\n"
         "print(hashlib.sha256(json.dumps([x.users for x in b], sort_keys=True).encode()).hexdigest())\n"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(ROOT)}
@@ -174,7 +175,8 @@ def test_synthetic_nat_filter_and_order_independent_codes() -> None:
 
 
 def test_synthetic_tops_up_exactly_and_reports_only_needed_drops() -> None:
-    batches = run(SyntheticSource(chunk_size=333), reject_empty_password, users=5000, seed="top", batch_size=700)
+    source = SyntheticSource(chunk_size=333)
+    batches = run(source, reject_empty_password, users=5000, seed="top", batch_size=700)
     assert [len(b.users) for b in batches] == [700] * 7 + [100]
     stream = UserGenerator("top").users(6000)
     passwords = [u["login"]["password"] for u in stream]
@@ -238,8 +240,10 @@ def test_collector_dedupes_filters_and_cuts_exactly() -> None:
     batches = c.add(records)
     assert [[u["login"]["uuid"] for u in b.users] for b in batches] == [["a", "c"], ["d"]]
     # Only what was looked at up to the 3rd good user counts; the None after it does not.
-    assert quarantine_of(batches) == Counter({"type:record": 1, "duplicate:login.uuid": 1, "nat_not_requested": 1,
-                                              "missing:login.uuid": 1, "parse:line": 1})
+    assert quarantine_of(batches) == Counter({
+        "type:record": 1, "duplicate:login.uuid": 1, "nat_not_requested": 1, "missing:login.uuid": 1,
+        "parse:line": 1,
+    })
     assert c.done and c.examined == 8 and c.add([user("f")]) == []
 
 
@@ -247,7 +251,8 @@ def test_collector_dedupes_across_pages_and_carries_counts() -> None:
     c = Collector(RunPlan(users=3, batch_size=3))
     assert c.add([user("a"), 42]) == []
     batches = c.add([user("a"), user("b"), user("c")])
-    assert len(batches) == 1 and batches[0].quarantine == Counter({"type:record": 1, "duplicate:login.uuid": 1})
+    assert len(batches) == 1
+    assert batches[0].quarantine == Counter({"type:record": 1, "duplicate:login.uuid": 1})
 
 
 # -- replay --
@@ -299,7 +304,8 @@ def test_replay_json_lines_of_api_responses(tmp_path: Path, pool_users: list[dic
     assert quarantine_of(batches) == Counter({"api_error:line": 1})
 
 
-def test_replay_first_line_broken_is_still_json_lines(tmp_path: Path, pool_users: list[dict[str, Any]]) -> None:
+def test_replay_first_line_broken_is_still_json_lines(tmp_path: Path,
+                                                      pool_users: list[dict[str, Any]]) -> None:
     path = write_jsonl(tmp_path / "users.jsonl", ['{"broken', *pool_users[:5]])
     batches = run(ReplaySource(path), users=5)
     assert len(users_of(batches)) == 5 and quarantine_of(batches) == Counter({"parse:line": 1})

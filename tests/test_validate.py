@@ -235,7 +235,8 @@ def test_wrong_types_ranges_and_formats(path: str, value: Any, reason: str) -> N
 
 
 def test_other_valid_forms() -> None:
-    for path, value in (("registered.date", "2009-10-10T13:38:34Z"), ("dob.date", "1994-12-24T21:13:11+02:00"),
+    for path, value in (("registered.date", "2009-10-10T13:38:34Z"),
+                        ("dob.date", "1994-12-24T21:13:11+02:00"),
                         ("dob.age", 0), ("dob.age", 150), ("id.value", None), ("id.name", None)):
         v = validated(path, value)
         assert not v.quarantine and v.cols[path][1] == value

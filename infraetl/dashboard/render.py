@@ -34,7 +34,9 @@ import pathlib
 import re
 import tempfile
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime, timezone
+
+UTC = timezone.utc  # datetime.UTC needs Python 3.11; we support 3.10
 from typing import Any
 
 import jinja2

@@ -242,7 +242,8 @@ class RandomUserSource:
         if not 1 <= page_size <= MAX_RESULTS:
             raise ConfigError(f"page size must be 1..{MAX_RESULTS}, not {page_size}")
         if concurrency < 1 or timeout <= 0 or retry_budget < 0 or backoff_base < 0:
-            raise ConfigError("concurrency and timeout must be positive, retry budget and back-off not negative")
+            raise ConfigError("concurrency and timeout must be positive, "
+                              "retry budget and back-off not negative")
         self.api_url = api_url
         self.concurrency = int(concurrency)
         self.timeout = float(timeout)
@@ -271,8 +272,8 @@ class RandomUserSource:
                 if not planned and not in_flight:
                     if collector.examined >= limit:
                         top = ", ".join(f"{k} {v}" for k, v in collector.dropped.most_common(3))
-                        raise SourceError(f"RandomUser API gave only {collector.accepted} usable users of "
-                                          f"{plan.users} in {collector.examined} records ({top})")
+                        raise SourceError(f"RandomUser API failed: only {collector.accepted} of {plan.users} "
+                                          f"users passed the checks in {collector.examined} records ({top})")
                     planned.extend(page_sizes(self._top_up(collector), self.page_size))
                 while planned and len(in_flight) < self.concurrency:
                     page += 1

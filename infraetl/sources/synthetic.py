@@ -3,9 +3,9 @@
 Faker is slow (tens of microseconds a call), so it is used once per process
 and nationality to sample *pools* of names, streets, cities and phone
 numbers with a fixed seed. Users are then composed from the pools with
-random numbers drawn a chunk at a time (one row of :data:`_DRAWS` 32-bit
-numbers per user, from numpy's legacy ``RandomState``, whose stream numpy
-never changes). User i of a stream is the same however the stream is cut
+random numbers drawn a chunk at a time (one row of 32-bit numbers per user,
+see ``_COLUMNS``, from numpy's legacy ``RandomState``, whose stream numpy
+keeps frozen). User i of a stream is the same however the stream is cut
 into chunks, and the same seed, nationalities and stream give the same
 users in any process (for one Faker version, which fixes the pools).
 
@@ -245,8 +245,10 @@ def _build_pools(nat: str) -> Pools:
     if locale is None:  # Faker has no Serbian locale: the shipped lists stand in
         male, female, last = over["first_male"], over["first_female"], over["last"]
         streets, cities, states = over["streets"], over["cities"], over["states"]
-        phones = [_pattern(rng.choice(over["phone_formats"]))(rng.getrandbits(64), 0) for _ in range(_POOL_SIZE)]
-        cells = [_pattern(rng.choice(over["cell_formats"]))(rng.getrandbits(64), 0) for _ in range(_POOL_SIZE)]
+        phones = [_pattern(rng.choice(over["phone_formats"]))(rng.getrandbits(64), 0)
+                  for _ in range(_POOL_SIZE)]
+        cells = [_pattern(rng.choice(over["cell_formats"]))(rng.getrandbits(64), 0)
+                 for _ in range(_POOL_SIZE)]
         postcodes: list[str] = []
     else:
         from faker import Faker
@@ -302,15 +304,19 @@ def _persian_compounds(last: list[str], first: list[str], rng: Random) -> list[s
     return out
 
 
-#: Column of each per-user random draw (32-bit unsigned), in stream order.
-(_NAT, _MALE, _FIRST, _LAST, _TITLE, _POSTCODE, _TZ, _DOB_DAY, _DOB_MIN, _DOB_MS, _REG_DAY, _REG_MIN,
- _REG_MS, _UUID, _UUID_1, _UUID_2, _UUID_3, _ADJ, _ANIMAL, _NUMBER, _PW_KIND, _PW_WORD, _PW_HOW,
- _SALT_A, _SALT_B, _STREET_NO, _STREET, _CITY, _STATE, _LAT, _LON, _PHONE, _CELL, _ID_DIGITS,
- _ID_DIGITS_2, _ID_LETTERS, _PICTURE) = range(37)
-_DRAWS = 37
+#: The random draws of one user (32-bit unsigned each), in stream order.
+_COLUMNS = (
+    "nat", "male", "first", "last", "title", "postcode", "tz",
+    "dob_day", "dob_min", "dob_sec", "dob_ms", "reg_day", "reg_min", "reg_sec", "reg_ms",
+    "uuid_0", "uuid_1", "uuid_2", "uuid_3", "username", "number", "pw_kind", "pw_word", "pw_how",
+    "salt_a", "salt_b", "street_no", "street", "city", "state", "lat", "lon", "phone", "cell",
+    "id_digits", "id_digits_2", "id_letters", "picture",
+)
+_UUID = _COLUMNS.index("uuid_0")
 _T_EMPTY = int(P_EMPTY * 2**32)
 _T_STRONG = int((P_EMPTY + P_STRONG) * 2**32)
 _T_PERSONAL = int((P_EMPTY + P_STRONG + P_PERSONAL) * 2**32)
+_DEGREE = 1 / 2**32
 
 
 class UserGenerator:
@@ -324,42 +330,41 @@ class UserGenerator:
         w = words()
         self._passwords: tuple[str, ...] = w["passwords"]
         self._usernames = tuple(a + b for a in w["username_adjectives"] for b in w["username_animals"])
-        self._dob = _days("dob").days
-        self._registered = _days("registered").days
+        self._dob = _days("dob")
+        self._registered = _days("registered")
+        # Draws scaled to an index in [0, n); the others stay raw 32-bit numbers.
+        self._scales: dict[str, int] = {
+            "nat": len(self.nat), "male": 2, "first": _POOL_SIZE, "last": _POOL_SIZE, "title": 6,
+            "tz": len(TIMEZONES), "dob_day": len(self._dob), "dob_min": 1440, "dob_sec": 60, "dob_ms": 1000,
+            "reg_day": len(self._registered), "reg_min": 1440, "reg_sec": 60, "reg_ms": 1000,
+            "username": len(self._usernames), "number": 900, "salt_a": 3844 * 3844, "salt_b": 3844 * 3844,
+            "street_no": 9999, "street": _POOL_SIZE, "city": _POOL_SIZE, "state": _POOL_SIZE,
+            "phone": _POOL_SIZE, "cell": _POOL_SIZE, "picture": 100,
+        }
 
     def users(self, count: int) -> list[User]:
         """The next ``count`` users of the stream."""
         if count <= 0:
             return []
-        draws = self._rs.randint(0, 2**32, size=(count, _DRAWS), dtype=np.uint32)
-        cols = draws.T.astype(np.uint64)
-
-        def pick(col: int, n: int) -> list[int]:
-            return ((cols[col] * np.uint64(n)) >> np.uint64(32)).tolist()  # type: ignore[no-any-return]
-
-        def raw(col: int) -> list[int]:
-            return cols[col].tolist()  # type: ignore[no-any-return]
-
+        # One row per user, so user i is the same however the stream is chunked.
+        draws = self._rs.randint(0, 2**32, size=(count, len(_COLUMNS)), dtype=np.uint32)
         hexes = np.ascontiguousarray(draws[:, _UUID:_UUID + 4]).tobytes().hex()
-        lat = (cols[_LAT] * (180 / 2**32) - 90).tolist()
-        lon = (cols[_LON] * (360 / 2**32) - 180).tolist()
-        rows = zip(
-            pick(_NAT, len(self.nat)), pick(_MALE, 2), pick(_FIRST, _POOL_SIZE), pick(_LAST, _POOL_SIZE),
-            pick(_TITLE, 6), raw(_POSTCODE), pick(_TZ, len(TIMEZONES)),
-            pick(_DOB_DAY, len(self._dob)), pick(_DOB_MIN, 1440), pick(_DOB_MS, 60000),
-            pick(_REG_DAY, len(self._registered)), pick(_REG_MIN, 1440), pick(_REG_MS, 60000),
-            pick(_ADJ, len(self._usernames)), pick(_NUMBER, 900), raw(_PW_KIND), raw(_PW_WORD),
-            raw(_PW_HOW), pick(_SALT_A, 3844 * 3844), pick(_SALT_B, 3844 * 3844), pick(_STREET_NO, 9999),
-            pick(_STREET, _POOL_SIZE), pick(_CITY, _POOL_SIZE), pick(_STATE, _POOL_SIZE), lat, lon,
-            pick(_PHONE, _POOL_SIZE), pick(_CELL, _POOL_SIZE), raw(_ID_DIGITS), raw(_ID_DIGITS_2),
-            raw(_ID_LETTERS), pick(_PICTURE, 100), range(count),
-        )
-        return [self._user(row, hexes) for row in rows]
+        wide = draws.T.astype(np.uint64)
+        columns: list[list[int]] = []
+        for j, name in enumerate(_COLUMNS):
+            if not name.startswith("uuid"):
+                scale = self._scales.get(name)
+                col = wide[j] if scale is None else (wide[j] * np.uint64(scale)) >> np.uint64(32)
+                columns.append(col.tolist())
+        return [self._user(row, hexes) for row in zip(*columns, range(count), strict=True)]
 
     def _user(self, row: tuple[Any, ...], hexes: str) -> User:
-        (nat_i, male, first_i, last_i, title_i, pc, tz_i, dob_day, dob_min, dob_ms, reg_day, reg_min,
-         reg_ms, name_i, number, pw_kind, pw_word, pw_how, salt_a, salt_b, street_no, street_i, city_i,
-         state_i, lat, lon, phone_i, cell_i, id_digits, id_digits_2, id_letters, picture, i) = row
+        # The same order as _COLUMNS (without the uuid draws), then the user's index in the chunk.
+        (nat_i, male, first_i, last_i, title_i, pc, tz_i,
+         dob_day, dob_min, dob_sec, dob_ms, reg_day, reg_min, reg_sec, reg_ms,
+         name_i, number, pw_kind, pw_word, pw_how,
+         salt_a, salt_b, street_no, street_i, city_i, state_i, lat, lon, phone_i, cell_i,
+         id_digits, id_digits_2, id_letters, picture, i) = row
         nat = self.nat[nat_i]
         p = self._pools[nat_i]
         first, first_ascii = (p.first_male if male else p.first_female)[first_i]
@@ -388,7 +393,7 @@ class UserGenerator:
         salted = (password + salt).encode()
         id_name, id_fill = _ID_FILLERS[nat]
         pic = _PICTURES[picture if male else 100 + picture]
-        hm = _HOURS_MINUTES
+        hm, sec, ms = _HOURS_MINUTES, _SECONDS, _MILLIS
         return {
             "gender": "male" if male else "female",
             "name": {"title": title, "first": first, "last": last},
@@ -398,7 +403,8 @@ class UserGenerator:
                 "state": p.states[state_i],
                 "country": COUNTRIES[nat],
                 "postcode": postcode,
-                "coordinates": {"latitude": f"{lat:.4f}", "longitude": f"{lon:.4f}"},
+                "coordinates": {"latitude": f"{lat * _DEGREE * 180 - 90:.4f}",
+                                "longitude": f"{lon * _DEGREE * 360 - 180:.4f}"},
                 "timezone": {"offset": offset, "description": tz_description},
             },
             "email": f"{first_ascii}.{last_ascii}@example.com",
@@ -411,71 +417,74 @@ class UserGenerator:
                 "sha1": hashlib.sha1(salted).hexdigest(),
                 "sha256": hashlib.sha256(salted).hexdigest(),
             },
-            "dob": {"date": f"{dob_date}{hm[dob_min]}{dob_ms // 1000:02d}.{dob_ms % 1000:03d}Z", "age": dob_age},
-            "registered": {"date": f"{reg_date}{hm[reg_min]}{reg_ms // 1000:02d}.{reg_ms % 1000:03d}Z",
-                           "age": reg_age},
+            "dob": {"date": dob_date + hm[dob_min] + sec[dob_sec] + ms[dob_ms], "age": dob_age},
+            "registered": {"date": reg_date + hm[reg_min] + sec[reg_sec] + ms[reg_ms], "age": reg_age},
             "phone": p.phones[phone_i],
             "cell": p.cells[cell_i],
-            "id": {"name": id_name, "value": id_fill(id_digits << 32 | id_digits_2, id_letters) if id_fill else None},
+            "id": {"name": id_name,
+                   "value": id_fill(id_digits << 32 | id_digits_2, id_letters) if id_fill else None},
             "picture": {"large": pic[0], "medium": pic[1], "thumbnail": pic[2]},
             "nat": nat,
         }
 
-    def _password(self, kind: int, word: int, how: int, first: str, last: str, username: str, year: int) -> str:
+    def _password(self, kind: int, word: int, how: int,
+                  first: str, last: str, username: str, year: int) -> str:
         """The rarer passwords: empty, strong random, or built from the user's own details."""
         if kind < _T_EMPTY:
             return ""
         if kind < _T_STRONG:
-            return _strong(Random(word << 32 | how))
+            return _strong(word << 32 | how)
         common = self._passwords[(word * len(self._passwords)) >> 32]
         return (f"{first}{year}", f"{last}{year % 100:02d}", username, first.capitalize() + "123",
                 first + last, f"{common}{year}")[how % 6]
 
 
-def _strong(rng: Random) -> str:
+def _strong(seed: int) -> str:
     """A random 12–20 character password drawing on 3 or 4 character classes."""
+    # Bytes of a hash, not a seeded Random: seeding a Mersenne Twister per
+    # password cost more than composing the rest of the user.
+    b = hashlib.sha512(seed.to_bytes(8, "big")).digest()
     classes = [_LOWER, _UPPER, _DIGITS, _SYMBOLS]
-    if rng.random() < 0.4:
-        classes.pop(int(rng.random() * 4))
-    length = 12 + int(rng.random() * 9)
-    chars = [rng.choice(c) for c in classes]
+    if b[0] < 102:  # 40 %: three classes
+        del classes[b[1] % 4]
     alphabet = "".join(classes)
-    chars += rng.choices(alphabet, k=length - len(chars))
-    rng.shuffle(chars)
+    length = 12 + b[2] % 9
+    chars = [alphabet[x % len(alphabet)] for x in b[8:8 + length]]
+    # One character of each class at distinct places, so every class really occurs.
+    for k, cls in enumerate(classes):
+        chars[(b[3 + k] % 3) + 3 * k] = cls[b[40 + k] % len(cls)]
     return "".join(chars)
 
 
-@dataclass(frozen=True)
-class _Days:
-    """Precomputed ``(ISO date, age at the reference date, year)`` per day of a range."""
-
-    days: tuple[tuple[str, int, int], ...]
-
-    @classmethod
-    def between(cls, oldest: int, youngest: int) -> _Days:
-        ref = date(*REFERENCE_DATE)
-        first = ref.replace(year=ref.year - oldest - 1).toordinal() + 1
-        last = ref.replace(year=ref.year - youngest).toordinal()
-        out = []
-        for ordinal in range(first, last + 1):
-            d = date.fromordinal(ordinal)
-            age = ref.year - d.year - ((d.month, d.day) > (ref.month, ref.day))
-            out.append((d.isoformat(), age, d.year))
-        return cls(tuple(out))
+def _day_table(oldest: int, youngest: int) -> tuple[tuple[str, int, int], ...]:
+    """``(ISO date, age at REFERENCE_DATE, year)`` for every day of ages ``youngest..oldest``."""
+    ref = date(*REFERENCE_DATE)
+    first = ref.replace(year=ref.year - oldest - 1).toordinal() + 1
+    last = ref.replace(year=ref.year - youngest).toordinal()
+    out = []
+    for ordinal in range(first, last + 1):
+        d = date.fromordinal(ordinal)
+        out.append((d.isoformat(), ref.year - d.year - ((d.month, d.day) > (ref.month, ref.day)), d.year))
+    return tuple(out)
 
 
+# Pieces of an ISO date-time: joining four strings is cheaper than formatting numbers.
 _HOURS_MINUTES = tuple(f"T{m // 60:02d}:{m % 60:02d}:" for m in range(1440))
-_PICTURES = tuple(tuple(f"https://randomuser.me/api/portraits/{size}{who}/{n}.jpg" for size in ("", "med/", "thumb/"))
-                  for who in ("men", "women") for n in range(100))
+_SECONDS = tuple(f"{s:02d}." for s in range(60))
+_MILLIS = tuple(f"{ms:03d}Z" for ms in range(1000))
+_PICTURES = tuple(
+    tuple(f"https://randomuser.me/api/portraits/{size}{who}/{n}.jpg" for size in ("", "med/", "thumb/"))
+    for who in ("men", "women") for n in range(100)
+)
 _ALNUM_PAIRS = tuple(a + b for a in _ALNUM for b in _ALNUM)
-_tables: dict[str, _Days] = {}
+_tables: dict[str, tuple[tuple[str, int, int], ...]] = {}
 
 
-def _days(kind: str) -> _Days:
+def _days(kind: str) -> tuple[tuple[str, int, int], ...]:
     if kind not in _tables:
         # Ages 21..77 for the birth date; 0..22 years since registration.
-        _tables["dob"] = _Days.between(77, 21)
-        _tables["registered"] = _Days.between(22, 0)
+        _tables["dob"] = _day_table(77, 21)
+        _tables["registered"] = _day_table(22, 0)
     return _tables[kind]
 
 
