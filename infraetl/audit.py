@@ -313,17 +313,37 @@ class AuditSummary:
             s.passwords = Tally.from_wire(REUSE_CAP, d["pw"])
             s.masks = Tally.from_wire(MASK_CAP, d["mk"])
             s.base_words = Tally.from_wire(BASE_CAP, d["bw"])
-            s.most_secure = list(d["ms"]) if d["ms"] else None
+            ms = d["ms"]
+            if ms is not None:
+                score, fp, label, classes, length, zx = ms
+                s.most_secure = [int(score), bytes(fp), str(label), [str(c) for c in classes],
+                                 int(length), int(zx)]
             s.lengths, s.charsets, s.trailing = (
                 {str(k): int(v) for k, v in d[key].items()} for key in ("len", "cs", "td"))
             for nat, (u, w) in d["nat"].items():
                 s._add_nat(str(nat), int(u), int(w))
-        except (KeyError, TypeError, AttributeError, msgpack.UnpackException) as e:
-            raise ValueError(f"not an audit summary: {e.__class__.__name__}") from None
+        except (KeyError, TypeError, AttributeError, ValueError, msgpack.UnpackException) as e:
+            raise ValueError(f"not an audit summary ({e.__class__.__name__}: {str(e)[:80]})") from None
         return s
 
     def figures(self) -> dict[str, Any]:
-        """JSON-ready figures (the ``audit`` contract; see tests/test_audit.py)."""
+        """JSON-ready figures: the ``audit`` part of ``last_run`` and ``cumulative``.
+
+        The original's figures keep its names and definitions: ``complexity``
+        (plus ``empty``), ``strength``, ``name_in_password``,
+        ``username_in_password``, ``birthyear_in_password``, ``top_passwords``
+        ``[{password, count}]`` and ``most_secure_password`` ``{password, score,
+        classes, length, zxcvbn_score}`` (None without users). Ours:
+        ``empty_passwords``; ``entropy_bits`` ``{mean, histogram}`` (10-bit
+        bins, "200+"); ``shannon_bits`` and ``guesses_log10`` ``{mean}``;
+        ``zxcvbn_score`` ``{"0".."4": n}`` (after the personal-information
+        cap); ``reuse`` ``{users_sharing, largest_group (1 when nobody
+        shares), distinct, top_reused, exact}``; ``personal_info`` ``{kind: n,
+        any}``; ``masks`` ``[{mask, count}]`` (hashcat); ``shape`` ``{length,
+        charset, trailing_digits, base_words [{word, count}]}``;
+        ``by_nationality`` ``{nat: {users, weak, percent_weak}}``; ``revealed``.
+        Every password and base word shown is masked unless ``revealed``.
+        """
         n = self.users
 
         def pct(k: int) -> float:
@@ -334,8 +354,11 @@ class AuditSummary:
 
         counts = self.passwords.counts
         shared = [c for c in counts.values() if c >= 2]
-        top = [{"password": _display(self.passwords.labels.get(k, "")), "count": c}
-               for k, c in self.passwords.top(TOP)]
+        labels = self.passwords.labels
+        ranked = self.passwords.top(TOP)
+        top = [{"password": _display(labels.get(k, "")), "count": c} for k, c in ranked]
+        reused = [{"password": _display(labels.get(k, "")), "count": c}
+                  for k, c in ranked if c >= 2]
         ms = self.most_secure
         hist = {str(i * HIST_STEP) if i < HIST_BINS - 1 else f"{i * HIST_STEP}+": c
                 for i, c in enumerate(self.entropy_hist)}
@@ -361,7 +384,7 @@ class AuditSummary:
                 "users_sharing": sum(shared) + self.passwords.evicted_sharing,
                 "largest_group": max(counts.values(), default=0),
                 "distinct": len(counts) + self.passwords.evicted_keys,
-                "top_reused": [t for t in top if t["count"] >= 2],
+                "top_reused": reused,
                 "exact": self.passwords.exact,
             },
             "personal_info": dict(self.personal),

@@ -37,7 +37,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from itertools import compress, count, repeat
-from operator import add, contains, eq, itemgetter, le, methodcaller, not_
+from operator import add, contains, eq, itemgetter, le, not_
 from typing import Any
 
 from infraetl.pwshape import LEET, deleet, digit_runs
@@ -207,8 +207,9 @@ def suspects(
     look |= _hits(map(not_, map(str.startswith, emails, expected)))
     cl = _tokens(cities)
     look |= _hits(map(contains, pwls, cl))
-    squeezed = map(methodcaller("replace", "-", ""), map(methodcaller("replace", " ", ""), cl))
-    look |= _hits(map(contains, pwls, squeezed))
+    for i in compress(count(), map(not_, map(str.isalnum, cl))):
+        if cl[i].replace(" ", "").replace("-", "") in pwls[i]:
+            look.add(i)
     digit_users = list(compress(count(), long_runs))
     if digit_users:
         # Year, ddmm, mmdd and phone numbers can only be in a run of 4+ digits.
@@ -220,10 +221,9 @@ def suspects(
         sub |= _hits(map(contains, runs, map(add, dd, mm)))
         sub |= _hits(map(contains, runs, map(add, mm, dd)))
         sub |= _hits(map(contains, runs, repeat(" ")))  # several runs: look closer
-        bruns = list(map(str.encode, runs))
-        for numbers in (phones, cells):
-            digits = map(phone_digits, [numbers[i] for i in digit_users])
-            sub |= _hits(map(contains, digits, bruns))
+        # Both numbers' digits run together: a few more matches, one call fewer.
+        numbers = [phones[i] + cells[i] for i in digit_users]
+        sub |= _hits(map(contains, map(phone_digits, numbers), map(str.encode, runs)))
         look.update(digit_users[j] for j in sub)
     if any(leet_forms):
         look |= _hits(map(contains, leet_forms, fl))

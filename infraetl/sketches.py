@@ -479,7 +479,10 @@ class HyperLogLog:
         """Inverse of :meth:`to_wire`."""
         p = w[0]
         if len(w) == 2:
-            return cls(p, np.frombuffer(w[1], dtype=np.uint8).copy())
+            regs = np.frombuffer(w[1], dtype=np.uint8).copy()
+            if regs.size != 1 << p:
+                raise ValueError("HyperLogLog registers of the wrong size")
+            return cls(p, regs)
         regs = np.zeros(1 << p, dtype=np.uint8)
         regs[np.frombuffer(w[1], dtype="<u2").astype(np.intp)] = np.frombuffer(w[2], dtype=np.uint8)
         return cls(p, regs)

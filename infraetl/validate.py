@@ -45,7 +45,8 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from contextlib import suppress
+from dataclasses import dataclass
 from functools import lru_cache
 from itertools import compress, filterfalse
 from typing import Any, NamedTuple
@@ -259,11 +260,10 @@ def judge(value: str, policy: str = PLAIN) -> Verdict:
 class _Verdicts:
     """Verdicts of one policy, remembered across batches (names and places repeat).
 
-    Clean values go in a set and the others in a dict, so that a column's
-    distinct values are sorted out with C-level set operations and only
-    values never seen before are judged in Python. Bounded: past ``limit``
-    entries it starts afresh (a stream of new names only costs speed), and
-    values longer than ``longest`` are judged every time.
+    Clean values in a set, the others in a dict: a column's distinct values
+    are sorted out by C-level set operations; only new ones are judged in
+    Python. Bounded: past ``limit`` entries it starts afresh, and values
+    longer than ``longest`` are not remembered.
     """
 
     def __init__(self, policy: str, limit: int = 100_000, longest: int = 64) -> None:
@@ -315,8 +315,8 @@ class Validated:
     """A validated batch: the kept rows (cleaned) and what happened to the others."""
 
     cols: Columns
-    quarantine: Counter[str] = field(default_factory=Counter)
-    warnings: Counter[str] = field(default_factory=Counter)
+    quarantine: Counter[str]  # rejected records by first reason
+    warnings: Counter[str]    # warnings of kept records by kind and field
 
 
 _AGE_RANGE = (0, 150)
@@ -397,18 +397,14 @@ class _Batch:
         """Type-check a text column: its string values (postcode numbers made strings), joined."""
         col = self.cols[f.path]
         if f.required:
-            try:
+            with suppress(TypeError):
                 return col, "\n".join(col)  # the join is the type check: it takes nothing but str
-            except TypeError:
-                pass
         else:  # null and "" are valid here, and need no character check
             values = list(filter(None, col))
-            try:
+            with suppress(TypeError):
                 joined = "\n".join(values)
                 if len(values) + col.count(None) + col.count("") == len(col):  # no 0, False, []
                     return values, joined
-            except TypeError:
-                pass
         values, fixes = [], self.fixes.setdefault(f.path, {})
         for i, v in enumerate(col):
             if type(v) is str:
@@ -470,11 +466,9 @@ class _Batch:
     def check_format(self, f: Field) -> None:
         """Reject values the statistics could not read (dates, e-mail, nat, offset)."""
         col = self.cleaned(f.path)
-        try:
+        with suppress(TypeError):  # a value of another type (already rejected): go row by row
             if not _format_suspect(f.path, col):
                 return
-        except TypeError:
-            pass  # a value of another type, already rejected
         pattern = _FORMATS[f.path]
         for i, v in enumerate(col):
             if type(v) is str and not pattern.fullmatch(v):

@@ -309,10 +309,17 @@ class Container:
                 raise AssertionError(f"no init in container {self.name}:\n{self.console()}")
             self.init_pid = self._find_init()
             time.sleep(0.05)
-        left = max(deadline - time.monotonic(), 5)
-        state = self.sh("systemctl is-system-running --wait", check=False, timeout=left).stdout.strip()
-        if state not in ("running", "degraded"):
-            raise AssertionError(f"container {self.name} is {state!r}:\n{self.console()}")
+        state = ""
+        while state not in ("running", "degraded"):
+            # "offline" until systemd listens on its private socket; --wait covers the rest of boot.
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None:
+                failed = self.sh("systemctl --failed --no-legend", check=False).stdout
+                raise AssertionError(f"container {self.name} is {state!r}; failed units: {failed}\n"
+                                     f"{self.console()}")
+            state = self.sh("systemctl is-system-running --wait", check=False, timeout=left).stdout.strip()
+            if state in ("offline", ""):
+                time.sleep(0.2)
         return self
 
     def exec(self, argv: Sequence[str], *, check: bool = True, timeout: float = 120,

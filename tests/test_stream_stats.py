@@ -272,6 +272,9 @@ def test_summary_size_is_bounded() -> None:
 
 
 def test_from_bytes_rejects_garbage() -> None:
-    for blob in (b"", b"\x00\x01", msgpack.packb({"v": 99}), msgpack.packb([1, 2])):
+    good = msgpack.unpackb(summary(userfactory.sample_users()).to_bytes())
+    short_hll = dict(good, distinct={"users": [12, b"\x00" * 10]})
+    for blob in (b"", b"\x00\x01", msgpack.packb({"v": 99}), msgpack.packb([1, 2]),
+                 msgpack.packb(short_hll, use_bin_type=True)):
         with pytest.raises(ValueError):
             StatsSummary.from_bytes(blob)

@@ -185,19 +185,21 @@ def _ordered(items: list[tuple[str, float]]) -> list[tuple[str, float]]:
     return sorted(items, key=lambda kv: (_numeric_key(kv[0]), kv[0]))
 
 
-def _share_rows(items: list[tuple[str, float]], labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    total = sum(v for _, v in items) or 1.0
+def _share_rows(items: list[tuple[str, float]], labels: dict[str, str] | None = None,
+                total: float | None = None) -> list[dict[str, Any]]:
+    # A share of all users, not of the rows shown: a top-10 must not add up to 100 %.
+    total = total or sum(v for _, v in items) or 1.0
     return [{"key": k, "cells": [((labels or {}).get(k, k), k), (fmt_int(v), v), (fmt_pct(100 * v / total), round(100 * v / total, 1))]}
             for k, v in items]
 
 
 def _panel(pid: str, key: str, title: str, items: list[tuple[str, float]], draw: Callable[..., Markup],
            header: str, *, labels: dict[str, str] | None = None, note: str | None = None,
-           **opts: Any) -> dict[str, Any]:
+           total: float | None = None, **opts: Any) -> dict[str, Any]:
     shown = [((labels or {}).get(k, k), v) for k, v in items]
     return {"id": pid, "key": key, "title": title, "note": note, "wide": False,
             "svg": draw(shown, label=title, **opts) if items else None,
-            "columns": [header, "Users", "Share"], "rows": _share_rows(items, labels)}
+            "columns": [header, "Users", "Share"], "rows": _share_rows(items, labels, total)}
 
 
 def _table_panel(pid: str, key: str, title: str, columns: list[str], rows: list[dict[str, Any]],
@@ -245,38 +247,43 @@ def _panels(f: dict[str, Any], masked: bool) -> list[dict[str, Any]]:
     zx = _map(audit.get("zxcvbn_score"))
     strength = [(s, _num(zx.get(s)) or 0.0) for s in "01234"] if zx else []
     complexity = [(k, v) for k in COMPLEXITY if (v := _num(_map(audit.get("complexity")).get(k))) is not None]
+    total = _num(f.get("total_users"))
+
+    def panel(*a: Any, **kw: Any) -> dict[str, Any]:
+        return _panel(*a, total=total, **kw)
+
     panels = [
-        _panel("gender", "gender", "Gender", gender, charts.donut_chart, "Gender"),
-        _panel("age_decades", "age.decades", "Age by decade", _ordered(_counts(_map(f.get("age")).get("decades"))),
+        panel("gender", "gender", "Gender", gender, charts.donut_chart, "Gender"),
+        panel("age_decades", "age.decades", "Age by decade", _ordered(_counts(_map(f.get("age")).get("decades"))),
                charts.bar_chart, "Decade", x_title="Age", y_title="Users"),
-        _panel("countries", "countries", "Top 10 countries", _top(_counts(f.get("countries"))),
+        panel("countries", "countries", "Top 10 countries", _top(_counts(f.get("countries"))),
                charts.hbar_chart, "Country", note=f"{len(_map(f.get('countries'))):,} countries in all"),
-        _panel("complexity", "audit.complexity", "Password complexity", complexity, charts.hbar_chart,
+        panel("complexity", "audit.complexity", "Password complexity", complexity, charts.hbar_chart,
                "Complexity", labels=COMPLEXITY),
-        _panel("password_length", "password_length.histogram", "Password length",
+        panel("password_length", "password_length.histogram", "Password length",
                _filled(_counts(_map(f.get("password_length")).get("histogram"))), charts.histogram, "Length",
                x_title="Characters", y_title="Users"),
-        _panel("registration_years", "registration_years", "Registrations by year",
+        panel("registration_years", "registration_years", "Registrations by year",
                _ordered(_counts(f.get("registration_years"))), charts.line_chart, "Year",
                x_title="Year", y_title="Users", width=960, height=240),
-        _panel("timezones", "timezones", "Top 10 time zones", _top(_counts(f.get("timezones"))),
+        panel("timezones", "timezones", "Top 10 time zones", _top(_counts(f.get("timezones"))),
                charts.hbar_chart, "UTC offset"),
-        _panel("strength", "audit.zxcvbn_score", "Strength (zxcvbn score)", strength, charts.bar_chart,
+        panel("strength", "audit.zxcvbn_score", "Strength (zxcvbn score)", strength, charts.bar_chart,
                "Score", x_title="Score (0 weakest – 4 strongest)", y_title="Users"),
-        _panel("entropy", "audit.entropy_bits.histogram", "Entropy", entropy, charts.histogram, "Bits",
+        panel("entropy", "audit.entropy_bits.histogram", "Entropy", entropy, charts.histogram, "Bits",
                labels=ent_labels, x_title="Estimated entropy (bits)", y_title="Users",
                note=(f"mean {fmt_num(m)} bits" if (m := _num(_map(audit.get("entropy_bits")).get("mean")))
                      is not None else None)),
-        _panel("personal_info", "audit.personal_info", "Personal information in passwords",
+        panel("personal_info", "audit.personal_info", "Personal information in passwords",
                _top(_counts(audit.get("personal_info"))), charts.hbar_chart, "Kind"),
         _weak_panel(audit),
         _panel("quarantine", "quarantine", "Quarantined, by reason", _top(_counts(f.get("quarantine"))),
                charts.hbar_chart, "Reason"),
         _panel("warnings", "warnings", "Warnings, by reason", _top(_counts(f.get("warnings"))),
                charts.hbar_chart, "Reason"),
-        _panel("first_names", "top_first_names", "Top 10 first names", _top_values(f.get("top_first_names")),
+        panel("first_names", "top_first_names", "Top 10 first names", _top_values(f.get("top_first_names")),
                charts.hbar_chart, "First name"),
-        _panel("cities", "top_cities", "Top 10 cities", _top_values(f.get("top_cities")), charts.hbar_chart, "City"),
+        panel("cities", "top_cities", "Top 10 cities", _top_values(f.get("top_cities")), charts.hbar_chart, "City"),
         _password_table("top_passwords", "audit.top_passwords",
                         "Top 10 passwords" + (" (masked)" if masked else " (plaintext: operator opt-in)"),
                         audit.get("top_passwords")),
