@@ -160,10 +160,16 @@ class AuditSummary:
         infos = dict(zip(distinct, dinfos, strict=True))
         inf = list(map(infos.__getitem__, pws))
         s.masks.counts = dict(Counter(map(attrgetter("hashcat"), inf)))
-        base = s.base_words
-        for (_, _, base_fp), c, info in zip(keyed, cs, dinfos, strict=True):
-            if base_fp is not None:
-                base.add(base_fp, c, info.base if reveal else info.base_masked)
+        base_fps = list(map(itemgetter(2), keyed))
+        if any(base_fps):
+            # Several passwords may share a base word: count per user.
+            base_of = dict(zip(distinct, base_fps, strict=True))
+            base_counts = Counter(map(base_of.__getitem__, pws))
+            base_counts.pop(None, None)
+            base_labels = dict(zip(base_fps, map(attrgetter(
+                "base" if reveal else "base_masked"), dinfos), strict=True))
+            base_labels.pop(None, None)
+            s.base_words.counts, s.base_words.labels = dict(base_counts), base_labels
         for (cx, strong, hist_bin, zx, length, charset, trailing), c in Counter(
                 map(attrgetter("agg"), inf)).items():
             s.complexity[cx] += c

@@ -7,7 +7,7 @@ re-masked on merge and the eviction bookkeeping behind ``users_sharing``.
 
 While a tally holds at most ``cap`` keys every count is exact and merging
 is exact (associative and commutative). Past the cap the rarest keys are
-evicted down to 3/4 of it and ``exact`` turns False for good: frequent keys
+evicted down to half of it and ``exact`` turns False for good: frequent keys
 keep (nearly) right counts, ``evicted_keys`` and ``evicted_sharing`` (the
 users in evicted groups of two or more) keep distinct and sharing counts as
 lower bounds, and an evicted key seen again starts from zero.
@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Hashable
+from itertools import repeat
+from operator import add, itemgetter
 from typing import Any, Generic, TypeVar
 
 from infraetl.pwshape import mask
@@ -58,26 +60,28 @@ class Tally(Generic[K]):
 
     def merge(self, other: Tally[K], relabel: bool = False) -> None:
         """Add ``other`` in place; ``relabel`` masks the labels taken from it."""
-        counts, labels, their_labels = self.counts, self.labels, other.labels
-        for key, n in other.counts.items():
-            if key in counts:
-                counts[key] += n
-            else:
-                counts[key] = n
+        counts, theirs = self.counts, other.counts
+        if other.labels:
+            labels, their_labels = self.labels, other.labels
+            for key in theirs.keys() - counts.keys():
                 label = their_labels.get(key)
                 if label is not None:
                     labels[key] = remask(label) if relabel else label
+        # C-level: new count = old (or 0) + theirs, for every key of theirs.
+        keys = list(theirs)
+        counts.update(zip(keys, map(add, map(counts.get, keys, repeat(0)), theirs.values()),
+                          strict=True))
         self.exact = self.exact and other.exact
         self.evicted_keys += other.evicted_keys
         self.evicted_sharing += other.evicted_sharing
         self.prune()
 
     def prune(self) -> None:
-        """Past the cap, keep the 3/4·cap most frequent keys (ties by key)."""
+        """Past the cap, keep the cap/2 most frequent keys (ties: first counted first)."""
         if len(self.counts) <= self.cap:
             return
-        ranked = sorted(self.counts.items(), key=_rank)
-        for key, n in ranked[self.cap * 3 // 4:]:
+        ranked = sorted(self.counts.items(), key=itemgetter(1), reverse=True)
+        for key, n in ranked[self.cap // 2:]:
             del self.counts[key]
             self.labels.pop(key, None)
             self.evicted_keys += 1

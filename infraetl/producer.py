@@ -98,7 +98,10 @@ class RunWorker(threading.Thread):
         try:
             self._produce(out)
         except SourceError as e:
-            self._hand(out, "abort", END_SEQ, 0, reason=str(e))
+            if self.cancel.is_set():
+                self._hand(out, "abort", END_SEQ, 0, reason="cancelled by operator", cancelled=True)
+            else:
+                self._hand(out, "abort", END_SEQ, 0, reason=str(e))
         except _Cancelled:
             self._hand(out, "abort", END_SEQ, 0, reason="cancelled by operator", cancelled=True)
         except Exception as e:  # a bug in a source must fail the run, not the daemon

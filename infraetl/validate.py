@@ -169,9 +169,9 @@ _CATEGORY_KIND = {"Cc": "control", "Zl": "control", "Zp": "control", "Cs": "surr
 # by two continuations ("â€™").
 _CONT = "\u0080-\u00bf\u20ac\u201a\u0192\u201e\u2026\u2020\u2021\u02c6\u2030\u0160\u2039\u0152" \
         "\u017d\u2018\u2019\u201c\u201d\u2022\u2013\u2014\u02dc\u2122\u0161\u203a\u0153\u017e\u0178"
+_PRINTABLE_ASCII = bytes(range(0x20, 0x7F))
 _MOJIBAKE = re.compile(f"[\u00c2\u00c3][{_CONT}]|[\u00c4-\u00df][\u00a0-\u00bf]"
                        f"|[\u00e0-\u00ef][{_CONT}]{{2}}")
-_PRINTABLE_ASCII = bytes(range(0x20, 0x7F))
 
 
 def char_problem(c: str) -> str | None:
@@ -297,13 +297,12 @@ class _Verdicts:
 _VERDICTS = {policy: _Verdicts(policy) for policy in (SECRET, PLAIN, NAME)}
 
 
-def _ascii_suspect(joined: str, count: int, policy: str, required: bool) -> bool:
-    """Whether an ASCII column (``count`` values joined by newlines) may hold a defect."""
-    if len(joined.encode("ascii").translate(None, _PRINTABLE_ASCII)) != count - 1:
+def _ascii_suspect(joined: str, values: list[str], policy: str, required: bool) -> bool:
+    """Whether an ASCII column (``values`` joined by newlines) may hold a defect."""
+    if len(joined.encode("ascii").translate(None, _PRINTABLE_ASCII)) != len(values) - 1:
         return True  # a control character, or a newline inside a value
-    if required and (joined.startswith("\n") or joined.endswith("\n") or "\n\n" in joined
-                     or (count == 1 and joined == "")):
-        return True  # an empty value
+    if required and "" in values:  # a list scan: cheaper than searching "\n\n" in long text
+        return True
     return policy != SECRET and " " in joined and (
         joined[0] == " " or joined[-1] == " " or "\n " in joined or " \n" in joined)
 
@@ -425,7 +424,7 @@ class _Batch:
         policy = SECRET if path == "login.password" else NAME if path in NAME_FIELDS else PLAIN
         required = f.required and path not in MAY_BE_EMPTY
         ascii_col = joined.isascii()
-        if ascii_col and not _ascii_suspect(joined, len(values), policy, required):
+        if ascii_col and not _ascii_suspect(joined, values, policy, required):
             return
         # Candidates, with C-level set operations: every non-ASCII value (judged once per
         # process, see _Verdicts), then ASCII values with a control or outer white space.
