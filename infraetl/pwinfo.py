@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import sys
 from functools import lru_cache
 from hashlib import sha256
 
@@ -106,7 +107,8 @@ class PasswordInfo:
         #: The small-domain figures, counted together (one dict update per password).
         self.agg = (entropy.complexity(password), self.strong,
                     min(int(bits // HIST_STEP), HIST_BINS - 1), score,
-                    pwshape.length_bucket(password), pwshape.charset_name(password),
+                    sys.intern(pwshape.length_bucket(password)),
+                    sys.intern(pwshape.charset_name(password)),
                     pwshape.trailing_digits(password))
         #: (fp_key, fingerprint, base-word fingerprint) for the last key used; one
         #: tuple, so a thread switching keys never pairs a key with another's fp.

@@ -34,9 +34,11 @@ and cleaned): ``whitespace`` at either end (trimmed), ``not-nfc``
 scripts: Latin with a Cyrillic ``Ј``). Passwords are never changed.
 
 Speed: each column is joined into one string and judged in C-speed passes
-(ASCII: one ``bytes.translate`` for controls, substring tests for empties and
-spaces). Only non-ASCII values, and a column a pass flags, are looked at value
-by value: once per distinct value, with verdicts remembered across batches.
+(one ``bytes.translate`` of its UTF-8 for ASCII controls, substring tests for
+outer spaces, a list scan for empties). Only non-ASCII values and the values a
+pass flags are judged one by one: once per distinct value per process (names
+and places repeat), remembered in a bounded cache. Not thread-safe: one
+consumer loop validates.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import compress, filterfalse
+from operator import is_not
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -169,7 +172,8 @@ _CATEGORY_KIND = {"Cc": "control", "Zl": "control", "Zp": "control", "Cs": "surr
 # by two continuations ("â€™").
 _CONT = "\u0080-\u00bf\u20ac\u201a\u0192\u201e\u2026\u2020\u2021\u02c6\u2030\u0160\u2039\u0152" \
         "\u017d\u2018\u2019\u201c\u201d\u2022\u2013\u2014\u02dc\u2122\u0161\u203a\u0153\u017e\u0178"
-_PRINTABLE_ASCII = bytes(range(0x20, 0x7F))
+# Deleting these from UTF-8 leaves only ASCII control characters (and DEL).
+_NOT_ASCII_CONTROL = bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
 _MOJIBAKE = re.compile(f"[\u00c2\u00c3][{_CONT}]|[\u00c4-\u00df][\u00a0-\u00bf]"
                        f"|[\u00e0-\u00ef][{_CONT}]{{2}}")
 
@@ -297,16 +301,6 @@ class _Verdicts:
 _VERDICTS = {policy: _Verdicts(policy) for policy in (SECRET, PLAIN, NAME)}
 
 
-def _ascii_suspect(joined: str, values: list[str], policy: str, required: bool) -> bool:
-    """Whether an ASCII column (``values`` joined by newlines) may hold a defect."""
-    if len(joined.encode("ascii").translate(None, _PRINTABLE_ASCII)) != len(values) - 1:
-        return True  # a control character, or a newline inside a value
-    if required and "" in values:  # a list scan: cheaper than searching "\n\n" in long text
-        return True
-    return policy != SECRET and " " in joined and (
-        joined[0] == " " or joined[-1] == " " or "\n " in joined or " \n" in joined)
-
-
 # ---------------------------------------------------------------- consumer side
 
 @dataclass
@@ -329,18 +323,25 @@ _FORMATS: dict[str, re.Pattern[str]] = {
     "registered.date": _DATE,
 }
 # The API's dates, byte by byte: "YYYY-MM-DDTHH:MM:SS.sssZ" (a digit is "0" + 0..9).
-_API_DATE_LOW = np.frombuffer(b"0000-00-00T00:00:00.000Z", dtype=np.uint8)
-_API_DATE_SPAN = np.array([0 if c in b"-T:.Z" else 9 for c in b"0000-00-00T00:00:00.000Z"], dtype=np.uint8)
+_API_DATE = b"0000-00-00T00:00:00.000Z"
+
+
+@lru_cache(maxsize=4)
+def _api_date_pattern(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(lowest byte, allowed span) at each position of ``n`` API dates end to end."""
+    low = np.frombuffer(_API_DATE, dtype=np.uint8)
+    span = np.array([0 if c in b"-T:.Z" else 9 for c in _API_DATE], dtype=np.uint8)
+    return np.tile(low, n), np.tile(span, n)
 
 
 def _api_dates_ok(col: list[str]) -> bool:
     """All values in the API's exact ``YYYY-MM-DDTHH:MM:SS.sssZ`` form (vectorised)."""
-    n = len(col)
     joined = "".join(col)
-    if len(joined) != 24 * n or not joined.isascii():
+    if len(joined) != 24 * len(col) or not joined.isascii():
         return False
-    a = np.frombuffer(joined.encode("ascii"), dtype=np.uint8).reshape(n, 24)
-    return bool(((a - _API_DATE_LOW) <= _API_DATE_SPAN).all())  # uint8: below "0" wraps high
+    low, span = _api_date_pattern(len(col))
+    a = np.frombuffer(joined.encode("ascii"), dtype=np.uint8)
+    return bool(((a - low) <= span).all())  # uint8: a byte below the lowest wraps high
 
 
 def _format_suspect(path: str, values: list[str]) -> bool:
@@ -423,18 +424,24 @@ class _Batch:
         path = f.path
         policy = SECRET if path == "login.password" else NAME if path in NAME_FIELDS else PLAIN
         required = f.required and path not in MAY_BE_EMPTY
-        ascii_col = joined.isascii()
-        if ascii_col and not _ascii_suspect(joined, values, policy, required):
+        # C-speed passes over the whole column; what they flag is looked at value by value.
+        utf8 = joined.encode("utf-8", "surrogatepass")
+        controls = len(utf8.translate(None, _NOT_ASCII_CONTROL)) != len(values) - 1  # separators
+        empties = required and "" in values
+        spaces = policy != SECRET and " " in joined and (
+            joined[0] == " " or joined[-1] == " " or "\n " in joined or " \n" in joined)
+        non_ascii = len(utf8) != len(joined)
+        if not (controls or empties or spaces or non_ascii):
             return
-        # Candidates, with C-level set operations: every non-ASCII value (judged once per
-        # process, see _Verdicts), then ASCII values with a control or outer white space.
-        distinct = set(values)
-        cands = set() if ascii_col else set(filterfalse(str.isascii, distinct))
-        cands.update(filterfalse(str.isprintable, distinct))
-        if policy != SECRET:
-            cands.update(distinct.difference(map(str.strip, distinct)))
+        # Every non-ASCII value is judged (once per process, see _Verdicts); of the ASCII
+        # ones only those with a control character or outer white space.
+        cands = set(filterfalse(str.isascii, values)) if non_ascii else set()
+        if controls:
+            cands.update(filterfalse(str.isprintable, values))
+        if spaces:  # str.strip returns the very same object when there is nothing to strip
+            cands.update(compress(values, map(is_not, values, map(str.strip, values))))
         verdicts = _VERDICTS[policy].judge(cands) if cands else {}
-        if required and "" in distinct:
+        if empties:
             verdicts[""] = Verdict(None, (), "")
         if not verdicts:
             return

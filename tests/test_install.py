@@ -129,7 +129,8 @@ def test_reinstall_changes_nothing_and_keeps_operator_edits(copy: Path) -> None:
     changed = install(copy, "consumer", "--listen", "10.0.0.2")
     assert "/etc/infraetl/consumer.env" in changed.stdout
     assert env_lines(env) == ["INFRAETL_DATA_BIND=tcp://10.0.0.2:5555", "INFRAETL_ACK_BIND=tcp://10.0.0.2:5556",
-                              "INFRAETL_HTTP_BIND=10.0.0.2:8000", "INFRAETL_LOG_LEVEL=DEBUG"]
+                              "INFRAETL_HTTP_BIND=10.0.0.2:8000", "INFRAETL_LOG_LEVEL=DEBUG",
+                              "INFRAETL_PUBLIC_URL=http://10.0.0.2:8000/"]
 
 
 def test_second_role_on_the_same_host_shares_the_venv_and_key(copy: Path, fleet_key: str) -> None:
