@@ -27,6 +27,7 @@ from .audit import AuditSummary, fingerprint_key
 from .config import ConsumerSettings, split_bind
 from .daemon import Notifier, RateLimitedLog, Signals
 from .exceptions import InfraETLError, StoreError, WireError
+from .faults import crash_point
 from .metrics import ConsumerMetrics
 from .sockets import bind, bound_endpoint, make_socket
 from .store import Store
@@ -198,6 +199,7 @@ class Consumer:
             quarantined=sum(quarantine.values()), stats=stats, audit=audit,
         )
         self.metrics.stage("commit", time.perf_counter() - t3)
+        crash_point("after_commit")
         if applied.duplicate:
             self.metrics.duplicates.inc()
             self._ack(msg, "data", "duplicate")
@@ -222,6 +224,7 @@ class Consumer:
     def _complete(self, msg: dict[str, Any], render: bool = True) -> None:
         run_id = msg["run"]
         row = self.store.run(run_id) or {}
+        crash_point("before_render")
         if render:
             self.render()
             self.metrics.runs.inc()

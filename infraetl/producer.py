@@ -29,6 +29,7 @@ from . import schema, wire
 from .config import ProducerSettings
 from .daemon import Notifier, RateLimitedLog, Signals
 from .exceptions import InfraETLError, SourceError, WireError
+from .faults import crash_point
 from .sockets import bind, bound_endpoint, connect, make_socket
 from .sources import Batch, RunPlan, open_source
 from .spool import Spool
@@ -302,6 +303,7 @@ class Producer:
         t = time.perf_counter()
         self.spool.add_frame(run_id, seq, kind, item["users"], item["frame"], item.get("quarantine"))
         self.stages["spool"] += time.perf_counter() - t
+        crash_point("after_spool")
         if kind == "abort":
             state = "cancelled" if item.get("cancelled") else "failed"
             self.spool.finish(run_id, state, reason=item.get("reason"))

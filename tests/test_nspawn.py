@@ -10,9 +10,7 @@ run, kill -9 and restart, journal, key rotation, CURVE, nginx, stop, removal.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import threading
 import time
 from typing import Iterator
@@ -138,7 +136,6 @@ def test_300_users_then_kill9_consumer_restarts_and_next_run_is_exact(deployment
     d = deployment
     first = d.run_exact(300, "nspawn-1")
     before = d.show(d.consumer, "consumer")
-    d.consumer.exec(["kill", "-9", before["MainPID"]]) if shutil.which("kill") else None
     d.consumer.sh(f"kill -9 {before['MainPID']}")
     deadline = time.monotonic() + 30
     while True:
@@ -249,7 +246,6 @@ def test_systemctl_stop_is_clean_and_quick(deployment: Deployment) -> None:
         assert time.monotonic() - t0 < 5
         state = d.show(box, role)
         assert state["Result"] == "success" and state["ExecMainStatus"] == "0", state
-        assert "STOPPING" not in d.journal(box, role) or True
         box.exec(["systemctl", "start", f"infraetl-{role}"])
     d.run_exact(30, "after-stop")
 
@@ -260,5 +256,4 @@ def test_uninstall_removes_the_service(deployment: Deployment) -> None:
     p.exec([INSTALL, "--uninstall", "producer"])
     assert p.exec(["systemctl", "is-active", "infraetl-producer"], check=False).stdout.strip() in ("inactive", "unknown")
     assert p.exec(["test", "-e", "/opt/infraetl"], check=False).returncode == 1
-    assert p.exec(["test", "-e", "/etc/infraetl/etl-key"]).returncode == 0
-    assert os.path.exists(d.producer.merged)  # the container itself is the fixture's to remove
+    assert p.exec(["test", "-e", "/etc/infraetl/etl-key"]).returncode == 0  # kept unless --purge

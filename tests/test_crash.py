@@ -1,0 +1,115 @@
+"""The crash suite: kill -9 at precise points, SIGSTOP, SIGTERM mid-run; every user counted once."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from infraetl.localcluster import Daemon, LocalCluster
+
+from helpers import ctl, figures_without_times, get_json, metric, wait_for
+
+USERS = 12000
+SEED = "crash"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Figures of the same run without faults, under the same key."""
+    root = tmp_path_factory.mktemp("reference")
+    with LocalCluster(root / "cluster") as c:
+        ctl(c, "start-run", "--users", str(USERS), "--seed", SEED)
+        figures = figures_without_times(get_json(c.url + "api/stats.json")["last_run"])
+    assert figures["total_users"] == USERS
+    return {"figures": figures, "key_file": root / "cluster" / "etl-key"}
+
+
+@pytest.fixture
+def faulty(tmp_path: Path, reference: dict) -> Iterator[LocalCluster]:
+    c = LocalCluster(tmp_path / "cluster", key_file=reference["key_file"],
+                     producer_args=["--resend-after", "1"])
+    yield c
+    c.stop()
+
+
+def _with_env(d: Daemon, **env: str) -> Daemon:
+    d.env = {**d.env, **env}
+    return d
+
+
+def _finish_and_compare(c: LocalCluster, run_id: str, reference: dict) -> None:
+    ctl(c, "wait", run_id, "--timeout", "120")
+    got = figures_without_times(get_json(c.url + "api/stats.json")["last_run"])
+    assert got == reference["figures"]
+    assert get_json(c.url + "api/stats.json")["cumulative"]["total_users"] == USERS
+
+
+def _start(c: LocalCluster) -> str:
+    return ctl(c, "start-run", "--users", str(USERS), "--seed", SEED, "--no-wait").stdout.strip()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["after_commit:3", "after_commit:20", "before_render:1"])
+def test_consumer_killed_at_a_precise_point(faulty: LocalCluster, reference: dict, point: str) -> None:
+    _with_env(faulty.consumer, INFRAETL_CRASH_AT=point).start()
+    faulty.start_producer()
+    run_id = _start(faulty)
+    assert faulty.consumer.proc is not None
+    faulty.consumer.proc.wait(60)
+    assert faulty.consumer.proc.returncode == -signal.SIGKILL
+    faulty.restart_consumer()
+    _finish_and_compare(faulty, run_id, reference)
+
+
+@pytest.mark.slow
+def test_producer_killed_between_spool_and_send(faulty: LocalCluster, reference: dict) -> None:
+    faulty.consumer.start()
+    faulty.producer = _with_env(faulty._producer(), INFRAETL_CRASH_AT="after_spool:7").start()
+    faulty.producer_control = faulty.producer.endpoints["control"]
+    run_id = _start(faulty)
+    assert faulty.producer.proc is not None
+    faulty.producer.proc.wait(60)
+    assert faulty.producer.proc.returncode == -signal.SIGKILL
+    faulty.start_producer()
+    _finish_and_compare(faulty, run_id, reference)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("role", ["consumer", "producer"])
+def test_sigstop_longer_than_resend_timeout(faulty: LocalCluster, reference: dict, role: str) -> None:
+    faulty.start()
+    run_id = _start(faulty)
+    wait_for(lambda: metric(faulty, "infraetl_batches_applied_total") >= 3, 60, "some batches applied")
+    victim = faulty.consumer if role == "consumer" else faulty.producer
+    assert victim is not None
+    victim.signal(signal.SIGSTOP)
+    # Longer than --resend-after (1 s): the other side re-sends or waits, and must not give up.
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        assert faulty.consumer.alive() and faulty.producer is not None and faulty.producer.alive()
+        time.sleep(0.2)
+    victim.signal(signal.SIGCONT)
+    _finish_and_compare(faulty, run_id, reference)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("role", ["consumer", "producer"])
+def test_sigterm_mid_run_exits_clean_and_loses_nothing(faulty: LocalCluster, reference: dict, role: str) -> None:
+    faulty.start()
+    run_id = _start(faulty)
+    wait_for(lambda: metric(faulty, "infraetl_batches_applied_total") >= 3, 60, "some batches applied")
+    victim = faulty.consumer if role == "consumer" else faulty.producer
+    assert victim is not None and victim.proc is not None
+    t = time.monotonic()
+    victim.signal(signal.SIGTERM)
+    assert victim.proc.wait(5) == 0
+    assert time.monotonic() - t < 5
+    if role == "consumer":
+        faulty.restart_consumer()
+    else:
+        faulty.start_producer()
+    _finish_and_compare(faulty, run_id, reference)
