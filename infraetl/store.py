@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS batches (
     applied_at REAL NOT NULL,
     PRIMARY KEY (run_id, seq)
 );
+CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, filler BLOB);
 CREATE TABLE IF NOT EXISTS cumulative (
     id     INTEGER PRIMARY KEY CHECK (id = 1),
     runs   INTEGER NOT NULL,
@@ -229,7 +230,8 @@ class Store:
     def writable(self) -> None:
         """Raise StoreError if a write cannot commit now (disk full, read-only)."""
         with self._tx():
-            self._db.execute("INSERT OR REPLACE INTO cumulative SELECT * FROM cumulative WHERE id=1")
+            # A real page of data: a no-op write would succeed on a full disk.
+            self._db.execute("INSERT OR REPLACE INTO probe (id, filler) VALUES (1, randomblob(16384))")
 
 
 class _Tx:
@@ -250,11 +252,16 @@ class _Tx:
                 self._db.execute("COMMIT")
                 return
             except sqlite3.Error as e:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # a failed COMMIT may or may not have rolled back
+                    try:
+                        self._db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
                 raise StoreError(f"state database write failed: {e}") from None
-        try:
-            self._db.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
         if isinstance(exc, sqlite3.Error):
             raise StoreError(f"state database write failed: {exc}") from None

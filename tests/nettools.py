@@ -291,10 +291,11 @@ class Container:
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ValueError, IndexError):
                 stat = (entry / "stat").read_text()
                 ppid = int(stat.rsplit(")", 1)[1].split()[1])
-                if ppid == self.proc.pid:
+                # nspawn's helper children come and go; the container's PID 1 is systemd itself.
+                if ppid == self.proc.pid and (entry / "comm").read_text().strip() == "systemd":
                     return int(entry.name)
         return 0
 

@@ -1,0 +1,89 @@
+"""Disk full and read-only state dir on the consumer: stop ACKing, say why, resume, lose nothing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from infraetl.localcluster import LocalCluster
+
+from helpers import ctl, get_json, get_text, metric, wait_for
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 48 MB tmpfs for the consumer's state directory."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(path: Path) -> None:
+    with open(path, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * (1 << 20))
+                f.flush()
+        except OSError:
+            pass
+
+
+def _health(c: LocalCluster) -> tuple[int, str]:
+    status, _, body = get_text(c.url + "healthz")
+    return status, body
+
+
+def test_disk_full_then_read_only_then_back(tmp_path: Path, small_disk: Path) -> None:
+    c = LocalCluster(tmp_path / "cluster", producer_args=["--resend-after", "1"])
+    c.consumer.state_dir = small_disk / "consumer"
+    argv = c.consumer.argv
+    argv[argv.index("--state-dir") + 1] = str(c.consumer.state_dir)
+    with c:
+        ctl(c, "start-run", "--users", "1000", "--seed", "warm")
+        run_id = ctl(c, "start-run", "--users", "20000", "--seed", "full", "--no-wait").stdout.strip()
+        wait_for(lambda: metric(c, "infraetl_batches_applied_total") >= 4, 60, "batches applied")
+        ballast = small_disk / "ballast"
+        _fill(ballast)
+        wait_for(lambda: _health(c)[0] == 503, 60, "/healthz to report the full disk")
+        assert "full" in _health(c)[1] or "disk" in _health(c)[1]
+        assert "not ACKing" in c.consumer.log()
+        applied = metric(c, "infraetl_batches_applied_total")
+        ballast.unlink()
+        wait_for(lambda: _health(c)[0] == 200, 30, "/healthz to recover")
+        ctl(c, "wait", run_id, "--timeout", "120")
+        assert metric(c, "infraetl_batches_applied_total") > applied
+        stats = get_json(c.url + "api/stats.json")
+        assert stats["cumulative"]["total_users"] == 1000 + 20000
+        assert [r["state"] for r in stats["runs"]] == ["complete"] * 2
+        assert c.consumer.alive()
+    # No corrupt state: SQLite's own check passes.
+    import sqlite3
+    db = sqlite3.connect(str(small_disk / "consumer" / "consumer.sqlite3"))
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_read_only_state_dir_at_start_is_one_clear_error(tmp_path: Path, small_disk: Path) -> None:
+    state = small_disk / "consumer"
+    state.mkdir()
+    # Immutable: root ignores mode bits, and a tmpfs in use cannot be remounted read-only.
+    subprocess.run(["chattr", "+i", str(state)], check=True)
+    try:
+        c = LocalCluster(tmp_path / "cluster")
+        argv = c.consumer.argv
+        argv[argv.index("--state-dir") + 1] = str(state)
+        proc = subprocess.run(argv, env=c.env, capture_output=True, text=True, timeout=30)
+    finally:
+        subprocess.run(["chattr", "-i", str(state)], check=True)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "cannot open the state database" in proc.stderr
