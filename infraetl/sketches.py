@@ -381,8 +381,9 @@ class HashMemo:
         if fresh:
             if len(self.known) + len(fresh) > self.limit:
                 self.known.clear()
-            self.known.update(zip(fresh, hash64(fresh).tolist(), strict=True))
-        return np.fromiter(map(self.known.__getitem__, values), dtype=_U64, count=len(values))
+            # Held as int64: numpy converts Python ints above 2**63 to uint64 slowly.
+            self.known.update(zip(fresh, hash64(fresh).view(np.int64).tolist(), strict=True))
+        return np.fromiter(map(self.known.__getitem__, values), dtype=np.int64, count=len(values)).view(_U64)
 
 
 # ---------------------------------------------------------------- distinct counts (HyperLogLog)

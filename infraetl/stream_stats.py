@@ -88,17 +88,22 @@ def _email_domains(emails: list[str]) -> Counter[str]:
 
 
 def _by_group(groups: Counter[str], labels: list[str], values: np.ndarray) -> dict[str, Moments]:
-    """Exact integer moments of ``values`` per label (``groups`` counts the labels)."""
+    """Exact moments of small integers (validated ages) per label; ``groups`` counts the labels."""
     index = {k: i for i, k in enumerate(groups)}
     inv = np.fromiter(map(index.__getitem__, labels), dtype=np.intp, count=len(labels))
-    order = np.argsort(inv, kind="stable")
-    v = values[order]
-    sizes = np.fromiter(groups.values(), dtype=np.intp, count=len(groups))
-    starts = np.r_[0, np.cumsum(sizes)[:-1]]
-    s1, s2 = np.add.reduceat(v, starts), np.add.reduceat(v * v, starts)  # ages: no overflow
-    lo, hi = np.minimum.reduceat(v, starts), np.maximum.reduceat(v, starts)
-    return {k: Moments(c, a, b, x, y) for k, c, a, b, x, y in zip(
-        groups, sizes.tolist(), s1.tolist(), s2.tolist(), lo.tolist(), hi.tolist(), strict=True)}
+    lo = int(values.min())
+    width = int(values.max()) - lo + 1
+    if width > 1024:
+        raise ValueError("ages out of range: from_columns takes validated batches")
+    # One histogram per label (a 2-D bincount): exact integer sums, minima and maxima.
+    hist = np.bincount(inv * width + (values - lo), minlength=len(groups) * width).reshape(-1, width)
+    x = np.arange(lo, lo + width)
+    seen = hist > 0
+    mins = lo + seen.argmax(axis=1)
+    maxs = lo + width - 1 - seen[:, ::-1].argmax(axis=1)
+    return {k: Moments(c, a, b, x0, x1) for k, c, a, b, x0, x1 in zip(
+        groups, groups.values(), (hist @ x).tolist(), (hist @ (x * x)).tolist(), mins.tolist(),
+        maxs.tolist(), strict=True)}
 
 
 class StatsSummary:
