@@ -238,6 +238,25 @@ def bench(users: int, repeat: int, no_peer: bool, as_json: bool) -> None:
         click.echo(format_report(report))
 
 
+@cli.command()
+@click.option("--users", type=click.IntRange(10_000, 100_000_000), default=1_000_000, show_default=True,
+              help="Users to push through both daemons.")
+@click.option("--interval", type=click.FloatRange(0.1), default=1.0, show_default=True,
+              help="Seconds between samples of progress and memory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def soak(users: int, interval: float, as_json: bool) -> None:
+    """Push many users through both daemons; report throughput over time and RSS start and end."""
+    from .soak import format_timeline, run_soak
+
+    result = run_soak(users, interval=interval)
+    if as_json:
+        emit_json(result.as_dict())
+    else:
+        click.echo(format_timeline(result))
+    if result.state != "complete" or result.total_users != users:
+        raise InfraETLError(f"soak run {result.state}: {result.total_users:,} of {users:,} users on the dashboard")
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 

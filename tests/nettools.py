@@ -342,6 +342,11 @@ class Container:
         except OSError:
             return ""
 
+    def request_stop(self) -> None:
+        """Ask for an orderly poweroff (SIGTERM to nspawn) without waiting for it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
     def stop(self) -> None:
         """Shut the container down (SIGTERM to nspawn = orderly poweroff), then unmount."""
         if self.proc is not None and self.proc.poll() is None:

@@ -112,6 +112,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
                 raise errors[0]
             yield d
         finally:
+            producer.request_stop()
+            consumer.request_stop()
             producer.stop()
             consumer.stop()
 
@@ -231,8 +233,9 @@ def test_nginx_serves_the_static_copy(deployment: Deployment) -> None:
     served = d.hosts.http_json(NS_B, f"http://{ADDR_B}/api/stats.json")
     assert served["last_run"]["run_id"] == d.stats()["last_run"]["run_id"]
     page = c.exec(["/opt/infraetl/venv/bin/python", "-c",
-                   "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1/').status)"]).stdout
-    assert page.strip() == "200"
+                   "import urllib.request; r = urllib.request.urlopen('http://127.0.0.1/'); "
+                   "print(r.status, r.headers['Content-Security-Policy'], r.headers['Content-Type'])"]).stdout
+    assert page.split(maxsplit=1) == ["200", "default-src 'self' text/html\n"], page
     # A new run shows up in the copy nginx serves, with no restart of nginx.
     last = d.run_exact(50, "nginx")
     assert d.hosts.http_json(NS_B, f"http://{ADDR_B}/api/stats.json")["last_run"]["run_id"] == last["run_id"]

@@ -1,0 +1,132 @@
+"""``infraetl-ctl soak``: many users through both daemons, throughput over time, RSS start and end.
+
+The run uses the offline synthetic source, so it needs no network and no
+data file. Every ``interval`` seconds it samples the users the consumer has
+applied (from the producer's view of the ACKs) and both daemons' resident
+memory, then reports the throughput of each slice, the consumer's RSS after
+the first 10,000 users and at the end (bounded state: the difference must
+stay small however many users pass), and whether the count is exact.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import config, wire
+from .control import ControlClient
+from .localcluster import LocalCluster
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, in MB (0 if it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+@dataclass
+class Sample:
+    """One observation during the soak."""
+
+    t: float
+    applied: int
+    consumer_rss: float
+    producer_rss: float
+
+
+@dataclass
+class SoakResult:
+    """What the soak measured."""
+
+    users: int
+    seconds: float
+    samples: list[Sample] = field(default_factory=list)
+    state: str = ""
+    applied: int = 0
+    total_users: int = 0
+    rss_after_10k: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready figures."""
+        first, last = self.samples[0], self.samples[-1]
+        return {
+            "users": self.users, "seconds": round(self.seconds, 2), "state": self.state,
+            "applied": self.applied, "dashboard_total_users": self.total_users,
+            "users_per_s": round(self.users / self.seconds) if self.seconds else None,
+            "consumer_rss_mb": {"start": round(first.consumer_rss, 1), "after_10k": self.rss_after_10k,
+                                "end": round(last.consumer_rss, 1),
+                                "max": round(max(s.consumer_rss for s in self.samples), 1)},
+            "producer_rss_mb": {"start": round(first.producer_rss, 1), "end": round(last.producer_rss, 1),
+                                "max": round(max(s.producer_rss for s in self.samples), 1)},
+            "timeline": [{"t": round(s.t, 1), "applied": s.applied, "consumer_rss_mb": round(s.consumer_rss, 1)}
+                         for s in self.samples],
+        }
+
+
+def run_soak(users: int, *, interval: float = 1.0, workdir: Path | None = None,
+             on_sample: Callable[[Sample], None] | None = None) -> SoakResult:
+    """Push ``users`` synthetic users through a fresh consumer and producer."""
+    import json
+    import urllib.request
+
+    with tempfile.TemporaryDirectory(prefix="infraetl-soak-") as tmp:
+        cluster = LocalCluster((workdir or Path(tmp)) / "cluster", producer_args=["--window", "128"])
+        cluster.start()
+        try:
+            assert cluster.producer is not None
+            keys = config.parse_keys(cluster.key_file.read_text(), "the soak key")
+            sealer = wire.Sealer(keys, ttl=config.TOKEN_TTL, max_size=1 << 20)
+            result = SoakResult(users=users, seconds=0.0)
+            with ControlClient(cluster.control, sealer, timeout=30) as client:
+                t0 = time.monotonic()
+                run_id = client.call("start-run", users=users, source="synthetic", seed="soak")["run_id"]
+                while True:
+                    row = client.call("status", run_id=run_id)["runs"][0]
+                    s = Sample(time.monotonic() - t0, row["applied_users"] or 0,
+                               rss_mb(cluster.consumer.pid), rss_mb(cluster.producer.pid))
+                    result.samples.append(s)
+                    if result.rss_after_10k is None and s.applied >= 10_000:
+                        result.rss_after_10k = round(s.consumer_rss, 1)
+                    if on_sample:
+                        on_sample(s)
+                    if row["state"] != "running":
+                        break
+                    time.sleep(interval)
+                result.seconds = time.monotonic() - t0
+                result.state = row["state"]
+                result.applied = row["applied_users"] or 0
+            with urllib.request.urlopen(cluster.url + "api/stats.json", timeout=30) as r:
+                result.total_users = json.loads(r.read())["cumulative"]["total_users"]
+            return result
+        finally:
+            cluster.stop()
+
+
+def format_timeline(result: SoakResult, slices: int = 10) -> str:
+    """Throughput per slice of the run and RSS at its end, as text."""
+    lines = [f"{'t (s)':>8} {'applied':>10} {'users/s':>9} {'consumer RSS':>13} {'producer RSS':>13}"]
+    step = max(1, len(result.samples) // slices)
+    prev = result.samples[0]
+    picked = result.samples[step::step]
+    if result.samples[-1] not in picked:
+        picked.append(result.samples[-1])
+    for s in picked:
+        dt = s.t - prev.t
+        rate = (s.applied - prev.applied) / dt if dt > 0 else 0.0
+        lines.append(f"{s.t:8.1f} {s.applied:10,} {rate:9,.0f} {s.consumer_rss:10.1f} MB {s.producer_rss:10.1f} MB")
+        prev = s
+    d = result.as_dict()
+    lines.append(f"{result.users:,} users in {d['seconds']} s = {d['users_per_s']:,} users/s; run {result.state}; "
+                 f"dashboard total {result.total_users:,}")
+    c = d["consumer_rss_mb"]
+    lines.append(f"consumer RSS: start {c['start']} MB, after 10k users {c['after_10k']} MB, end {c['end']} MB, "
+                 f"max {c['max']} MB")
+    return "\n".join(lines)
