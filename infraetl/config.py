@@ -22,9 +22,9 @@ import base64
 import binascii
 import os
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 from .exceptions import KeyError_
 

@@ -30,7 +30,7 @@ COMMANDS = ("start-run", "status", "cancel", "ping")
 
 # --- producer side --------------------------------------------------------
 
-def handle_control(producer: "Producer", frame: bytes) -> bytes:
+def handle_control(producer: Producer, frame: bytes) -> bytes:
     """Open one control request, run it, and return the sealed reply frame."""
     try:
         msg = producer.sealer.open(frame)
@@ -48,7 +48,7 @@ def handle_control(producer: "Producer", frame: bytes) -> bytes:
     return producer.sealer.seal(reply)
 
 
-def _dispatch(producer: "Producer", cmd: str, args: dict[str, Any]) -> Any:
+def _dispatch(producer: Producer, cmd: str, args: dict[str, Any]) -> Any:
     from .producer import check_run_args, new_run_id
 
     if cmd == "ping":
@@ -111,7 +111,7 @@ class ControlClient:
         self._sock.close(linger=0)
         self._ctx.term()
 
-    def __enter__(self) -> "ControlClient":
+    def __enter__(self) -> ControlClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

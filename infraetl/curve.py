@@ -225,7 +225,8 @@ def stop_authenticators() -> None:
 
 
 _SECRET_NOTE = "#   ZeroMQ CURVE **Secret** Certificate\n#   DO NOT PROVIDE THIS FILE TO OTHER USERS.\n"
-_PUBLIC_NOTE = "#   ZeroMQ CURVE Public Certificate\n#   Exchange securely, or use a secure mechanism to verify the contents\n"
+_PUBLIC_NOTE = ("#   ZeroMQ CURVE Public Certificate\n"
+                "#   Exchange securely, or use a secure mechanism to verify the contents\n")
 
 
 def _certificate(note: str, public: bytes, secret: bytes | None) -> str:

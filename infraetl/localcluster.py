@@ -56,7 +56,7 @@ class Daemon:
     endpoints: dict[str, Any] = field(default_factory=dict)
     _log: IO[bytes] | None = None
 
-    def start(self, timeout: float = 20.0) -> "Daemon":
+    def start(self, timeout: float = 20.0) -> Daemon:
         """Start the process and wait until it has bound its sockets."""
         ep = self.state_dir / "endpoints.json"
         if ep.exists():
@@ -161,7 +161,7 @@ class LocalCluster:
 
     producer_control: str | None = None
 
-    def start(self) -> "LocalCluster":
+    def start(self) -> LocalCluster:
         """Start the consumer, then the producer pointed at it."""
         self.consumer.start()
         self.start_producer()
@@ -200,7 +200,7 @@ class LocalCluster:
             self.producer.stop()
         self.consumer.stop()
 
-    def __enter__(self) -> "LocalCluster":
+    def __enter__(self) -> LocalCluster:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

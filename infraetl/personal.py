@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from itertools import compress, count, repeat
+from itertools import chain, compress, count, repeat
 from operator import add, contains, eq, itemgetter, le, not_
 from typing import Any
 
@@ -56,7 +56,11 @@ NO_TOKEN = "\x00"
 (FIRST, LAST, USERNAME, BIRTH_YEAR, EMAIL, CITY, PHONE, BIRTH_DATE, REVERSED,
  LEET_FOUND) = (1 << i for i in range(len(KINDS)))
 _EMAIL_SEP = re.compile(r"[._\-+]+")
+_EMAIL_SEPS = str.maketrans("_-+", "...")
 _NOT_DIGIT_BYTES = bytes(b for b in range(256) if not 48 <= b <= 57)
+
+
+_COMPACT_DROP = (" ", "'", "-", "\u2019")
 
 
 def compact(lowered: str) -> str:
@@ -176,6 +180,29 @@ def _tokens(values: list[str]) -> list[str]:
     return [v or NO_TOKEN for v in lowered] if "" in lowered else lowered
 
 
+def _compact_all(lowered: list[str]) -> list[str]:
+    """:func:`compact` of each (C-level passes; a no-op on alphanumeric names)."""
+    out: Iterable[str] = lowered
+    for ch in _COMPACT_DROP:
+        out = map(str.replace, out, repeat(ch), repeat(""))
+    return list(out)
+
+
+def _email_hits(pwls: list[str], emails: list[str]) -> set[int]:
+    """Users with a part (:data:`MIN_TOKEN`+ characters) of their e-mail's local part in ``pwls``.
+
+    The exact ``email_local`` test, over whole columns: separators become
+    ``.``, so ``split(".")`` gives :data:`_EMAIL_SEP`'s parts plus empty
+    ones, which are too short to count.
+    """
+    locals_ = map(str.lower, map(itemgetter(0), map(str.partition, emails, repeat("@"))))
+    parts = list(map(str.split, map(str.translate, locals_, repeat(_EMAIL_SEPS)), repeat(".")))
+    flat = list(chain.from_iterable(parts))
+    owner = list(chain.from_iterable(map(repeat, count(), map(len, parts))))
+    return {owner[j] for j in compress(count(), map(contains, map(pwls.__getitem__, owner), flat))
+            if len(flat[j]) >= MIN_TOKEN}
+
+
 def suspects(
     pws: list[str], pwls: list[str], tail2s: list[str], long_runs: list[str],
     leet_forms: list[str], firsts: list[str], lasts: list[str], usernames: list[str],
@@ -189,9 +216,7 @@ def suspects(
     user, from the password's cached forms: ``tail2s`` its trailing two
     digits (else NO_TOKEN), ``long_runs`` its digit runs of 4+ joined by
     spaces ("" if none), ``leet_forms`` its de-leeted form ("" if the same).
-    Users with a name or e-mail out of the ordinary (a name that
-    :func:`compact` changes, an e-mail not ``first.last@``, whose parts are
-    the names) are always picked.
+    A name that :func:`compact` changes is tested in both forms.
     """
     fl, ll, ul = _tokens(firsts), _tokens(lasts), _tokens(usernames)
     look = _hits(map(contains, pwls, fl))
@@ -202,9 +227,13 @@ def suspects(
     look |= _hits(map(eq, tail2s, map(itemgetter(slice(2, 4)), dobs)))
     for names in (fl, ll):
         if not all(map(str.isalnum, names)):
-            look |= _hits(map(not_, map(str.isalnum, names)))
-    expected = map(add, map(add, fl, repeat(".")), map(add, ll, repeat("@")))
-    look |= _hits(map(not_, map(str.startswith, emails, expected)))
+            # The compacted name (O'Brien -> obrien), plain, reversed and de-leeted.
+            fc = _tokens(_compact_all(names))
+            look |= _hits(map(contains, pwls, fc))
+            look |= _hits(map(contains, pwls, map(itemgetter(slice(None, None, -1)), fc)))
+            if any(leet_forms):
+                look |= _hits(map(contains, leet_forms, fc))
+    look |= _email_hits(pwls, emails)
     cl = _tokens(cities)
     look |= _hits(map(contains, pwls, cl))
     for i in compress(count(), map(not_, map(str.isalnum, cl))):

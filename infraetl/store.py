@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .audit import AuditSummary
 from .exceptions import StoreError
@@ -89,7 +90,7 @@ class Store:
         """Close the database."""
         self._db.close()
 
-    def _tx(self) -> "_Tx":
+    def _tx(self) -> _Tx:
         return _Tx(self._db)
 
     # -- writes --
@@ -198,7 +199,7 @@ class Store:
 
     def _rows(self, where: str, args: tuple[Any, ...]) -> Iterator[dict[str, Any]]:
         for r in self._db.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs {where}", args):
-            row = dict(zip(RUN_COLUMNS, r))
+            row = dict(zip(RUN_COLUMNS, r, strict=True))
             row["meta"] = json.loads(row["meta"])
             fin = row["finished_at"]
             row["duration_s"] = round(fin - row["started_at"], 3) if fin else None

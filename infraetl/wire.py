@@ -19,7 +19,8 @@ import hashlib
 import hmac
 import struct
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import msgpack
 from cryptography.fernet import Fernet, InvalidToken

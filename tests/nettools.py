@@ -28,8 +28,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import pytest
 
@@ -146,7 +147,7 @@ class TwoHosts:
     addr = {NS_A: ADDR_A, NS_B: ADDR_B}
     veth = {NS_A: VETH_A, NS_B: VETH_B}
 
-    def create(self) -> "TwoHosts":
+    def create(self) -> TwoHosts:
         for ns in (NS_A, NS_B):
             if Path(f"/run/netns/{ns}").exists():
                 pids = run(["ip", "netns", "pids", ns], check=False).stdout.split()
@@ -269,7 +270,7 @@ class Container:
         self.init_pid = 0
         self._mounted = False
 
-    def start(self) -> "Container":
+    def start(self) -> Container:
         """Mount the overlay and boot; returns before boot is complete (see :meth:`wait_booted`)."""
         base = rootfs()
         for sub in ("upper", "work", "root"):
@@ -299,7 +300,7 @@ class Container:
                     return int(entry.name)
         return 0
 
-    def wait_booted(self, timeout: float = 90) -> "Container":
+    def wait_booted(self, timeout: float = 90) -> Container:
         """Wait until systemd in the container reports running (or degraded)."""
         assert self.proc is not None
         deadline = time.monotonic() + timeout

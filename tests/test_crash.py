@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+from helpers import ctl, figures_without_times, get_json, metric, wait_for
 
 from infraetl.localcluster import Daemon, LocalCluster
-
-from helpers import ctl, figures_without_times, get_json, metric, wait_for
 
 USERS = 12000
 SEED = "crash"

@@ -18,18 +18,17 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import zmq
 import zmq.auth
+from helpers import get_json, metric
 
 from infraetl import curve, wire
 from infraetl.exceptions import ConfigError
-from infraetl.localcluster import Daemon, LocalCluster, wait_for
-
-from helpers import get_json, metric
+from infraetl.localcluster import Daemon, LocalCluster
 
 
 def keygen(directory: Path, name: str) -> tuple[Path, Path]:
@@ -196,14 +195,18 @@ def curve_cluster(tmp_path: Path, curve_keys: dict[str, Path]) -> Iterator[Local
     c.stop()
 
 
-def ctl(cluster: LocalCluster, *args: str, curve_args: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "infraetl.ctl", "--producer", cluster.control, "--call-timeout", "3",
-                           *curve_args, *args], env=cluster.env, capture_output=True, text=True, timeout=timeout)
+def ctl(cluster: LocalCluster, *args: str, curve_args: list[str],
+        timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """infraetl-ctl against the cluster's producer with the given CURVE options."""
+    return subprocess.run([sys.executable, "-m", "infraetl.ctl", "--producer", cluster.control,
+                           "--call-timeout", "3", *curve_args, *args],
+                          env=cluster.env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_run_with_curve_on_every_socket_is_exact(curve_cluster: LocalCluster, curve_keys: dict[str, Path]) -> None:
     ops = ["--curve-secret", str(curve_keys["ops_secret"]), "--curve-server-key", str(curve_keys["producer"])]
     proc = ctl(curve_cluster, "start-run", "--users", "300", "--seed", "curve", curve_args=ops)
+    assert curve_cluster.producer is not None
     assert proc.returncode == 0, proc.stderr + curve_cluster.producer.log() + curve_cluster.consumer.log()
     stats = get_json(curve_cluster.url + "api/stats.json")
     assert stats["last_run"]["total_users"] + stats["last_run"]["quarantined"] == 300

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+from helpers import ctl, get_json, get_text, metric, wait_for
 
 from infraetl.localcluster import LocalCluster
-
-from helpers import ctl, get_json, get_text, metric, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
 

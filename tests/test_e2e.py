@@ -6,11 +6,10 @@ import json
 import signal
 
 import pytest
+from helpers import ctl, figures_without_times, get_json, metric, wait_for
 
 from infraetl import config
 from infraetl.localcluster import LocalCluster
-
-from helpers import ctl, figures_without_times, get_json, metric, wait_for
 
 
 def test_start_run_300_users_exact(cluster: LocalCluster) -> None:

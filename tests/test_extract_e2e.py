@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from apiserver import ApiServer, Faults
+from helpers import ctl, get_json
 
 from infraetl.localcluster import LocalCluster
-
-from helpers import ctl, get_json
 
 
 @pytest.fixture

@@ -5,18 +5,16 @@ from __future__ import annotations
 import json
 import os
 import random
-from pathlib import Path
 import time
+from pathlib import Path
 
 import msgpack
 import zmq
 from cryptography.fernet import Fernet
+from helpers import ctl, get_json, get_text, metric, wait_for
 
 from infraetl import config, schema, wire
 from infraetl.localcluster import LocalCluster
-
-from helpers import ctl, get_json, get_text, metric, wait_for
-
 
 SAMPLE = json.loads((Path(__file__).parent / "data" / "randomuser-sample.json").read_text())["results"]
 EMPTY = schema.to_columns([])

@@ -13,13 +13,13 @@ import os
 import shutil
 import stat
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+from nettools import REPO, run, wheelhouse
 
 from infraetl import config
-from nettools import REPO, run, wheelhouse
 
 INSTALL = REPO / "bin" / "infraetl-install"
 
@@ -53,7 +53,8 @@ def fleet_key() -> str:
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory, fleet_key: str) -> Iterator[tuple[Path, subprocess.CompletedProcess[str]]]:
+def installed(tmp_path_factory: pytest.TempPathFactory,
+              fleet_key: str) -> Iterator[tuple[Path, subprocess.CompletedProcess[str]]]:
     """One consumer installed from scratch; tests that change it work on a copy."""
     root = tmp_path_factory.mktemp("root")
     proc = install(root, "consumer", "--peer", "10.0.0.1", key=fleet_key)

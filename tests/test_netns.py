@@ -14,15 +14,14 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
-from infraetl.localcluster import Daemon, wait_for, write_key_file
-
 from helpers import figures_without_times
 from nettools import ADDR_A, ADDR_B, NS_A, NS_B, TwoHosts, run, two_hosts
+
+from infraetl.localcluster import Daemon, wait_for, write_key_file
 
 pytestmark = pytest.mark.netns
 
@@ -52,7 +51,7 @@ class Pipeline:
             self.env, root / "producer.log")
         self.url = f"http://{ADDR_B}:8000/"
 
-    def start(self) -> "Pipeline":
+    def start(self) -> Pipeline:
         self.consumer.start()
         self.producer.start()
         return self

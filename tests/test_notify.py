@@ -17,8 +17,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -42,7 +42,7 @@ class NotifyListener:
         self.sock.settimeout(timeout)
         try:
             data, anc, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(12))
-        except socket.timeout:
+        except TimeoutError:
             return None
         pid = 0
         for level, kind, payload in anc:
@@ -147,7 +147,7 @@ def test_ready_after_bind_then_watchdog_then_stopping(role: str, listener: Notif
 
     # WATCHDOG=1 at half of WATCHDOG_USEC (0.15 s), from the main loop.
     pings = [listener.wait_for("WATCHDOG", 5)[0] for _ in range(4)]
-    gaps = [b - a for a, b in zip(pings, pings[1:])]
+    gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
     assert all(0.1 <= g <= 1.0 for g in gaps), gaps
     assert all(m[1] == proc.pid for m in listener.messages)
 
@@ -245,7 +245,8 @@ def test_notifier_refreshes_status_from_a_summary() -> None:
         n.summary = lambda: "3 runs complete"
         n.ping()
         n.ping()  # unchanged text: not sent again
-        assert lst.receive(0.5)[2] == {"STATUS": "3 runs complete"}
+        got = lst.receive(0.5)
+        assert got is not None and got[2] == {"STATUS": "3 runs complete"}
         assert lst.receive(0.2) is None
     finally:
         lst.close()

@@ -13,12 +13,12 @@ from __future__ import annotations
 import re
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
+from nettools import ADDR_A, ADDR_B, NS_B, REPO, Container, TwoHosts, require_root, require_tools, two_hosts, wheelhouse
 
 from infraetl import config
-from nettools import ADDR_A, ADDR_B, NS_B, REPO, Container, TwoHosts, require_root, require_tools, two_hosts, wheelhouse
 
 pytestmark = [pytest.mark.systemd, pytest.mark.slow]
 
@@ -126,7 +126,9 @@ def test_both_units_are_active_and_hardened(deployment: Deployment) -> None:
         # Type=notify: "running" only after READY=1; the STATUS= line is what systemctl shows.
         assert state["SubState"] == "running" and state["StatusText"], state
         out = box.exec(["systemd-analyze", "security", "--no-pager", f"infraetl-{role}.service"]).stdout
-        score = float(re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out).group(1))
+        m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out)
+        assert m, out
+        score = float(m.group(1))
         print(f"infraetl-{role}.service (loaded, in the container): exposure {score}")
         assert score <= 2.0
         # DynamicUser=: not root; the key arrives as a credential only the service can read.
@@ -257,6 +259,7 @@ def test_uninstall_removes_the_service(deployment: Deployment) -> None:
     d = deployment
     p = d.producer
     p.exec([INSTALL, "--uninstall", "producer"])
-    assert p.exec(["systemctl", "is-active", "infraetl-producer"], check=False).stdout.strip() in ("inactive", "unknown")
+    state = p.exec(["systemctl", "is-active", "infraetl-producer"], check=False).stdout.strip()
+    assert state in ("inactive", "unknown")
     assert p.exec(["test", "-e", "/opt/infraetl"], check=False).returncode == 1
     assert p.exec(["test", "-e", "/etc/infraetl/etl-key"]).returncode == 0  # kept unless --purge

@@ -7,9 +7,9 @@ import random
 import string
 from pathlib import Path
 
-from infraetl.localcluster import LocalCluster
-
 from helpers import ctl, get_text
+
+from infraetl.localcluster import LocalCluster
 
 SAMPLE = json.loads((Path(__file__).parent / "data" / "randomuser-sample.json").read_text())["results"]
 

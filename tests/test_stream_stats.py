@@ -122,6 +122,13 @@ def test_exact_figures_equal_plain_computations(users: list[dict[str, Any]]) -> 
         assert row["std"] == pytest.approx(float(np.std(group)), rel=1e-12, abs=1e-12)
 
 
+def test_registration_years_from_any_iso_form() -> None:
+    users = userfactory.sample_users()
+    api = summary(users).figures()["registration_years"]
+    users[0]["registered"]["date"] = "2002-12-18T08:57:58Z"  # valid, not the API's 24 characters
+    assert summary(users).figures()["registration_years"] == api == {"2002": 1, "2009": 1, "2011": 1, "2024": 1}
+
+
 def test_figures_of_nobody() -> None:
     f = StatsSummary.empty().figures()
     assert f["total_users"] == 0

@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from nettools import REPO, require_tools
 
 ROLES = ("producer", "consumer")

@@ -13,8 +13,9 @@ users both times.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 User = dict[str, Any]
 #: A record check: takes API users, returns (good users, rejections by reason).
