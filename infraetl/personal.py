@@ -60,9 +60,6 @@ _EMAIL_SEPS = str.maketrans("_-+", "...")
 _NOT_DIGIT_BYTES = bytes(b for b in range(256) if not 48 <= b <= 57)
 
 
-_COMPACT_DROP = (" ", "'", "-", "\u2019")
-
-
 def compact(lowered: str) -> str:
     """Drop the spaces, apostrophes and hyphens people leave out of a typed name."""
     if lowered.isalnum():
@@ -180,14 +177,6 @@ def _tokens(values: list[str]) -> list[str]:
     return [v or NO_TOKEN for v in lowered] if "" in lowered else lowered
 
 
-def _compact_all(lowered: list[str]) -> list[str]:
-    """:func:`compact` of each (C-level passes; a no-op on alphanumeric names)."""
-    out: Iterable[str] = lowered
-    for ch in _COMPACT_DROP:
-        out = map(str.replace, out, repeat(ch), repeat(""))
-    return list(out)
-
-
 def _email_hits(pwls: list[str], emails: list[str]) -> set[int]:
     """Users with a part (:data:`MIN_TOKEN`+ characters) of their e-mail's local part in ``pwls``.
 
@@ -216,7 +205,8 @@ def suspects(
     user, from the password's cached forms: ``tail2s`` its trailing two
     digits (else NO_TOKEN), ``long_runs`` its digit runs of 4+ joined by
     spaces ("" if none), ``leet_forms`` its de-leeted form ("" if the same).
-    A name that :func:`compact` changes is tested in both forms.
+    A name that :func:`compact` changes is tested in both forms; the
+    e-mail's parts are tested exactly.
     """
     fl, ll, ul = _tokens(firsts), _tokens(lasts), _tokens(usernames)
     look = _hits(map(contains, pwls, fl))
@@ -227,13 +217,18 @@ def suspects(
     look |= _hits(map(eq, tail2s, map(itemgetter(slice(2, 4)), dobs)))
     for names in (fl, ll):
         if not all(map(str.isalnum, names)):
-            # The compacted name (O'Brien -> obrien), plain, reversed and de-leeted.
-            fc = _tokens(_compact_all(names))
-            look |= _hits(map(contains, pwls, fc))
-            look |= _hits(map(contains, pwls, map(itemgetter(slice(None, None, -1)), fc)))
-            if any(leet_forms):
-                look |= _hits(map(contains, leet_forms, fc))
-    look |= _email_hits(pwls, emails)
+            # Few users: the compacted name (O'Brien -> obrien), plain, reversed, de-leeted.
+            for i in compress(count(), map(not_, map(str.isalnum, names))):
+                c = compact(names[i])
+                if c in pwls[i] or c[::-1] in pwls[i] or c in leet_forms[i]:
+                    look.add(i)
+    # An e-mail first.last@ has the names for parts (tested above); only the others
+    # are split (a third of the users: transliterated or shortened names).
+    expected = map(add, map(add, fl, repeat(".")), map(add, ll, repeat("@")))
+    odd = list(compress(count(), map(not_, map(str.startswith, emails, expected))))
+    if odd:
+        sub = _email_hits([pwls[i] for i in odd], [emails[i] for i in odd])
+        look.update(odd[j] for j in sub)
     cl = _tokens(cities)
     look |= _hits(map(contains, pwls, cl))
     for i in compress(count(), map(not_, map(str.isalnum, cl))):

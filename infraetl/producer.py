@@ -10,6 +10,7 @@ after a restart, everything the spool still holds.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -41,6 +42,20 @@ END_SEQ = -1        # the END (or ABORT) frame of a run; data batches are 1..N
 WORK_ENDPOINT = "inproc://infraetl-work"
 MAX_USERS = 10_000_000
 SOURCES = ("randomuser", "synthetic")
+#: Allocations between young-generation collections (the default is 700): see tune_gc.
+GC_GEN0_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """Collect garbage less often: a source allocates ~10 nested dicts per user.
+
+    Nearly all of them die by reference counting within a batch, yet at the
+    default threshold (700) the cyclic collector runs every ~60 users and
+    takes ~15% of the read path (measured on 500-user batches). The start-up
+    objects are frozen so that the rarer full collections do not rescan them.
+    """
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, 10, 10)
 
 
 def new_run_id() -> str:
@@ -253,6 +268,7 @@ class Producer:
         try:
             self._open_sockets()
             self._resume()
+            tune_gc()
             self.notifier.ready(self._status_line())
             poller = zmq.Poller()
             poller.register(self.control, zmq.POLLIN)

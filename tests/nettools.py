@@ -87,7 +87,9 @@ def require_tools(*tools: str, packages: Sequence[str] = ()) -> None:
         return
     if os.geteuid() == 0 and shutil.which("apt-get") and packages:
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        run(["apt-get", "install", "-y", "-qq", *packages], timeout=600, env=env)
+        if run(["apt-get", "install", "-y", "-qq", *packages], timeout=600, env=env, check=False).returncode:
+            run(["apt-get", "update", "-qq"], timeout=600, env=env)  # empty or stale package lists
+            run(["apt-get", "install", "-y", "-qq", *packages], timeout=600, env=env)
         missing = [t for t in tools if shutil.which(t) is None]
         if missing:
             raise AssertionError(f"installed {' '.join(packages)} but {' '.join(missing)} is still missing")
@@ -122,6 +124,10 @@ def wheelhouse() -> Path:
     src = _source_copy(Path(tempfile.mkdtemp(prefix="src-", dir=work)))
     pip = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check"]
     with _locked(deps.name):
+        for old in cache_dir().glob("wheels-*"):
+            # Wheels for metadata that changed more than a day ago: nobody needs them now.
+            if old.is_dir() and old != deps and time.time() - old.stat().st_mtime > 86400:
+                shutil.rmtree(old, ignore_errors=True)
         if not deps.is_dir():
             tmp = deps.with_name(deps.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)

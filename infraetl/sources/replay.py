@@ -18,8 +18,12 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
+from itertools import islice, repeat
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, BinaryIO
+
+import orjson
 
 from ..exceptions import ConfigError, SourceError
 from ..schema import NATIONALITIES
@@ -113,28 +117,35 @@ class Collector:
         """Take one page/chunk of raw records (in order); return the batches it completes."""
         if self.done or not records:
             return []
-        candidates: list[User] = []
-        raw_pos: list[int] = []             # candidate index -> position in records
+        candidates: list[User]
+        raw_pos: Sequence[int]              # candidate index -> position in records
         early: list[tuple[int, str]] = []   # (position, reason) of non-dict records
-        for i, rec in enumerate(records):
-            if isinstance(rec, dict):
-                candidates.append(rec)
-                raw_pos.append(i)
-            else:
-                early.append((i, rec.reason if isinstance(rec, Rejected) else "type:record"))
+        if all(map(isinstance, records, repeat(dict))):
+            candidates, raw_pos = list(records), range(len(records))
+        else:
+            candidates, raw_pos = [], []
+            for i, rec in enumerate(records):
+                if isinstance(rec, dict):
+                    candidates.append(rec)
+                    raw_pos.append(i)
+                else:
+                    early.append((i, rec.reason if isinstance(rec, Rejected) else "type:record"))
         good, checked = self.check(candidates) if candidates else ([], Counter())
         counts: Counter[str] = Counter(checked)
-        taken: list[User] = []
-        last: User | None = None
-        for user in good:
-            reason = self._reject(user)
-            if reason:
-                counts[reason] += 1
-                continue
-            taken.append(user)
-            if self.accepted + len(taken) >= self.want:
-                last = user
-                break
+        fast = self._take_all(good)
+        if fast is not None:
+            taken, last = fast
+        else:
+            taken, last = [], None
+            for user in good:
+                reason = self._reject(user)
+                if reason:
+                    counts[reason] += 1
+                    continue
+                taken.append(user)
+                if self.accepted + len(taken) >= self.want:
+                    last = user
+                    break
         cut = len(records)
         if last is not None:
             cut = self._trim(last, candidates, raw_pos, counts) or cut
@@ -148,6 +159,26 @@ class Collector:
         self._buffer.extend(taken)
         self.accepted += len(taken)
         return self._emit()
+
+    def _take_all(self, good: list[User]) -> tuple[list[User], User | None] | None:
+        """(taken, last) when :meth:`_reject` would pass every user needed; else None.
+
+        Whole-list passes for the common case (requested nationalities, new
+        unique uuids); anything else takes the per-user path for its reasons.
+        """
+        k = self.want - self.accepted
+        head = good[:k]
+        try:
+            uuids = list(map(itemgetter("uuid"), map(itemgetter("login"), head)))
+            if self.nat and not all(map(self.nat.__contains__, map(itemgetter("nat"), head))):
+                return None
+        except (KeyError, TypeError):
+            return None
+        if ("" in uuids or not all(map(isinstance, uuids, repeat(str)))
+                or len(set(uuids)) != len(uuids) or not self._seen.isdisjoint(uuids)):
+            return None
+        self._seen.update(uuids)
+        return head, head[-1] if len(head) == k else None
 
     def _reject(self, user: User) -> str | None:
         if self.nat:
@@ -163,7 +194,7 @@ class Collector:
         self._seen.add(uuid)
         return None
 
-    def _trim(self, last: User, candidates: list[User], raw_pos: list[int],
+    def _trim(self, last: User, candidates: list[User], raw_pos: Sequence[int],
               counts: Counter[str]) -> int | None:
         """Forget the checker's verdicts past the last user needed; return the cut position."""
         # Records after the N-th good user were never needed: counting them as
@@ -252,17 +283,25 @@ def _is_json_lines(f: BinaryIO) -> bool:
 
 
 def _json_lines(f: BinaryIO) -> Iterator[Any]:
+    loads = orjson.loads
     for line in f:
-        if not line.strip():
-            continue
         try:
-            value = json.loads(line)
+            value = loads(line)
         except ValueError:
-            yield Rejected("parse:line")
-            continue
-        if isinstance(value, dict) and isinstance(value.get("results"), list):
+            if not line.strip():
+                continue
+            # The standard parser takes what orjson refuses (lone surrogates,
+            # NaN, huge integers, UTF-16): the consumer judges those values.
+            try:
+                value = json.loads(line)
+            except ValueError:
+                yield Rejected("parse:line")
+                continue
+        if not isinstance(value, dict):
+            yield value
+        elif "results" in value and isinstance(value["results"], list):
             yield from value["results"]
-        elif isinstance(value, dict) and "error" in value and "login" not in value:
+        elif "error" in value and "login" not in value:
             yield Rejected("api_error:line")
         else:
             yield value
@@ -287,11 +326,5 @@ def _whole_document(f: BinaryIO, path: Path) -> list[Any]:
 
 
 def _chunked(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
-    chunk: list[Any] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
+    while chunk := list(islice(items, size)):
         yield chunk
