@@ -53,6 +53,7 @@ class Consumer:
         self.ctx = zmq.Context()
         self.signals = Signals()
         self.notifier = Notifier()
+        self.notifier.summary = self._status_line
         self.metrics = ConsumerMetrics()
         self._warn = RateLimitedLog(logger)
         self.store_error: str | None = None
@@ -112,6 +113,8 @@ class Consumer:
                         except zmq.Again:
                             break
                         self._on_frame(parts)
+                        # A backlog of 256 batches can outlast WatchdogSec: ping per batch.
+                        self.notifier.ping()
                         if self.store_error or self.signals.stop:
                             break
                 self.notifier.ping()

@@ -121,8 +121,16 @@ class ControlClient:
         """Send one command; return its result or raise ControlError / NotAuthorised."""
         self._seq += 1
         nonce = os.urandom(6).hex()
-        self._sock.send(self._sealer.seal(wire.make("control", nonce, self._seq, cmd=cmd, args=args)))
+        frame = self._sealer.seal(wire.make("control", nonce, self._seq, cmd=cmd, args=args))
         deadline = time.monotonic() + self._timeout
+        # IMMEDIATE=1 and no session (producer down, link cut, CURVE refused): a blocking
+        # send would wait forever; wait for a session at most as long as for the answer.
+        if not self._sock.poll(int(self._timeout * 1000), zmq.POLLOUT):
+            raise ControlError(
+                f"no answer from the producer at {self.endpoint} within {self._timeout:g}s; "
+                "is infraetl-producer running there?"
+            )
+        self._sock.send(frame, zmq.NOBLOCK)
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not self._sock.poll(int(left * 1000), zmq.POLLIN):

@@ -211,6 +211,7 @@ class Producer:
         self.ctx = zmq.Context()
         self.signals = Signals()
         self.notifier = Notifier()
+        self.notifier.summary = self._status_line
         self.rejects: Counter[str] = Counter()
         self._warn = RateLimitedLog(logger)
         # (run, seq) -> [frame, kind, users, last send attempt]
