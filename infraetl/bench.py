@@ -18,32 +18,22 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from . import config, schema, wire
 from .control import ControlClient, wait_run
 from .localcluster import LocalCluster
+from .soak import proc_status_mb
 
 
 def _peak_rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
+    return proc_status_mb(pid, "VmHWM") or None
 
 
 def _rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
+    return proc_status_mb(pid, "VmRSS") or None
 
 
 def generate(path: Path, users: int, seed: str = "bench") -> None:

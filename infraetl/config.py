@@ -25,8 +25,12 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .exceptions import KeyError_
+
+if TYPE_CHECKING:
+    from .wire import Sealer
 
 KEY_FIX = "run `infraetl-ctl keygen > FILE` and point ETL_ENCRYPTION_KEY_FILE at FILE (mode 0600)"
 
@@ -168,3 +172,19 @@ def new_key() -> str:
     from cryptography.fernet import Fernet
 
     return Fernet.generate_key().decode("ascii")
+
+
+def reload_sealer(current: Sealer, *, ttl: float, max_size: int) -> Sealer:
+    """Re-read the key files (SIGHUP); keep ``current`` and log why if they are unusable."""
+    import logging
+
+    from .wire import Sealer
+
+    log = logging.getLogger("infraetl.keys")
+    try:
+        keys = load_keys()
+    except KeyError_ as e:
+        log.error("SIGHUP: keeping the old keys: %s", e)
+        return current
+    log.info("SIGHUP: re-read %d key(s)", len(keys))
+    return Sealer(keys, ttl=ttl, max_size=max_size)

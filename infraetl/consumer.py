@@ -26,7 +26,7 @@ from . import wire
 from .audit import AuditSummary, fingerprint_key
 from .config import ConsumerSettings, split_bind
 from .daemon import Notifier, RateLimitedLog, Signals
-from .exceptions import InfraETLError, StoreError, WireError
+from .exceptions import StoreError, WireError
 from .faults import crash_point
 from .metrics import ConsumerMetrics
 from .sockets import bind, bound_endpoint, make_socket
@@ -306,15 +306,10 @@ class Consumer:
                 f"{int(self.metrics.runs._value.get())} runs complete")
 
     def _reload_keys(self) -> None:
-        from .config import load_keys
+        from .config import reload_sealer
 
         self.signals.reload = False
-        try:
-            keys = load_keys()
-            self.sealer = wire.Sealer(keys, ttl=self.s.token_ttl, max_size=self.s.max_frame)
-            logger.info("SIGHUP: re-read %d key(s)", len(keys))
-        except InfraETLError as e:
-            logger.error("SIGHUP: keeping the old keys: %s", e)
+        self.sealer = reload_sealer(self.sealer, ttl=self.s.token_ttl, max_size=self.s.max_frame)
 
 
 def main(argv: list[str] | None = None) -> None:

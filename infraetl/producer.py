@@ -395,15 +395,10 @@ class Producer:
             worker.join(timeout=2)
 
     def _reload_keys(self) -> None:
-        from .config import load_keys
+        from .config import reload_sealer
 
         self.signals.reload = False
-        try:
-            keys = load_keys()
-            self.sealer = wire.Sealer(keys, ttl=self.s.token_ttl, max_size=self.s.max_frame)
-            logger.info("SIGHUP: re-read %d key(s)", len(keys))
-        except InfraETLError as e:
-            logger.error("SIGHUP: keeping the old keys: %s", e)
+        self.sealer = reload_sealer(self.sealer, ttl=self.s.token_ttl, max_size=self.s.max_frame)
 
     def _status_line(self) -> str:
         return f"{len(self.workers)} run(s) active, {len(self.in_flight)} frame(s) awaiting ACK"

@@ -22,15 +22,20 @@ from .control import ControlClient
 from .localcluster import LocalCluster
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process, in MB (0 if it is gone)."""
+def proc_status_mb(pid: int, field: str) -> float:
+    """A memory field of /proc/PID/status (VmRSS, VmHWM) in MB; 0 if the process is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
     return 0.0
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, in MB (0 if it is gone)."""
+    return proc_status_mb(pid, "VmRSS")
 
 
 @dataclass
