@@ -99,7 +99,8 @@ def consumer_cli(state_dir: Path | None, log_level: str, **opts: Any) -> None:
             help="Seconds a run may take to fetch its users before it fails.")
 @env_option("--curve-secret", type=PATH, default=None, help="CURVE: this host's .key_secret file (turns CURVE on).")
 @env_option("--curve-server-key", type=PATH, default=None, help="CURVE: the consumer's public .key file.")
-@env_option("--curve-allow", type=PATH, default=None, help="CURVE: directory of public .key files of admitted ctl clients.")
+@env_option("--curve-allow", type=PATH, default=None,
+            help="CURVE: directory of public .key files of admitted ctl clients.")
 @env_option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
             help="Log level.")
 def producer_cli(state_dir: Path | None, log_level: str, **opts: Any) -> None:

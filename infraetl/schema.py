@@ -18,8 +18,9 @@ them. Picture URLs are dropped too (never shown, one third of the bytes).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 #: Nationality codes the RandomUser API v1.4 knows.
 NATIONALITIES: tuple[str, ...] = (
@@ -95,7 +96,7 @@ def to_columns(users: Iterable[dict[str, Any]]) -> Columns:
     """Flatten checked API users into a columnar batch (see module doc)."""
     users = list(users)
     cols: Columns = {}
-    for path, parts in zip(FIELD_PATHS, _SPLIT):
+    for path, parts in zip(FIELD_PATHS, _SPLIT, strict=False):
         if len(parts) == 1:
             key = parts[0]
             cols[path] = [u[key] for u in users]

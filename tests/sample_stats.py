@@ -37,7 +37,7 @@ def _figures(users: int, seed: int = 0) -> dict[str, Any]:
         "Switzerland": share(0.04), "Denmark": share(0.035),
     }
     nat_codes = ["US", "DE", "FR", "GB", "BR", "CA", "AU", "ES", "NL", "NO", "FI", "IE", "CH", "DK"]
-    nationalities = dict(zip(nat_codes, countries.values()))
+    nationalities = dict(zip(nat_codes, countries.values(), strict=False))
     top = ["soccer", "trustno1", "letmein", "qwerty123", "dragon", "sunshine",
            "monkey", "shadow", "master", "superman"]
     return {
@@ -175,7 +175,7 @@ def hostile_stats() -> dict[str, Any]:
         figures["top_cities"] = [{"value": h, "count": 9_000 + i, "max_count": 9_000 + i}
                                  for i, h in enumerate(HOSTILE)]
         audit["by_nationality"].update({h: {"users": 10, "weak": 5, "percent_weak": 50.0} for h in HOSTILE})
-    for run, h in zip(stats["runs"], HOSTILE):
+    for run, h in zip(stats["runs"], HOSTILE, strict=False):
         run["run_id"], run["source"], run["reason"] = h, h, h
     stats["last_run"]["run_id"] = HOSTILE[0]
     stats["last_run"]["source"] = HOSTILE[1]

@@ -59,7 +59,7 @@ def test_chart_is_accessible_svg_with_a_title_per_datum(draw: Draw) -> None:
     assert root.get("aria-label") == "Age by decade"
     got = titles(root)
     assert len(got) == len(ITEMS)
-    for (name, value), title in zip(ITEMS, got):
+    for (name, value), title in zip(ITEMS, got, strict=False):
         assert title.startswith(f"{name}: {charts.fmt_int(value)}")
 
 

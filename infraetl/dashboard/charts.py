@@ -254,10 +254,11 @@ def line_chart(items: Items, *, label: str, fmt: Formatter = fmt_int, x_title: s
     path = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
     parts.append(f'<polyline class="series" points="{path}" fill="none" stroke="{PALETTE[0]}" stroke-width="2"/>')
     parts.append(f'<g class="points" fill="{PALETTE[0]}">')
-    for (x, y), (name, value) in zip(points, items):
-        parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5"><title>{esc(name)}: {esc(fmt(value))}</title></circle>')
+    for (x, y), (name, value) in zip(points, items, strict=False):
+        title = f"<title>{esc(name)}: {esc(fmt(value))}</title>"
+        parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5">{title}</circle>')
     parts.append(f'</g><g class="lbl" fill="{_TEXT}" text-anchor="middle">')
-    for i, ((x, _), (name, _)) in enumerate(zip(points, items)):
+    for i, ((x, _), (name, _)) in enumerate(zip(points, items, strict=False)):
         if i % every == 0:
             parts.append(f'<text x="{x:.1f}" y="{base + 16}">{esc(_short(str(name), 8))}</text>')
     parts.append(f'</g><line class="axis" x1="{left}" x2="{width - right}" y1="{base}" y2="{base}" stroke="{_TEXT}"/>')

@@ -35,8 +35,6 @@ import re
 import tempfile
 from collections.abc import Callable
 from datetime import datetime, timezone
-
-UTC = timezone.utc  # datetime.UTC needs Python 3.11; we support 3.10
 from typing import Any
 
 import jinja2
@@ -45,6 +43,8 @@ from markupsafe import Markup
 from infraetl.dashboard import charts
 from infraetl.dashboard.charts import UNSAFE, fmt_int, fmt_num, fmt_pct
 from infraetl.pwshape import mask
+
+UTC = timezone.utc  # datetime.UTC needs Python 3.11; we support 3.10
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +189,8 @@ def _share_rows(items: list[tuple[str, float]], labels: dict[str, str] | None = 
                 total: float | None = None) -> list[dict[str, Any]]:
     # A share of all users, not of the rows shown: a top-10 must not add up to 100 %.
     total = total or sum(v for _, v in items) or 1.0
-    return [{"key": k, "cells": [((labels or {}).get(k, k), k), (fmt_int(v), v), (fmt_pct(100 * v / total), round(100 * v / total, 1))]}
+    return [{"key": k, "cells": [((labels or {}).get(k, k), k), (fmt_int(v), v),
+                                 (fmt_pct(100 * v / total), round(100 * v / total, 1))]}
             for k, v in items]
 
 
@@ -366,7 +367,8 @@ def _cards(f: dict[str, Any], masked: bool) -> list[dict[str, Any]]:
     return [
         card("total_users", "Users", fmt_int(users), f"{fmt_int(quarantined)} quarantined" if quarantined else None),
         card("average_age", "Average age", fmt_num(_num(age.get("mean"))),
-             f"median {fmt_num(_num(age.get('median')))} · {fmt_int(_num(age.get('min')))}–{fmt_int(_num(age.get('max')))}"
+             f"median {fmt_num(_num(age.get('median')))} · "
+             f"{fmt_int(_num(age.get('min')))}–{fmt_int(_num(age.get('max')))}"
              if age else None),
         card("top_gender", "Most frequent gender", gender[0][0] if gender else "–",
              fmt_pct(100 * gender[0][1] / gtotal) if gender else None),
@@ -375,7 +377,8 @@ def _cards(f: dict[str, Any], masked: bool) -> list[dict[str, Any]]:
              f"{fmt_pct(s)} shorter than 8" if (s := _num(plen.get("short_pct"))) is not None else None),
         card("password_length_range", "Password length min / max",
              f"{fmt_int(_num(plen.get('min')))} / {fmt_int(_num(plen.get('max')))}" if plen else "–"),
-        card("strong_share", "Strong passwords", fmt_pct(strong_pct), f"{fmt_int(strong)} strong" if strong is not None else None),
+        card("strong_share", "Strong passwords", fmt_pct(strong_pct),
+             f"{fmt_int(strong)} strong" if strong is not None else None),
         card("name_in_password", "Name in password", fmt_int(name_in), share(name_in)),
         card("birthyear_in_password", "Birth year in password", fmt_int(year_in), share(year_in)),
         card("username_in_password", "Username in password", fmt_int(user_in), share(user_in)),
@@ -431,8 +434,10 @@ def _context(doc: dict[str, Any], generated_at: float) -> dict[str, Any]:
     sub_last = "No run has completed yet."
     if last:
         sub_last = (f"Run {last.get('run_id', '?')} · {last.get('source', '?')} · "
-                    f"{fmt_int(_num(last.get('total_users')))} of {fmt_int(_num(last.get('requested')))} requested users")
-    sub_all = f"{fmt_int(complete)} complete run{'s' if complete != 1 else ''}" if complete else "No run has completed yet."
+                    f"{fmt_int(_num(last.get('total_users')))} of "
+                    f"{fmt_int(_num(last.get('requested')))} requested users")
+    sub_all = (f"{fmt_int(complete)} complete run{'s' if complete != 1 else ''}" if complete
+               else "No run has completed yet.")
     when = _num(generated_at)
     return {
         "generated_at": generated_at,
