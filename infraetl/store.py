@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,13 +85,15 @@ class Store:
             self._db.executescript(SCHEMA)
         except (sqlite3.Error, OSError) as e:
             raise StoreError(f"cannot open the state database {path}: {e}") from None
+        # run id -> (k, merged aggregates of batches 1..k), a cache of the committed partials.
+        self._live: dict[str, tuple[int, StatsSummary, AuditSummary]] = {}
 
     def close(self) -> None:
         """Close the database."""
         self._db.close()
 
     def _tx(self) -> _Tx:
-        return _Tx(self._db)
+        return _Tx(self._db, on_rollback=self._live.clear)
 
     # -- writes --
     def begin_run(self, run_id: str, *, producer: str, source: str, requested: int | None,
@@ -128,8 +130,23 @@ class Store:
                 "quarantined=quarantined+? WHERE run_id=?",
                 (delivered, kept, quarantined, run_id),
             )
+            self._merge_live(run_id, seq, stats, audit)
             complete = self._complete_if_ready(run_id)
         return Applied(duplicate=False, run_complete=complete)
+
+    def _merge_live(self, run_id: str, seq: int, stats: StatsSummary, audit: AuditSummary) -> None:
+        """Fold a batch into the run's in-memory aggregate, so END need not merge every partial.
+
+        The aggregate is kept only while batches arrive as 1, 2, 3, ...: top-k sketches depend
+        on the order of merges, and the figures must not depend on re-sends or restarts. Any
+        other arrival drops it, and END merges the partials from the database in seq order,
+        the very same left fold. ``_Tx`` drops it too if the transaction does not commit.
+        """
+        live = self._live.pop(run_id, None)
+        if seq == 1 and live is None:
+            self._live[run_id] = (1, StatsSummary.empty().merge(stats), audit)
+        elif live is not None and seq == live[0] + 1:
+            self._live[run_id] = (seq, live[1].merge(stats), live[2].merge(audit))
 
     def end_run(self, run_id: str, *, producer: str, batches: int, requested: int | None) -> Applied:
         """Record the END of a run; ``run_complete`` if this END completed it, ``duplicate`` if it
@@ -154,6 +171,7 @@ class Store:
                 (reason, time.time(), run_id),
             )
             self._db.execute("DELETE FROM batches WHERE run_id=?", (run_id,))
+        self._live.pop(run_id, None)
 
     def _complete_if_ready(self, run_id: str) -> bool:
         expected, applied = self._db.execute(
@@ -161,24 +179,19 @@ class Store:
         ).fetchone()
         if expected is None or applied < expected:
             return False
-        stats, audit = StatsSummary.empty(), AuditSummary.empty()
-        for s_blob, a_blob in self._db.execute(
-            "SELECT stats, audit FROM batches WHERE run_id=? ORDER BY seq", (run_id,)
-        ):
-            stats = stats.merge(StatsSummary.from_bytes(s_blob))
-            audit = audit.merge(AuditSummary.from_bytes(a_blob))
+        live = self._live.pop(run_id, None)
+        stats, audit = live[1:] if live is not None and live[0] == expected else self._merge_from_db(run_id)
         self._db.execute(
             "UPDATE runs SET state='complete', finished_at=?, stats=?, audit=? WHERE run_id=?",
             (time.time(), stats.to_bytes(), audit.to_bytes(), run_id),
         )
         cum = self._db.execute("SELECT runs, stats, audit FROM cumulative WHERE id=1").fetchone()
         if cum is None:
-            cum_runs, cum_stats, cum_audit = 0, StatsSummary.empty(), AuditSummary.empty()
+            cum_runs, cum_stats, cum_audit = 0, stats, audit  # already serialised for the run row
         else:
-            cum_runs, cum_stats, cum_audit = (cum[0], StatsSummary.from_bytes(cum[1]),
-                                              AuditSummary.from_bytes(cum[2]))
-        cum_stats = cum_stats.merge(stats)
-        cum_audit = cum_audit.merge(audit)
+            cum_runs = cum[0]
+            cum_stats = StatsSummary.from_bytes(cum[1]).merge(stats)
+            cum_audit = AuditSummary.from_bytes(cum[2]).merge(audit)
         self._db.execute(
             "INSERT OR REPLACE INTO cumulative (id, runs, stats, audit) VALUES (1, ?, ?, ?)",
             (cum_runs + 1, cum_stats.to_bytes(), cum_audit.to_bytes()),
@@ -186,6 +199,18 @@ class Store:
         # The partials are merged: keep the (run, seq) rows for idempotency, drop the blobs.
         self._db.execute("UPDATE batches SET stats=NULL, audit=NULL WHERE run_id=?", (run_id,))
         return True
+
+    def _merge_from_db(self, run_id: str) -> tuple[StatsSummary, AuditSummary]:
+        stats, audit = StatsSummary.empty(), None
+        for s_blob, a_blob in self._db.execute(
+            "SELECT stats, audit FROM batches WHERE run_id=? AND stats IS NOT NULL ORDER BY seq", (run_id,)
+        ):
+            stats = stats.merge(StatsSummary.from_bytes(s_blob))
+            # Start from the first partial, not from empty(): an empty summary is never
+            # "revealed", and merging into it would mask an opted-in plaintext audit.
+            part = AuditSummary.from_bytes(a_blob)
+            audit = part if audit is None else audit.merge(part)
+        return stats, audit if audit is not None else AuditSummary.empty()
 
     # -- reads --
     def run(self, run_id: str) -> dict[str, Any] | None:
@@ -238,8 +263,9 @@ class Store:
 class _Tx:
     """BEGIN IMMEDIATE ... COMMIT, with SQLite's errors as StoreError."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, on_rollback: Callable[[], None] = lambda: None) -> None:
         self._db = db
+        self._on_rollback = on_rollback
 
     def __enter__(self) -> None:
         try:
@@ -253,12 +279,14 @@ class _Tx:
                 self._db.execute("COMMIT")
                 return
             except sqlite3.Error as e:
+                self._on_rollback()
                 if self._db.in_transaction:  # a failed COMMIT may or may not have rolled back
                     try:
                         self._db.execute("ROLLBACK")
                     except sqlite3.Error:
                         pass
                 raise StoreError(f"state database write failed: {e}") from None
+        self._on_rollback()
         if self._db.in_transaction:
             try:
                 self._db.execute("ROLLBACK")

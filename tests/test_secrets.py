@@ -61,3 +61,18 @@ def test_no_plaintext_password_at_rest_or_served(cluster: LocalCluster, tmp_path
     for log in (cluster.consumer.log(), cluster.producer.log() if cluster.producer else ""):
         assert cluster.key_file.read_text().strip() not in log
         assert not any(pw in log for pw in secrets)
+
+
+def test_reveal_passwords_is_an_explicit_opt_in(tmp_path: Path) -> None:
+    users, _ = _users_with_secret_passwords(200)
+    src = tmp_path / "users.jsonl"
+    src.write_text("\n".join(json.dumps(u, ensure_ascii=False) for u in users))
+    with LocalCluster(tmp_path / "cluster", consumer_args=["--reveal-passwords"]) as c:
+        ctl(c, "start-run", "--users", "200", "--source", f"file:{src}")
+        status, _, body = get_text(c.url + "api/stats.json")
+        stats = json.loads(body)
+        assert stats["passwords_revealed"] is True
+        top = stats["last_run"]["audit"]["top_passwords"][0]["password"]
+        assert top == "Zq9!reusedSecretx7#Lp"  # reused by every 10th user: the operator asked to see it
+        _, _, page = get_text(c.url)
+        assert "plaintext" in page
