@@ -9,14 +9,13 @@ ACKed, a frame's bytes are dropped and only its bookkeeping row remains.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .exceptions import StoreError
+from .sqlite import Tx, open_db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -79,14 +78,7 @@ class Spool:
     """SQLite spool of one producer (used from one thread only)."""
 
     def __init__(self, path: Path) -> None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(path), isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(SCHEMA)
-        except (sqlite3.Error, OSError) as e:
-            raise StoreError(f"cannot open the spool {path}: {e}") from None
+        self._db = open_db(path, SCHEMA, synchronous="NORMAL", what="the spool")
 
     def close(self) -> None:
         """Close the database."""
@@ -176,16 +168,5 @@ class Spool:
             for r in rows
         ]
 
-    def _tx(self) -> _Tx:
-        return _Tx(self._db)
-
-
-class _Tx:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+    def _tx(self) -> Tx:
+        return Tx(self._db)

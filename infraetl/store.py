@@ -11,15 +11,14 @@ users pass). A consumer killed at any moment restarts into the same figures.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .audit import AuditSummary
-from .exceptions import StoreError
+from .sqlite import Tx, open_db
 from .stream_stats import StatsSummary
 
 SCHEMA = """
@@ -76,15 +75,8 @@ class Store:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(path), isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # FULL: an ACK promises the batch survives a power cut, not just a crash.
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
-        except (sqlite3.Error, OSError) as e:
-            raise StoreError(f"cannot open the state database {path}: {e}") from None
+        self._db = open_db(path, SCHEMA, synchronous="FULL", what="the state database")
+        # FULL: an ACK promises the batch survives a power cut, not just a crash.
         # run id -> (k, merged aggregates of batches 1..k), a cache of the committed partials.
         self._live: dict[str, tuple[int, StatsSummary, AuditSummary]] = {}
 
@@ -92,8 +84,8 @@ class Store:
         """Close the database."""
         self._db.close()
 
-    def _tx(self) -> _Tx:
-        return _Tx(self._db, on_rollback=self._live.clear)
+    def _tx(self) -> Tx:
+        return Tx(self._db, on_rollback=self._live.clear)
 
     # -- writes --
     def begin_run(self, run_id: str, *, producer: str, source: str, requested: int | None,
@@ -140,7 +132,7 @@ class Store:
         The aggregate is kept only while batches arrive as 1, 2, 3, ...: top-k sketches depend
         on the order of merges, and the figures must not depend on re-sends or restarts. Any
         other arrival drops it, and END merges the partials from the database in seq order,
-        the very same left fold. ``_Tx`` drops it too if the transaction does not commit.
+        the very same left fold. ``Tx`` drops it too if the transaction does not commit.
         """
         live = self._live.pop(run_id, None)
         if seq == 1 and live is None:
@@ -258,39 +250,3 @@ class Store:
         with self._tx():
             # A real page of data: a no-op write would succeed on a full disk.
             self._db.execute("INSERT OR REPLACE INTO probe (id, filler) VALUES (1, randomblob(16384))")
-
-
-class _Tx:
-    """BEGIN IMMEDIATE ... COMMIT, with SQLite's errors as StoreError."""
-
-    def __init__(self, db: sqlite3.Connection, on_rollback: Callable[[], None] = lambda: None) -> None:
-        self._db = db
-        self._on_rollback = on_rollback
-
-    def __enter__(self) -> None:
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as e:
-            raise StoreError(f"state database unavailable: {e}") from None
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            try:
-                self._db.execute("COMMIT")
-                return
-            except sqlite3.Error as e:
-                self._on_rollback()
-                if self._db.in_transaction:  # a failed COMMIT may or may not have rolled back
-                    try:
-                        self._db.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass
-                raise StoreError(f"state database write failed: {e}") from None
-        self._on_rollback()
-        if self._db.in_transaction:
-            try:
-                self._db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-        if isinstance(exc, sqlite3.Error):
-            raise StoreError(f"state database write failed: {exc}") from None

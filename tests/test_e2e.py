@@ -68,30 +68,22 @@ def _reference(cluster: LocalCluster, users: int, seed: str) -> dict:
 
 
 @pytest.mark.slow
-def test_kill9_consumer_mid_run_counts_every_user_once(cluster: LocalCluster) -> None:
-    users = 20000
-    run_id = _start(cluster, users, "crash-c")
+@pytest.mark.parametrize("role", ["consumer", "producer"])
+def test_kill9_mid_run_counts_every_user_once(cluster: LocalCluster, role: str) -> None:
+    users, seed = 20000, f"crash-{role}"
+    run_id = _start(cluster, users, seed)
     wait_for(lambda: metric(cluster, "infraetl_batches_applied_total") >= 5, 60, "some batches applied")
-    cluster.consumer.kill9()
-    cluster.restart_consumer()
+    if role == "consumer":
+        cluster.consumer.kill9()
+        cluster.restart_consumer()
+    else:
+        assert cluster.producer is not None
+        cluster.producer.kill9()
+        cluster.start_producer()
     ctl(cluster, "wait", run_id, "--timeout", "120")
     faulty = figures_without_times(get_json(cluster.url + "api/stats.json")["last_run"])
     assert faulty["total_users"] + faulty["quarantined"] == users
-    assert faulty == _reference(cluster, users, "crash-c")
-
-
-@pytest.mark.slow
-def test_kill9_producer_mid_run_counts_every_user_once(cluster: LocalCluster) -> None:
-    users = 20000
-    run_id = _start(cluster, users, "crash-p")
-    wait_for(lambda: metric(cluster, "infraetl_batches_applied_total") >= 5, 60, "some batches applied")
-    assert cluster.producer is not None
-    cluster.producer.kill9()
-    cluster.start_producer()
-    ctl(cluster, "wait", run_id, "--timeout", "120")
-    faulty = figures_without_times(get_json(cluster.url + "api/stats.json")["last_run"])
-    assert faulty["total_users"] + faulty["quarantined"] == users
-    assert faulty == _reference(cluster, users, "crash-p")
+    assert faulty == _reference(cluster, users, seed)
 
 
 def test_sigterm_exits_zero_quickly(cluster: LocalCluster) -> None:

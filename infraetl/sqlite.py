@@ -1,0 +1,61 @@
+"""SQLite plumbing the spool and the store share: opening, and one transaction at a time."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+from .exceptions import StoreError
+
+
+def open_db(path: Path, schema: str, *, synchronous: str, what: str) -> sqlite3.Connection:
+    """Open (and create) a WAL database in autocommit mode; errors become StoreError."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(str(path), isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={synchronous}")
+        db.executescript(schema)
+    except (sqlite3.Error, OSError) as e:
+        raise StoreError(f"cannot open {what} {path}: {e}") from None
+    return db
+
+
+class Tx:
+    """``BEGIN IMMEDIATE`` … ``COMMIT``, with SQLite's errors as StoreError.
+
+    ``on_rollback`` runs whenever the transaction does not commit, so a cache of what the
+    transaction did can be dropped with it.
+    """
+
+    def __init__(self, db: sqlite3.Connection, on_rollback: Callable[[], None] = lambda: None) -> None:
+        self._db = db
+        self._on_rollback = on_rollback
+
+    def __enter__(self) -> None:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise StoreError(f"state database unavailable: {e}") from None
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            try:
+                self._db.execute("COMMIT")
+                return
+            except sqlite3.Error as e:
+                self._on_rollback()
+                self._rollback()  # a failed COMMIT may or may not have rolled back
+                raise StoreError(f"state database write failed: {e}") from None
+        self._on_rollback()
+        self._rollback()
+        if isinstance(exc, sqlite3.Error):
+            raise StoreError(f"state database write failed: {exc}") from None
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
