@@ -27,7 +27,6 @@ import stat
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import zmq
 import zmq.auth
@@ -257,8 +256,3 @@ def create_keypair(directory: Path, name: str) -> tuple[Path, Path]:
     with os.fdopen(fd, "w") as f:
         f.write(_certificate(_PUBLIC_NOTE, public, None))
     return public_path, secret_path
-
-
-def describe(*paths: Any) -> str:
-    """'on' or 'off' for logs."""
-    return "on" if any(paths) else "off"

@@ -143,6 +143,7 @@ class LocalCluster:
         self.producer_args = producer_args or []
         self.consumer = self._consumer()
         self.producer: Daemon | None = None
+        self.producer_control: str | None = None   # kept across producer restarts
 
     def _consumer(self) -> Daemon:
         d = self.root / "consumer"
@@ -158,8 +159,6 @@ class LocalCluster:
                 "--data-connect", ep["data"], "--ack-connect", ep["ack"],
                 "--control-bind", self.producer_control or "tcp://127.0.0.1:*", *self.producer_args]
         return Daemon("producer", d, argv, self.env, self.root / "producer.log")
-
-    producer_control: str | None = None
 
     def start(self) -> LocalCluster:
         """Start the consumer, then the producer pointed at it."""

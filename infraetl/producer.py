@@ -247,7 +247,7 @@ class Producer:
                     self.producer_id, endpoints["control"], s.data_connect, s.ack_connect)
 
     def _resume(self) -> None:
-        for frame_run, seq, kind, frame, _sent in self.spool.unacked():
+        for frame_run, seq, kind, frame in self.spool.unacked():
             self.in_flight[(frame_run, seq)] = [frame, kind, 0, 0.0]
         for run in self.spool.unfinished_runs():
             if not run.ended:

@@ -37,7 +37,6 @@ CREATE TABLE IF NOT EXISTS frames (
     kind     TEXT NOT NULL,
     users    INTEGER NOT NULL,
     frame    BLOB,                        -- NULL once ACKed
-    sent_at  REAL,                        -- last send attempt
     acked    INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (run_id, seq)
 );
@@ -112,10 +111,6 @@ class Spool:
             elif kind in ("end", "abort"):
                 self._db.execute("UPDATE runs SET ended=1 WHERE run_id=?", (run_id,))
 
-    def mark_sent(self, run_id: str, seq: int, when: float) -> None:
-        """Remember the last send attempt."""
-        self._db.execute("UPDATE frames SET sent_at=? WHERE run_id=? AND seq=?", (when, run_id, seq))
-
     def ack(self, run_id: str, seq: int) -> bool:
         """Mark a frame ACKed and drop its bytes; True if it was not ACKed before."""
         cur = self._db.execute(
@@ -135,10 +130,10 @@ class Spool:
             (state, reason, url, time.time(), run_id),
         )
 
-    def unacked(self) -> Iterator[tuple[str, int, str, bytes, float | None]]:
-        """Every frame still waiting for an ACK: (run, seq, kind, frame, sent_at)."""
+    def unacked(self) -> Iterator[tuple[str, int, str, bytes]]:
+        """Every frame still waiting for an ACK: (run, seq, kind, frame)."""
         yield from self._db.execute(
-            "SELECT run_id, seq, kind, frame, sent_at FROM frames WHERE acked=0 ORDER BY run_id, seq"
+            "SELECT run_id, seq, kind, frame FROM frames WHERE acked=0 ORDER BY run_id, seq"
         ).fetchall()
 
     def unfinished_runs(self) -> list[RunRow]:

@@ -127,11 +127,6 @@ class Sealer:
         self._sealing = Fernet(keys[0])
         self._ring = {key_id(k): Fernet(k) for k in reversed(keys)}
 
-    @property
-    def max_size(self) -> int:
-        """Largest frame accepted, in bytes."""
-        return self._max
-
     def seal(self, msg: Message, *, at: float | None = None) -> bytes:
         """Encode and encrypt ``msg`` into one frame."""
         plain = msgpack.packb(msg, use_bin_type=True)
