@@ -52,65 +52,71 @@ def _serve(make: Callable[[], Any]) -> None:
 
 STATE_HELP = "State directory (default: $STATE_DIRECTORY, else ${XDG_STATE_HOME:-~/.local/state}/infraetl/ROLE)."
 PATH = click.Path(path_type=Path)
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+state_dir_option = env_option("--state-dir", type=PATH, default=None, help=STATE_HELP, show_default=False)
+token_ttl_option = env_option("--token-ttl", type=float, default=config.TOKEN_TTL,
+                              help="Seconds a sealed frame stays acceptable.")
+max_frame_option = env_option("--max-frame", type=int, default=config.MAX_FRAME, help="Largest frame, in bytes.")
+curve_secret_option = env_option("--curve-secret", type=PATH, default=None,
+                                 help="CURVE: this host's .key_secret file (turns CURVE on).")
+log_level_option = env_option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
+                              help="Log level.")
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@env_option("--state-dir", type=PATH, default=None, help=STATE_HELP, show_default=False)
-@env_option("--data-bind", default=config.DATA_BIND, help="ZeroMQ PULL endpoint for data batches.")
-@env_option("--ack-bind", default=config.ACK_BIND, help="ZeroMQ PUB endpoint for ACKs.")
-@env_option("--http-bind", default=config.HTTP_BIND, help="HOST:PORT of the dashboard (port 0: any free port).")
-@env_option("--public-url", default=None, help="Dashboard URL to report to operators (default: from --http-bind).")
-@env_option("--token-ttl", type=float, default=config.TOKEN_TTL, help="Seconds a sealed frame stays acceptable.")
-@env_option("--max-frame", type=int, default=config.MAX_FRAME, help="Largest frame accepted, in bytes.")
-@env_option("--reveal-passwords/--no-reveal-passwords", default=False,
-            help="DANGER: show top passwords in plaintext on the dashboard and API (off: masked).")
-@env_option("--curve-secret", type=PATH, default=None, help="CURVE: this host's .key_secret file (turns CURVE on).")
-@env_option("--curve-allow", type=PATH, default=None, help="CURVE: directory of public .key files of admitted peers.")
-@env_option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
-            help="Log level.")
-def consumer_cli(state_dir: Path | None, log_level: str, **opts: Any) -> None:
-    """Run the infraetl consumer in the foreground (systemd supervises it)."""
-    from .consumer import Consumer
+def _run(role: str, settings_cls: Any, daemon_cls: Any, state_dir: Path | None, log_level: str,
+         opts: dict[str, Any]) -> None:
+    """Set up logging, load the key, build the settings and serve ``daemon_cls``."""
     from .daemon import setup_logging
 
     setup_logging(log_level)
     keys = _load_keys_or_exit()
-    settings = config.ConsumerSettings(
-        state_dir=state_dir or config.default_state_dir("consumer"), keys=keys, **opts
-    )
-    _serve(lambda: Consumer(settings))
+    settings = settings_cls(state_dir=state_dir or config.default_state_dir(role), keys=keys, **opts)
+    _serve(lambda: daemon_cls(settings))
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@env_option("--state-dir", type=PATH, default=None, help=STATE_HELP, show_default=False)
+@click.command(context_settings=CONTEXT)
+@state_dir_option
+@env_option("--data-bind", default=config.DATA_BIND, help="ZeroMQ PULL endpoint for data batches.")
+@env_option("--ack-bind", default=config.ACK_BIND, help="ZeroMQ PUB endpoint for ACKs.")
+@env_option("--http-bind", default=config.HTTP_BIND, help="HOST:PORT of the dashboard (port 0: any free port).")
+@env_option("--public-url", default=None, help="Dashboard URL to report to operators (default: from --http-bind).")
+@token_ttl_option
+@max_frame_option
+@env_option("--reveal-passwords/--no-reveal-passwords", default=False,
+            help="DANGER: show top passwords in plaintext on the dashboard and API (off: masked).")
+@curve_secret_option
+@env_option("--curve-allow", type=PATH, default=None, help="CURVE: directory of public .key files of admitted peers.")
+@log_level_option
+def consumer_cli(state_dir: Path | None, log_level: str, **opts: Any) -> None:
+    """Run the infraetl consumer in the foreground (systemd supervises it)."""
+    from .consumer import Consumer
+
+    _run("consumer", config.ConsumerSettings, Consumer, state_dir, log_level, opts)
+
+
+@click.command(context_settings=CONTEXT)
+@state_dir_option
 @env_option("--data-connect", default=config.DATA_CONNECT, help="Consumer's data (PULL) endpoint.")
 @env_option("--ack-connect", default=config.ACK_CONNECT, help="Consumer's ACK (PUB) endpoint.")
 @env_option("--control-bind", default=config.CONTROL_BIND, help="ZeroMQ ROUTER endpoint for infraetl-ctl.")
 @env_option("--api-url", default=config.API_URL, help="RandomUser API base URL.")
 @env_option("--producer-id", default="", help="This producer's id (ACK topic); default: the host name.",
             show_default=False)
-@env_option("--token-ttl", type=float, default=config.TOKEN_TTL, help="Seconds a sealed frame stays acceptable.")
-@env_option("--max-frame", type=int, default=config.MAX_FRAME, help="Largest frame, in bytes.")
+@token_ttl_option
+@max_frame_option
 @env_option("--batch-size", type=click.IntRange(1, 5000), default=config.BATCH_SIZE, help="Users per batch.")
 @env_option("--resend-after", type=click.FloatRange(0.05), default=config.RESEND_AFTER,
             help="Seconds without an ACK before a batch is sent again.")
 @env_option("--window", type=click.IntRange(1, 100000), default=config.WINDOW, help="UnACKed batches in flight.")
-@env_option("--run-deadline", type=click.FloatRange(1), default=600.0,
+@env_option("--run-deadline", type=click.FloatRange(1), default=config.RUN_DEADLINE,
             help="Seconds a run may take to fetch its users before it fails.")
-@env_option("--curve-secret", type=PATH, default=None, help="CURVE: this host's .key_secret file (turns CURVE on).")
+@curve_secret_option
 @env_option("--curve-server-key", type=PATH, default=None, help="CURVE: the consumer's public .key file.")
 @env_option("--curve-allow", type=PATH, default=None,
             help="CURVE: directory of public .key files of admitted ctl clients.")
-@env_option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
-            help="Log level.")
+@log_level_option
 def producer_cli(state_dir: Path | None, log_level: str, **opts: Any) -> None:
     """Run the infraetl producer in the foreground (systemd supervises it)."""
-    from .daemon import setup_logging
     from .producer import Producer
 
-    setup_logging(log_level)
-    keys = _load_keys_or_exit()
-    settings = config.ProducerSettings(
-        state_dir=state_dir or config.default_state_dir("producer"), keys=keys, **opts
-    )
-    _serve(lambda: Producer(settings))
+    _run("producer", config.ProducerSettings, Producer, state_dir, log_level, opts)

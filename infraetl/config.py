@@ -48,6 +48,7 @@ MAX_FRAME = 16 * 1024 * 1024  # bytes; a 500-user batch is ~150 KB
 BATCH_SIZE = 500
 RESEND_AFTER = 5.0          # seconds without ACK before a batch is sent again
 WINDOW = 64                 # unACKed batches in flight per producer
+RUN_DEADLINE = 600.0        # seconds a run may spend fetching before it fails
 
 
 def default_state_dir(role: str, env: Mapping[str, str] | None = None) -> Path:
@@ -94,7 +95,7 @@ class ProducerSettings:
     batch_size: int = BATCH_SIZE
     resend_after: float = RESEND_AFTER
     window: int = WINDOW
-    run_deadline: float = 600.0
+    run_deadline: float = RUN_DEADLINE
     curve_secret: Path | None = None
     curve_server_key: Path | None = None
     curve_allow: Path | None = None
