@@ -47,6 +47,14 @@ def _finish_and_compare(c: LocalCluster, run_id: str, reference: dict) -> None:
     assert get_json(c.url + "api/stats.json")["cumulative"]["total_users"] == USERS
 
 
+def _mid_run(c: LocalCluster, role: str) -> tuple[str, Daemon | None]:
+    """Start both daemons and a run; return it and the daemon ``role`` once batches flow."""
+    c.start()
+    run_id = _start(c)
+    wait_for(lambda: metric(c, "infraetl_batches_applied_total") >= 3, 60, "some batches applied")
+    return run_id, c.consumer if role == "consumer" else c.producer
+
+
 def _start(c: LocalCluster) -> str:
     return ctl(c, "start-run", "--users", str(USERS), "--seed", SEED, "--no-wait").stdout.strip()
 
@@ -80,10 +88,7 @@ def test_producer_killed_between_spool_and_send(faulty: LocalCluster, reference:
 @pytest.mark.slow
 @pytest.mark.parametrize("role", ["consumer", "producer"])
 def test_sigstop_longer_than_resend_timeout(faulty: LocalCluster, reference: dict, role: str) -> None:
-    faulty.start()
-    run_id = _start(faulty)
-    wait_for(lambda: metric(faulty, "infraetl_batches_applied_total") >= 3, 60, "some batches applied")
-    victim = faulty.consumer if role == "consumer" else faulty.producer
+    run_id, victim = _mid_run(faulty, role)
     assert victim is not None
     victim.signal(signal.SIGSTOP)
     # Longer than --resend-after (1 s): the other side re-sends or waits, and must not give up.
@@ -98,10 +103,7 @@ def test_sigstop_longer_than_resend_timeout(faulty: LocalCluster, reference: dic
 @pytest.mark.slow
 @pytest.mark.parametrize("role", ["consumer", "producer"])
 def test_sigterm_mid_run_exits_clean_and_loses_nothing(faulty: LocalCluster, reference: dict, role: str) -> None:
-    faulty.start()
-    run_id = _start(faulty)
-    wait_for(lambda: metric(faulty, "infraetl_batches_applied_total") >= 3, 60, "some batches applied")
-    victim = faulty.consumer if role == "consumer" else faulty.producer
+    run_id, victim = _mid_run(faulty, role)
     assert victim is not None and victim.proc is not None
     t = time.monotonic()
     victim.signal(signal.SIGTERM)
