@@ -103,20 +103,26 @@ def empty_chart(label: str, width: int = 420, height: int = 120) -> Markup:
     )
 
 
+def _plot_area(items: Items, width: int, height: int, x_title: str, *, right: int
+               ) -> tuple[int, int, float, float, list[float], float, float, int]:
+    """Geometry of a chart with a y axis: left, top, plot size, ticks, y scale, baseline, x-label step."""
+    left, top = 52, 16
+    bottom = 36 + (16 if x_title else 0)
+    plot_w, plot_h = width - left - right, height - top - bottom
+    ticks = nice_ticks(max(v for _, v in items))
+    every = max(1, math.ceil(len(items) / (plot_w / 34)))  # keep x labels from overlapping
+    return left, top, plot_w, plot_h, ticks, plot_h / ticks[-1], top + plot_h, every
+
+
 def _columns(items: Items, *, label: str, fmt: Formatter, x_title: str, y_title: str,
              gap: float, kind: str, width: int, height: int) -> Markup:
     """Vertical columns with a y axis; ``gap`` is the share of a slot left empty."""
     if not items:
         return empty_chart(label, width)
-    left, right, top = 52, 8, 16
-    bottom = 36 + (16 if x_title else 0)
-    plot_w, plot_h = width - left - right, height - top - bottom
-    ticks = nice_ticks(max(v for _, v in items))
-    scale = plot_h / ticks[-1]
+    right = 8
+    left, top, plot_w, plot_h, ticks, scale, base, every = _plot_area(items, width, height, x_title, right=right)
     slot = plot_w / len(items)
     bar_w = max(slot * (1 - gap), 1.0)
-    every = max(1, math.ceil(len(items) / (plot_w / 34)))  # keep x labels from overlapping
-    base = top + plot_h
     parts = [_open(width, height, label, kind), f'<g class="grid" stroke="{_GRID}">']
     for t in ticks:
         y = base - t * scale
@@ -233,14 +239,9 @@ def line_chart(items: Items, *, label: str, fmt: Formatter = fmt_int, x_title: s
     """A line through the items in order, one titled point each."""
     if not items:
         return empty_chart(label, width)
-    left, right, top = 52, 12, 16
-    bottom = 36 + (16 if x_title else 0)
-    plot_w, plot_h = width - left - right, height - top - bottom
-    ticks = nice_ticks(max(v for _, v in items))
-    scale = plot_h / ticks[-1]
+    right = 12
+    left, top, plot_w, plot_h, ticks, scale, base, every = _plot_area(items, width, height, x_title, right=right)
     step = plot_w / max(len(items) - 1, 1)
-    base = top + plot_h
-    every = max(1, math.ceil(len(items) / (plot_w / 34)))
     points = [(left + (i * step if len(items) > 1 else plot_w / 2), base - max(v, 0) * scale)
               for i, (_, v) in enumerate(items)]
     parts = [_open(width, height, label, "line"), f'<g class="grid" stroke="{_GRID}">']
