@@ -302,8 +302,8 @@ class Consumer:
         self.notifier.status(self._status_line())
 
     def _status_line(self) -> str:
-        return (f"{int(self.metrics.batches._value.get())} batches applied, "
-                f"{int(self.metrics.runs._value.get())} runs complete")
+        return (f"{self.metrics.value('infraetl_batches_applied_total'):.0f} batches applied, "
+                f"{self.metrics.value('infraetl_runs_completed_total'):.0f} runs complete")
 
     def _reload_keys(self) -> None:
         from .config import reload_sealer

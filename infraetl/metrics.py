@@ -31,6 +31,10 @@ class ConsumerMetrics:
         """Add time to a stage."""
         self.stage_seconds.labels(name).inc(seconds)
 
+    def value(self, sample: str) -> float:
+        """The current value of one sample (public API, not a counter's internals)."""
+        return self.registry.get_sample_value(sample) or 0.0
+
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
