@@ -228,13 +228,9 @@ class RateLimitedLog:
 
     def warning(self, reason: str, msg: str, *args: object) -> None:
         """Log ``msg`` for ``reason`` unless one was logged in the last period."""
-        now = time.monotonic()
-        last = self._last.get(reason)
-        if last is not None and now - last < self._period:
-            self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
+        if not self.allow(reason):
             return
         skipped = self._suppressed.pop(reason, 0)
-        self._last[reason] = now
         if skipped:
             self._log.warning(msg + " (%d more like this since the last report)", *args, skipped)
         else:
