@@ -66,8 +66,9 @@ log_level_option = env_option("--log-level", default="INFO", type=click.Choice([
 def _run(role: str, settings_cls: Any, daemon_cls: Any, state_dir: Path | None, log_level: str,
          opts: dict[str, Any]) -> None:
     """Set up logging, load the key, build the settings and serve ``daemon_cls``."""
-    from .daemon import setup_logging
+    from .daemon import MALLOC, setup_logging
 
+    MALLOC.tune()
     setup_logging(log_level)
     keys = _load_keys_or_exit()
     settings = settings_cls(state_dir=state_dir or config.default_state_dir(role), keys=keys, **opts)

@@ -25,7 +25,7 @@ import zmq
 from . import wire
 from .audit import AuditSummary, fingerprint_key
 from .config import ConsumerSettings, split_bind
-from .daemon import Notifier, RateLimitedLog, Signals
+from .daemon import MALLOC, Notifier, RateLimitedLog, Signals
 from .exceptions import StoreError, WireError
 from .faults import crash_point
 from .metrics import ConsumerMetrics
@@ -233,6 +233,7 @@ class Consumer:
             self.metrics.runs.inc()
             logger.info("run %s complete: %d users kept, %d quarantined; dashboard re-rendered",
                         run_id, row.get("kept", 0), row.get("quarantined", 0))
+            MALLOC.release()  # the run's aggregates are gone: give their memory back
         self._ack({"run": run_id, "seq": -1, "producer": row.get("producer") or msg["producer"]},
                   "end", "complete", url=self.url, applied=row.get("kept", 0))
 

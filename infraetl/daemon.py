@@ -235,3 +235,46 @@ class RateLimitedLog:
             self._log.warning(msg + " (%d more like this since the last report)", *args, skipped)
         else:
             self._log.warning(msg, *args)
+
+
+class Malloc:
+    """glibc's allocator, tuned for a long-running daemon (a no-op elsewhere).
+
+    Measured on the 1,000,000-user soak: with glibc's defaults the consumer
+    kept ~50 MB more after a run than its state needs. Two causes: frames of
+    a few hundred KB stop being ``mmap``-ed once glibc's *dynamic* threshold
+    has risen, and then sit in arenas that fragment; and every thread that
+    allocates (ZeroMQ's I/O thread, the HTTP server) gets an arena of its own.
+    So: a fixed mmap threshold (big buffers go back to the OS when freed), two
+    arenas, and :meth:`release` (``malloc_trim``) after each run.
+    """
+
+    M_ARENA_MAX = -8
+    M_MMAP_THRESHOLD = -3
+    MMAP_THRESHOLD = 128 * 1024
+
+    def __init__(self) -> None:
+        self._libc = None
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallopt, libc.malloc_trim  # noqa: B018 — glibc, not musl
+            self._libc = libc
+        except (OSError, AttributeError):
+            pass
+
+    def tune(self) -> None:
+        """Set the options; call before the daemon starts its threads."""
+        if self._libc is not None:
+            self._libc.mallopt(self.M_ARENA_MAX, 2)
+            self._libc.mallopt(self.M_MMAP_THRESHOLD, self.MMAP_THRESHOLD)
+
+    def release(self) -> None:
+        """Give the free memory at the top of each heap back to the OS."""
+        if self._libc is not None:
+            self._libc.malloc_trim(0)
+
+
+#: The process's allocator (one per process; see :class:`Malloc`).
+MALLOC = Malloc()

@@ -7,8 +7,8 @@ each docstring). zxcvbn (``zxcvbn-rs-py``, ~14x faster than the Python
 port, and it does not crash on ``""``) adds a guess-based score 0–4.
 
 zxcvbn is the expensive part (50–200 µs a call, growing faster than linearly
-with length), so :func:`cached_strength` runs it once per distinct password
-in a bounded process-wide LRU, without user inputs, on at most
+with length), so the audit runs it once per distinct password (in
+``pwinfo``'s bounded process-wide cache), without user inputs, on at most
 :data:`ZXCVBN_CAP` characters. The audit lowers the score itself when it
 finds personal information (see ``audit``), instead of calling zxcvbn per
 user with user inputs, which would cost ~170 µs for every user.
@@ -20,7 +20,6 @@ import math
 import re
 import string
 from collections.abc import Iterable
-from functools import lru_cache
 
 import zxcvbn_rs_py
 
@@ -45,8 +44,9 @@ ZXCVBN_CAP = 32
 #: First look: a random prefix this long already scores 4 (~1e11 guesses);
 #: measured cheapest of 10–16 on random 8–16 character passwords.
 ZXCVBN_PREFIX = 11
-#: Distinct passwords cached (~1.4 KB each with the audit's PasswordInfo: ~45 MB full).
-CACHE_SIZE = 1 << 15
+#: Distinct passwords the audit caches (``pwinfo``; ~0.6 KB each: ~10 MB full). Common
+#: passwords recur far more often than 16k distinct others pass, so they stay cached.
+CACHE_SIZE = 1 << 14
 
 _LOWER_ONLY = re.compile(r"[a-z]+")
 _NUMBERS_ONLY = re.compile(r"\d+")
@@ -174,8 +174,3 @@ def zxcvbn_strength(password: str, user_inputs: Iterable[str] = ()) -> tuple[int
     r = zxcvbn_rs_py.zxcvbn(password[:ZXCVBN_CAP], user_inputs=inputs)
     return int(r.score), float(r.guesses_log10)
 
-
-@lru_cache(maxsize=CACHE_SIZE)
-def cached_strength(password: str) -> tuple[int, float]:
-    """:func:`zxcvbn_strength` without user inputs, once per distinct password."""
-    return zxcvbn_strength(password)

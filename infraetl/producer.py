@@ -28,7 +28,7 @@ import zmq
 
 from . import schema, wire
 from .config import ProducerSettings
-from .daemon import Notifier, RateLimitedLog, Signals
+from .daemon import MALLOC, Notifier, RateLimitedLog, Signals
 from .exceptions import InfraETLError, SourceError, WireError
 from .faults import crash_point
 from .sockets import bind, bound_endpoint, connect, make_socket
@@ -371,6 +371,7 @@ class Producer:
         if msg["of"] == "end" and msg["status"] == "complete":
             self.spool.finish(run_id, "complete", url=msg.get("url"))
             logger.info("run %s complete: %s users on %s", run_id, msg.get("applied"), msg.get("url"))
+            MALLOC.release()
 
     def _on_control(self, parts: list[bytes]) -> None:
         from .control import handle_control

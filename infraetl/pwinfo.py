@@ -20,6 +20,7 @@ import hmac
 import sys
 from functools import lru_cache
 from hashlib import sha256
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -37,6 +38,7 @@ CACHE_MAX_LEN = 256
 #: Domain separation: a base word's fingerprint never equals a password's.
 BASE_DOMAIN = "\x00base\x00"
 _KEYED: dict[bytes, hmac.HMAC] = {}
+T = TypeVar("T")
 
 
 def fingerprint_key(fernet_key_bytes: bytes) -> bytes:
@@ -79,11 +81,15 @@ class PasswordInfo:
     )
 
     def __init__(self, password: str) -> None:
+        # Tens of thousands of these live in the cache: every derived string equal to one
+        # already held is that object, and the small-domain ones (masks, the agg tuple) are
+        # shared between passwords (see :func:`_shared`).
         pwl = password.lower()
-        self.lower = pwl
-        self.deleeted = pwshape.deleet(pwl)
+        pwl = self.lower = password if pwl == password else pwl
+        deleeted = pwshape.deleet(pwl)
+        self.deleeted = pwl if deleeted == pwl else deleeted
         # "" when de-leeting changes nothing: no token is in "".
-        self.leet_form = self.deleeted if self.deleeted != pwl else ""
+        self.leet_form = "" if self.deleeted is pwl else self.deleeted
         self.runs = pwshape.digit_runs(password)
         self.tail = self.runs[-1] if self.runs and password.endswith(self.runs[-1]) else ""
         self.tail2 = self.tail if len(self.tail) == 2 and len(password) > 2 else NO_TOKEN
@@ -97,19 +103,20 @@ class PasswordInfo:
         # Sums in integer milli-bits merge exactly, in any order.
         self.charset_milli = round(bits * 1000)
         self.shannon_milli = round(entropy.shannon_entropy(password) * 1000)
-        score, guesses = entropy.cached_strength(password)
+        score, guesses = entropy.zxcvbn_strength(password)
         self.zx_score = score
         self.guesses_milli = round(guesses * 1000)
-        self.hashcat = pwshape.hashcat_mask(password)
-        self.base = pwshape.base_word(password)
-        self.base_masked = pwshape.mask(self.base)
-        self.masked = pwshape.mask(password) if password else ""
+        self.hashcat = _shared(pwshape.hashcat_mask(password))
+        base = pwshape.base_word(password)
+        self.base = pwl if base == pwl else base
+        self.base_masked = _shared(pwshape.mask(base))
+        self.masked = _shared(pwshape.mask(password)) if password else ""
         #: The small-domain figures, counted together (one dict update per password).
-        self.agg = (entropy.complexity(password), self.strong,
-                    min(int(bits // HIST_STEP), HIST_BINS - 1), score,
-                    sys.intern(pwshape.length_bucket(password)),
-                    sys.intern(pwshape.charset_name(password)),
-                    pwshape.trailing_digits(password))
+        self.agg = _shared((entropy.complexity(password), self.strong,
+                            min(int(bits // HIST_STEP), HIST_BINS - 1), score,
+                            sys.intern(pwshape.length_bucket(password)),
+                            sys.intern(pwshape.charset_name(password)),
+                            pwshape.trailing_digits(password)))
         #: (fp_key, fingerprint, base-word fingerprint) for the last key used; one
         #: tuple, so a thread switching keys never pairs a key with another's fp.
         self.keyed: tuple[bytes, bytes, bytes | None] = (b"", b"", None)
@@ -121,6 +128,21 @@ class PasswordInfo:
             base_fp = fingerprint(fp_key, BASE_DOMAIN + self.base) if self.base else None
             keyed = self.keyed = (fp_key, fingerprint(fp_key, password), base_fp)
         return keyed
+
+
+_SHARED: dict[Any, Any] = {}
+#: Distinct small values shared by :func:`_shared` before the table starts over.
+SHARED_CAP = 1 << 16
+
+
+def _shared(value: T) -> T:
+    """One object per distinct value (masks, agg tuples): a bounded ``sys.intern`` for any hashable."""
+    got = _SHARED.get(value)
+    if got is None:
+        if len(_SHARED) >= SHARED_CAP:
+            _SHARED.clear()
+        got = _SHARED[value] = value
+    return got
 
 
 @lru_cache(maxsize=entropy.CACHE_SIZE)

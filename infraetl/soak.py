@@ -84,7 +84,7 @@ def run_soak(users: int, *, interval: float = 1.0, workdir: Path | None = None,
     import urllib.request
 
     with tempfile.TemporaryDirectory(prefix="infraetl-soak-") as tmp:
-        cluster = LocalCluster((workdir or Path(tmp)) / "cluster", producer_args=["--window", "128"])
+        cluster = LocalCluster((workdir or Path(tmp)) / "cluster", producer_args=[])
         cluster.start()
         try:
             assert cluster.producer is not None

@@ -103,7 +103,7 @@ def test_most_secure_excludes_passwords_with_personal_information() -> None:
     assert best["score"] == 10 + 4 * 3
     assert best["classes"] == ["lower", "upper", "digit", "punctuation"]
     assert best["length"] == 10
-    assert best["zxcvbn_score"] == entropy.cached_strength("Zq8!mK2#pL")[0]
+    assert best["zxcvbn_score"] == entropy.zxcvbn_strength("Zq8!mK2#pL")[0]
 
 
 def test_most_secure_counts_a_password_held_by_one_user_without_personal_info() -> None:
@@ -157,7 +157,7 @@ def test_personal_information_kinds(user: dict[str, Any], kinds: set[str]) -> No
 
 def test_personal_information_lowers_the_zxcvbn_score() -> None:
     strong = "Kawawhanga!Zq8mK2#pL"
-    assert entropy.cached_strength(strong)[0] == 4
+    assert entropy.zxcvbn_strength(strong)[0] == 4
     assert figures({"login.password": strong})["zxcvbn_score"]["1"] == 1
     f = figures({"login.password": strong, "location.city": "Lyon"})
     assert f["zxcvbn_score"]["4"] == 1
@@ -237,7 +237,7 @@ def reference(rows: list[dict[str, Any]]) -> dict[str, Any]:
         for k in found:
             kinds[k] += 1
         kinds["any"] += bool(found)
-        score = entropy.cached_strength(pw)[0]
+        score = entropy.zxcvbn_strength(pw)[0]
         zx[min(score, 1) if found else score] += 1
         if not any(o):
             cand = (entropy.secure_score(pw), fingerprint(KEY, pw), pw)

@@ -95,12 +95,21 @@ def test_zxcvbn_is_capped_on_long_passwords() -> None:
     assert entropy.zxcvbn_strength("Xk9#mQ2$vL7!" + "a" * 100)[0] == 4
 
 
-def test_cached_strength_runs_zxcvbn_once_per_password() -> None:
-    entropy.cached_strength("Unique-For-This-Test-1")
-    hits = entropy.cached_strength.cache_info().hits
-    assert entropy.cached_strength("Unique-For-This-Test-1") == entropy.zxcvbn_strength(
-        "Unique-For-This-Test-1")
-    assert entropy.cached_strength.cache_info().hits == hits + 1
+def test_password_info_is_computed_once_per_password_and_shares_small_values() -> None:
+    from infraetl import pwinfo
+
+    first = pwinfo.password_info("Unique-For-This-Test-1")
+    hits = pwinfo._cached_info.cache_info().hits
+    assert pwinfo.password_info("Unique-For-This-Test-1") is first
+    assert pwinfo._cached_info.cache_info().hits == hits + 1
+    assert (first.zx_score, first.guesses_milli / 1000) == pytest.approx(
+        entropy.zxcvbn_strength("Unique-For-This-Test-1"), abs=1e-3)
+    # Bounded memory: equal derived values are one object, not one per cached password.
+    other = pwinfo.password_info("Uniquely-Odd-Passwrd-1")
+    assert first.masked == other.masked and first.masked is other.masked
+    assert first.agg == other.agg and first.agg is other.agg
+    plain = pwinfo.password_info("already lowercase")
+    assert plain.lower is plain.deleeted and plain.leet_form == ""
 
 
 @pytest.mark.parametrize(("password", "masked"), [

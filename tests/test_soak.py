@@ -17,3 +17,27 @@ def test_soak_100k_exact_and_bounded() -> None:
     # Bounded state: memory after 100k users is close to memory after the first 10k.
     assert d["consumer_rss_mb"]["after_10k"] is not None
     assert d["consumer_rss_mb"]["end"] - d["consumer_rss_mb"]["after_10k"] < 50
+
+
+@pytest.mark.slow
+def test_bench_command_reports_every_figure_from_a_real_run() -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "infraetl.ctl", "bench", "--users", "3000", "--json"],
+                         capture_output=True, text=True, timeout=600, check=True)
+    r = json.loads(out.stdout)["median"]
+    # Both runs (cold, then warm through the same daemons) delivered every user.
+    assert r["users"] == r["applied_users"] == 3000
+    assert r["batches"] == 6 and r["batch_size"] == 500
+    assert r["end_to_end_users_per_s"] > 0 and r["warm_end_to_end_users_per_s"] > 0
+    assert set(r["consumer_stages_s"]) >= {"open", "validate", "stats", "audit", "commit", "render"}
+    assert set(r["producer_stages_s"]) >= {"read", "seal", "spool", "send"}
+    assert all(v > 0 for v in r["consumer_stages_s"].values())
+    assert r["consumer_over_floor"] == pytest.approx(r["consumer_total_s"] / r["floor_s"], rel=0.05)
+    # Caches were warm for the second run: its audit cost less than the first's.
+    assert r["warm_consumer_stages_s"]["audit"] < r["consumer_stages_s"]["audit"]
+    assert r["peer_users_per_s"] > 0 and r["speedup_vs_peer"] > 0
+    assert r["peak_rss_mb"]["consumer"] > 0 and r["peak_rss_mb"]["producer"] > 0
+    assert 0 < r["render_ms"] < 1000
