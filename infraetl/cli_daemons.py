@@ -87,6 +87,8 @@ def _run(role: str, settings_cls: Any, daemon_cls: Any, state_dir: Path | None, 
             help="DANGER: show top passwords in plaintext on the dashboard and API (off: masked).")
 @curve_secret_option
 @env_option("--curve-allow", type=PATH, default=None, help="CURVE: directory of public .key files of admitted peers.")
+@env_option("--zxcvbn-workers", type=click.IntRange(0, 1), default=1,
+            help="Helper processes scoring passwords ahead of the audit (0: in the daemon itself).")
 @log_level_option
 def consumer_cli(state_dir: Path | None, log_level: str, **opts: Any) -> None:
     """Run the infraetl consumer in the foreground (systemd supervises it)."""

@@ -77,6 +77,7 @@ class ConsumerSettings:
     archive: bool = False
     curve_secret: Path | None = None
     curve_allow: Path | None = None
+    zxcvbn_workers: int = 1
 
 
 @dataclass(frozen=True)

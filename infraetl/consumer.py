@@ -29,6 +29,8 @@ from .daemon import MALLOC, Notifier, RateLimitedLog, Signals
 from .exceptions import StoreError, WireError
 from .faults import crash_point
 from .metrics import ConsumerMetrics
+from .pwinfo import add_strengths
+from .scorer import Scorer
 from .sockets import bind, bound_endpoint, make_socket
 from .store import Store
 from .stream_stats import StatsSummary
@@ -38,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 STAGES = ("open", "validate", "stats", "audit", "commit", "render")
 STORE_RETRY = 2.0  # seconds between attempts to write while the disk is failing
+#: Frames opened together, so the zxcvbn helper scores a group's passwords ahead of its audit.
+LOOKAHEAD = 4
 
 
 class Consumer:
@@ -60,6 +64,7 @@ class Consumer:
         self._retry_at = 0.0
         self.url = ""
         self.server: Any = None
+        self.scorer = Scorer(settings.zxcvbn_workers, on_failure=self._scorer_failed)
 
     # -- set-up --
     def _open(self) -> None:
@@ -107,16 +112,7 @@ class Consumer:
                 else:
                     events = dict(poller.poll(100))
                 if self.data in events:
-                    for _ in range(256):
-                        try:
-                            parts = self.data.recv_multipart(zmq.NOBLOCK, copy=True)
-                        except zmq.Again:
-                            break
-                        self._on_frame(parts)
-                        # A backlog of 256 batches can outlast WatchdogSec: ping per batch.
-                        self.notifier.ping()
-                        if self.store_error or self.signals.stop:
-                            break
+                    self._drain()
                 self.notifier.ping()
                 if self.signals.reload:
                     self._reload_keys()
@@ -126,6 +122,7 @@ class Consumer:
         finally:
             if self.server is not None:
                 self.server.close()
+            self.scorer.close()
             for sock in ("data", "acks"):
                 if hasattr(self, sock):
                     getattr(self, sock).close()
@@ -141,22 +138,55 @@ class Consumer:
         while time.monotonic() < end and not self.signals.stop:
             time.sleep(0.02)
 
-    def _on_frame(self, parts: list[bytes]) -> None:
+    def _drain(self) -> None:
+        """Handle up to 256 waiting frames, :data:`LOOKAHEAD` at a time.
+
+        Each group is opened first and its batches' passwords go to the zxcvbn helper, which
+        scores them while this thread validates and aggregates the first of them. Frames of a
+        group left when the store fails or SIGTERM arrives are dropped unACKed: the producer
+        re-sends them.
+        """
+        handled = 0
+        while handled < 256:
+            group = []
+            for _ in range(LOOKAHEAD):
+                try:
+                    group.append(self.data.recv_multipart(zmq.NOBLOCK, copy=True))
+                except zmq.Again:
+                    break
+            if not group:
+                return
+            opened = [self._open_frame(parts) for parts in group]
+            tickets = [self.scorer.prefetch(msg["cols"].get("login.password") or ())
+                       if msg is not None and msg["kind"] == "data" else None for msg in opened]
+            for msg, ticket in zip(opened, tickets, strict=True):
+                if msg is not None:
+                    self._on_message(msg, ticket)
+                handled += 1
+                # A backlog of 256 batches can outlast WatchdogSec: ping per batch.
+                self.notifier.ping()
+                if self.store_error or self.signals.stop:
+                    return
+
+    def _open_frame(self, parts: list[bytes]) -> dict[str, Any] | None:
+        """The message in a frame, or None (counted by reason) if it is not a good one."""
         if len(parts) != 1:
             self._reject("multipart", "multi-part message on the data socket")
-            return
-        frame = parts[0]
+            return None
         t0 = time.perf_counter()
         try:
-            msg = self.sealer.open(frame)
+            msg = self.sealer.open(parts[0])
         except WireError as e:
             self._reject(e.reason, str(e))
-            return
+            return None
         self.metrics.stage("open", time.perf_counter() - t0)
+        return msg
+
+    def _on_message(self, msg: dict[str, Any], ticket: int | None = None) -> None:
         kind = msg["kind"]
         try:
             if kind == "data":
-                self._on_data(msg)
+                self._on_data(msg, ticket)
             elif kind == "begin":
                 self.store.begin_run(msg["run"], producer=msg["producer"], source=msg["source"],
                                      requested=msg["requested"],
@@ -172,7 +202,7 @@ class Consumer:
             else:
                 self._reject("bad_schema", f"{kind} message on the data socket")
         except StoreError as e:
-            self._store_failed(e, frame)
+            self._store_failed(e)
         except Exception:
             # A bug must not kill the daemon. The batch is not ACKed, so the producer keeps
             # it and re-sends it: nothing is lost, and a fixed consumer will apply it.
@@ -181,7 +211,7 @@ class Consumer:
                 logger.exception("internal error handling a %s frame of run %s; not ACKed",
                                  kind, msg.get("run"))
 
-    def _on_data(self, msg: dict[str, Any]) -> None:
+    def _on_data(self, msg: dict[str, Any], ticket: int | None = None) -> None:
         run_id, seq = msg["run"], msg["seq"]
         t = time.perf_counter()
         checked = validate_columns(msg["cols"])
@@ -193,6 +223,7 @@ class Consumer:
         stats.add_counts(quarantine=quarantine, warnings=checked.warnings)
         t2 = time.perf_counter()
         self.metrics.stage("stats", t2 - t)
+        add_strengths(self.scorer.take(ticket))
         audit = AuditSummary.from_columns(checked.cols, self.fp_key, reveal=self.s.reveal_passwords)
         t3 = time.perf_counter()
         self.metrics.stage("audit", t3 - t2)
@@ -251,7 +282,7 @@ class Consumer:
         self._warn.warning(reason, "rejected frame (%s): %s", reason, detail)
 
     # -- failure of the store (disk full, read-only) --
-    def _store_failed(self, e: StoreError, frame: bytes) -> None:
+    def _store_failed(self, e: StoreError) -> None:
         if self.store_error is None:
             logger.error("cannot commit, not ACKing until the state directory is writable again: %s", e)
         self.store_error = str(e)
@@ -271,6 +302,11 @@ class Consumer:
         logger.info("state directory writable again; resuming")
         self.store_error = None
         self.metrics.store_ok.set(1)
+
+    def _scorer_failed(self, why: str) -> None:
+        self.metrics.scorer_failures.inc()
+        if self._warn.allow("scorer"):
+            logger.warning("%s; scoring passwords in-process until it is back", why)
 
     def _health(self) -> tuple[int, dict[str, Any]]:
         if self.store_error:

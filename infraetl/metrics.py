@@ -26,6 +26,9 @@ class ConsumerMetrics:
         self.store_ok = Gauge("infraetl_store_writable", "1 while the state database accepts writes",
                               registry=r)
         self.store_ok.set(1)
+        self.scorer_failures = Counter("infraetl_zxcvbn_helper_failures",
+                                       "Times the zxcvbn helper process died or hung (then restarted)",
+                                       registry=r)
 
     def stage(self, name: str, seconds: float) -> None:
         """Add time to a stage."""

@@ -103,7 +103,8 @@ class PasswordInfo:
         # Sums in integer milli-bits merge exactly, in any order.
         self.charset_milli = round(bits * 1000)
         self.shannon_milli = round(entropy.shannon_entropy(password) * 1000)
-        score, guesses = entropy.zxcvbn_strength(password)
+        got = _PRECOMPUTED.pop(password, None)
+        score, guesses = got if got is not None else entropy.zxcvbn_strength(password)
         self.zx_score = score
         self.guesses_milli = round(guesses * 1000)
         self.hashcat = _shared(pwshape.hashcat_mask(password))
@@ -128,6 +129,19 @@ class PasswordInfo:
             base_fp = fingerprint(fp_key, BASE_DOMAIN + self.base) if self.base else None
             keyed = self.keyed = (fp_key, fingerprint(fp_key, password), base_fp)
         return keyed
+
+
+#: zxcvbn results computed ahead by the consumer's helper process (``scorer``), taken once.
+_PRECOMPUTED: dict[str, tuple[int, float]] = {}
+
+
+def add_strengths(scores: dict[str, tuple[int, float]]) -> None:
+    """Offer zxcvbn results computed elsewhere (by the same function) for the next batch.
+
+    They replace the previous batch's: by then whatever that batch saw is in the cache.
+    """
+    _PRECOMPUTED.clear()
+    _PRECOMPUTED.update(scores)
 
 
 _SHARED: dict[Any, Any] = {}

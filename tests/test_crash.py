@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -114,3 +115,45 @@ def test_sigterm_mid_run_exits_clean_and_loses_nothing(faulty: LocalCluster, ref
     else:
         faulty.start_producer()
     _finish_and_compare(faulty, run_id, reference)
+
+
+def _helper_pid(consumer: Daemon) -> int | None:
+    """The consumer's zxcvbn helper: its spawned child (not multiprocessing's resource tracker)."""
+    assert consumer.proc is not None
+    pid = consumer.proc.pid
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return None
+    for child in children:
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmdline:
+            return int(child)
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSTOP])
+def test_zxcvbn_helper_killed_or_hung_mid_run(faulty: LocalCluster, reference: dict, sig: int) -> None:
+    """The helper only saves time: without it the consumer scores in-process, same figures."""
+    run_id, _ = _mid_run(faulty, "consumer")
+    pid = wait_for(lambda: _helper_pid(faulty.consumer), 30, "the zxcvbn helper")
+    os.kill(pid, sig)
+    _finish_and_compare(faulty, run_id, reference)
+    # The run may end before the consumer next needs its helper; the next run certainly does.
+    ctl(faulty, "start-run", "--users", "1000", "--seed", "after-helper-fault")
+    assert metric(faulty, "infraetl_zxcvbn_helper_failures_total") == 1
+    assert faulty.consumer.alive()
+    # Killed (or found hung and killed) and not yet replaced: at most one restart per 10 s.
+    assert not Path(f"/proc/{pid}").exists() or _helper_pid(faulty.consumer) != pid
+
+
+@pytest.mark.slow
+def test_consumer_without_the_helper_gives_the_same_figures(tmp_path: Path, reference: dict) -> None:
+    with LocalCluster(tmp_path / "cluster", key_file=reference["key_file"],
+                      consumer_args=["--zxcvbn-workers", "0"]) as c:
+        _finish_and_compare(c, _start(c), reference)
+        assert _helper_pid(c.consumer) is None
