@@ -7,7 +7,8 @@ statistics and audit partials, commit them in one transaction keyed by
 (run, seq), then ACK. When a run has every batch its END named, the
 dashboard is re-rendered and the END is ACKed with the dashboard's URL.
 The HTTP server runs in its own threads and only reads what the main thread
-hands it.
+hands it. One helper process (``scorer``) runs zxcvbn on the passwords of
+the next few batches while the main thread works on the current one.
 """
 
 from __future__ import annotations

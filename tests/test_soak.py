@@ -36,6 +36,9 @@ def test_bench_command_reports_every_figure_from_a_real_run() -> None:
     assert set(r["producer_stages_s"]) >= {"read", "seal", "spool", "send"}
     assert all(v > 0 for v in r["consumer_stages_s"].values())
     assert r["consumer_over_floor"] == pytest.approx(r["consumer_total_s"] / r["floor_s"], rel=0.05)
+    # The zxcvbn helper did the first-seen passwords' work, and the report counts it.
+    assert r["consumer_helper_cpu_s"] > 0
+    assert r["consumer_with_helper_over_floor"] > r["consumer_over_floor"]
     # Caches were warm for the second run: its audit cost less than the first's.
     assert r["warm_consumer_stages_s"]["audit"] < r["consumer_stages_s"]["audit"]
     assert r["peer_users_per_s"] > 0 and r["speedup_vs_peer"] > 0
