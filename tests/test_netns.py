@@ -115,7 +115,7 @@ def test_300_users_across_the_link_exact(pipeline: Pipeline) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("outage", ["link-down", "nft-drop"])
 def test_link_cut_mid_run_longer_than_the_resend_timeout(outage: str, pipeline: Pipeline, hosts: TwoHosts) -> None:
-    users, seed = 10000, f"cut-{outage}"
+    users, seed = 50000, f"cut-{outage}"  # enough that the cut surely lands mid-run
     run_id = pipeline.ctl("start-run", "--users", str(users), "--seed", seed, "--no-wait").stdout.strip()
     wait_for(lambda: pipeline.applied_batches() >= 3, 60, "the first batches to land")
     if outage == "link-down":
