@@ -19,8 +19,11 @@ child of the same daemon (same user, same sandbox); nothing is written.
 from __future__ import annotations
 
 import logging
-import multiprocessing
+import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -78,43 +81,52 @@ class Scorer:
             return True
         if not self.enabled or time.monotonic() < self._restart_at:
             return False
-        ctx = multiprocessing.get_context("spawn")  # never fork a process with ZeroMQ threads
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_serve, args=(child,), name="infraetl-zxcvbn", daemon=True)
+        # A fresh interpreter that imports only this module (not fork: ZeroMQ has threads; not
+        # multiprocessing's spawn, which re-imports the daemon's whole __main__), and without
+        # the key in its environment: it has no use for it.
+        ours, theirs = socket.socketpair()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_ENCRYPTION_KEY")}
         try:
-            proc.start()
+            proc = subprocess.Popen([sys.executable, "-m", "infraetl.scorer", str(theirs.fileno())],
+                                    pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
+                                    close_fds=True)
         except OSError as e:
+            ours.close()
             self._fail(f"cannot start the zxcvbn helper: {e}")
             return False
         finally:
-            child.close()
-        self._conn, self._proc = parent, proc
+            theirs.close()
+        self._conn, self._proc = Connection(ours.detach()), proc
         return True
 
     def _fail(self, why: str) -> None:
         """Forget the helper and everything it owed; the audit computes in-process."""
         if self._proc is not None:
             self._proc.kill()
-            self._proc.join(1)
+            self._reap(1)
         if self._conn is not None:
             self._conn.close()
-        self._conn = self._proc = None
+        self._conn = None
         self._pending.clear()
         self._inflight.clear()
         self._restart_at = time.monotonic() + RESTART_EVERY
         self._on_failure(why)
 
+    def _reap(self, timeout: float) -> None:
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
+
     def close(self) -> None:
-        """Stop the helper (it also exits by itself when the pipe closes)."""
+        """Stop the helper: it exits by itself when the socket closes."""
         if self._conn is not None:
             self._conn.close()
             self._conn = None
         if self._proc is not None:
-            self._proc.join(2)
-            if self._proc.is_alive():
-                self._proc.kill()
-                self._proc.join(1)
-            self._proc = None
+            self._reap(2)
 
     @property
     def pid(self) -> int | None:
@@ -172,3 +184,7 @@ class Scorer:
         self._done.update(zip(passwords, results, strict=True))
         self._inflight.difference_update(passwords)
         return True
+
+
+if __name__ == "__main__":  # the helper: python -m infraetl.scorer FD
+    _serve(Connection(int(sys.argv[1])))

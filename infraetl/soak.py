@@ -38,6 +38,15 @@ def rss_mb(pid: int) -> float:
     return proc_status_mb(pid, "VmRSS")
 
 
+def children_rss_mb(pid: int) -> float:
+    """Resident memory of a process's live children (the consumer's zxcvbn helper), in MB."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return 0.0
+    return sum(rss_mb(int(c)) for c in children)
+
+
 @dataclass
 class Sample:
     """One observation during the soak."""
@@ -59,6 +68,7 @@ class SoakResult:
     applied: int = 0
     total_users: int = 0
     rss_after_10k: float | None = None
+    helper_rss: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready figures."""
@@ -69,7 +79,8 @@ class SoakResult:
             "users_per_s": round(self.users / self.seconds) if self.seconds else None,
             "consumer_rss_mb": {"start": round(first.consumer_rss, 1), "after_10k": self.rss_after_10k,
                                 "end": round(last.consumer_rss, 1),
-                                "max": round(max(s.consumer_rss for s in self.samples), 1)},
+                                "max": round(max(s.consumer_rss for s in self.samples), 1),
+                                "helper_at_end": round(self.helper_rss, 1)},
             "producer_rss_mb": {"start": round(first.producer_rss, 1), "end": round(last.producer_rss, 1),
                                 "max": round(max(s.producer_rss for s in self.samples), 1)},
             "timeline": [{"t": round(s.t, 1), "applied": s.applied, "consumer_rss_mb": round(s.consumer_rss, 1)}
@@ -107,6 +118,7 @@ def run_soak(users: int, *, interval: float = 1.0, workdir: Path | None = None,
                         break
                     time.sleep(interval)
                 result.seconds = time.monotonic() - t0
+                result.helper_rss = children_rss_mb(cluster.consumer.pid)
                 result.state = row["state"]
                 result.applied = row["applied_users"] or 0
             with urllib.request.urlopen(cluster.url + "api/stats.json", timeout=30) as r:
@@ -134,5 +146,5 @@ def format_timeline(result: SoakResult, slices: int = 10) -> str:
                  f"dashboard total {result.total_users:,}")
     c = d["consumer_rss_mb"]
     lines.append(f"consumer RSS: start {c['start']} MB, after 10k users {c['after_10k']} MB, end {c['end']} MB, "
-                 f"max {c['max']} MB")
+                 f"max {c['max']} MB; its zxcvbn helper {c['helper_at_end']} MB at the end")
     return "\n".join(lines)

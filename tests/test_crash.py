@@ -118,7 +118,7 @@ def test_sigterm_mid_run_exits_clean_and_loses_nothing(faulty: LocalCluster, ref
 
 
 def _helper_pid(consumer: Daemon) -> int | None:
-    """The consumer's zxcvbn helper: its spawned child (not multiprocessing's resource tracker)."""
+    """The consumer's zxcvbn helper, a child process running ``infraetl.scorer``."""
     assert consumer.proc is not None
     pid = consumer.proc.pid
     try:
@@ -130,7 +130,7 @@ def _helper_pid(consumer: Daemon) -> int | None:
             cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"spawn_main" in cmdline:
+        if b"infraetl.scorer" in cmdline:
             return int(child)
     return None
 
