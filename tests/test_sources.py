@@ -350,3 +350,34 @@ def test_replay_unusable_files(tmp_path: Path, content: str, message: str) -> No
     path.write_text(content, encoding="utf-8")
     with pytest.raises(SourceError, match=message):
         run(ReplaySource(path), users=1)
+
+
+def test_seen_uuids_is_a_set_across_merges_and_all_or_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from infraetl.sources import seen
+
+    monkeypatch.setattr(seen, "MERGE_AT", 8)
+    s = seen.SeenUuids()
+    first = [f"00000000-0000-4000-8000-{i:012d}" for i in range(20)]
+    assert s.add_all(first[:10]) and len(s) == 10  # crosses MERGE_AT: part sorted, part recent
+    assert not s.add(first[3]) and not s.add(first[9])
+    # One repeat (old or within the list) refuses the whole list, and adds nothing.
+    assert not s.add_all([first[10], first[2]]) and len(s) == 10
+    assert not s.add_all([first[11], first[11]]) and len(s) == 10
+    assert s.add_all(first[10:20]) and len(s) == 20
+    assert s.add("not a canonical uuid at all") and not s.add("not a canonical uuid at all")
+    assert all(not s.add(u) for u in first)
+
+
+def test_seen_uuids_cost_about_8_bytes_each() -> None:
+    import tracemalloc
+
+    from infraetl.sources.seen import SeenUuids
+
+    tracemalloc.start()
+    s = SeenUuids()
+    for start in range(0, 300_000, 500):
+        assert s.add_all([f"{i:08x}-0000-4000-8000-000000000000" for i in range(start, start + 500)])
+    held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert len(s) == 300_000
+    assert held < 300_000 * 24  # a set of the strings would hold ~115 bytes each

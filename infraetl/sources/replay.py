@@ -28,6 +28,7 @@ import orjson
 from ..exceptions import ConfigError, SourceError
 from ..schema import NATIONALITIES
 from . import Batch, Checker, RunPlan, User, accept_all
+from .seen import SeenUuids
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ class Collector:
         self.dropped: Counter[str] = Counter()   # every rejection of the run
         self._pending: Counter[str] = Counter()  # rejections not yet attributed to a batch
         self._buffer: list[User] = []
-        self._seen: set[str] = set()
+        self._seen = SeenUuids()
 
     @property
     def done(self) -> bool:
@@ -175,9 +176,8 @@ class Collector:
         except (KeyError, TypeError):
             return None
         if ("" in uuids or not all(map(isinstance, uuids, repeat(str)))
-                or len(set(uuids)) != len(uuids) or not self._seen.isdisjoint(uuids)):
+                or len(set(uuids)) != len(uuids) or not self._seen.add_all(uuids)):
             return None
-        self._seen.update(uuids)
         return head, head[-1] if len(head) == k else None
 
     def _reject(self, user: User) -> str | None:
@@ -189,9 +189,8 @@ class Collector:
         uuid = login.get("uuid") if isinstance(login, dict) else None
         if not isinstance(uuid, str) or not uuid:
             return "missing:login.uuid"
-        if uuid in self._seen:
+        if not self._seen.add(uuid):
             return "duplicate:login.uuid"
-        self._seen.add(uuid)
         return None
 
     def _trim(self, last: User, candidates: list[User], raw_pos: Sequence[int],
