@@ -241,6 +241,7 @@ class Consumer:
             return
         self.metrics.batches.inc()
         self.metrics.users.inc(kept)
+        MALLOC.tick()
         self._ack(msg, "data", "applied")
         if applied.run_complete:
             self._complete(msg)

@@ -368,6 +368,7 @@ class Producer:
         if (run_id, seq) in self.in_flight and msg["status"] != "pending":
             self.in_flight.pop((run_id, seq))
             self.spool.ack(run_id, seq)
+            MALLOC.tick()
         if msg["of"] == "end" and msg["status"] == "complete":
             self.spool.finish(run_id, "complete", url=msg.get("url"))
             logger.info("run %s complete: %s users on %s", run_id, msg.get("applied"), msg.get("url"))
