@@ -139,6 +139,11 @@ def test_both_units_are_active_and_hardened(deployment: Deployment) -> None:
 def test_300_users_then_kill9_consumer_restarts_and_next_run_is_exact(deployment: Deployment) -> None:
     d = deployment
     first = d.run_exact(300, "nspawn-1")
+    # The zxcvbn helper runs inside the hardened unit: a helper the sandbox refused would be
+    # logged, and the audit would quietly score in-process instead.
+    cmdlines = d.consumer.sh("for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done").stdout
+    assert "-m infraetl.scorer" in cmdlines, cmdlines
+    assert "zxcvbn helper" not in d.journal(d.consumer, "consumer")
     before = d.show(d.consumer, "consumer")
     d.consumer.sh(f"kill -9 {before['MainPID']}")
     deadline = time.monotonic() + 30
