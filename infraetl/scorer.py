@@ -139,7 +139,9 @@ class Scorer:
         if not self._alive() or len(self._pending) >= MAX_PENDING:
             return None
         inflight, done = self._inflight, self._done
-        new = [p for p in set(passwords) if type(p) is str and p and p not in inflight and p not in done]
+        # Any msgpack value can sit in a column until validation: only strings are looked at.
+        distinct = {p for p in passwords if type(p) is str and p}
+        new = [p for p in distinct if p not in inflight and p not in done]
         if not new:
             # Whatever this batch needs is owed under earlier tickets, or already here.
             return self._next_ticket - 1 if self._pending else None

@@ -86,6 +86,12 @@ def test_consumer_survives_garbage_and_counts_each_reason(cluster: LocalCluster)
     replay = wire.Sealer((key,), ttl=3600, max_size=16 << 20).seal(wire.make(
         "data", run_id, 1, producer="attacker", n=len(SAMPLE), cols=schema.to_columns(SAMPLE), quarantine={}))
     frames, expect = _garbage(key, replay)
+    # Well-formed and sealed, but hostile values in the password column (unhashable, nested,
+    # not strings): validation quarantines them; nothing on the way may trip over them.
+    hostile = schema.to_columns(SAMPLE)
+    hostile["login.password"] = ([{"nested": [1]}, ["a list"], 7, None] * len(SAMPLE))[:len(SAMPLE)]
+    frames.append(wire.Sealer((key,), ttl=3600, max_size=16 << 20).seal(wire.make(
+        "data", "hostile-run", 1, producer="attacker", n=len(SAMPLE), cols=hostile, quarantine={})))
     _push_frames(cluster.consumer.endpoints["data"], frames)
     # Oversize: above --max-frame libzmq drops it before Python sees it (MAXMSGSIZE); the
     # consumer must simply stay up.
@@ -96,7 +102,9 @@ def test_consumer_survives_garbage_and_counts_each_reason(cluster: LocalCluster)
                    for r, n in expect.items())
     wait_for(counted, 60, "every garbage frame to be counted")
     wait_for(lambda: metric(cluster, "infraetl_batches_duplicate_total") >= 20, 30, "replays counted")
+    wait_for(lambda: metric(cluster, "infraetl_batches_applied_total") >= 2, 30, "the hostile batch")
     assert cluster.consumer.alive()
+    assert metric(cluster, "infraetl_frames_rejected_total", 'reason="internal_error"') == 0
     after = get_json(cluster.url + "api/stats.json")
     assert after["cumulative"] == before["cumulative"]
     # Logs are rate-limited: one line per reason per minute, not thousands.

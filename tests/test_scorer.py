@@ -25,7 +25,8 @@ def helper() -> Iterator[tuple[Scorer, list[str]]]:
 
 def test_helper_scores_exactly_as_in_process(helper: tuple[Scorer, list[str]]) -> None:
     s, failures = helper
-    ticket = s.prefetch(PASSWORDS + ["octopus", 42])  # duplicates and non-strings are skipped
+    # Duplicates and non-strings (even unhashable ones: validation comes later) are skipped.
+    ticket = s.prefetch(PASSWORDS + ["octopus", 42, ["a list"], {"a": "map"}, None])
     got = s.take(ticket)
     assert got == {p: entropy.zxcvbn_strength(p) for p in PASSWORDS if p}
     assert failures == []
