@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -84,8 +85,12 @@ class Scorer:
         # A fresh interpreter that imports only this module (not fork: ZeroMQ has threads; not
         # multiprocessing's spawn, which re-imports the daemon's whole __main__), and without
         # the key in its environment: it has no use for it.
-        ours, theirs = socket.socketpair()
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_ENCRYPTION_KEY")}
+        try:
+            ours, theirs = socket.socketpair()
+        except OSError as e:
+            self._fail(f"cannot start the zxcvbn helper: {e}")
+            return False
         try:
             proc = subprocess.Popen([sys.executable, "-m", "infraetl.scorer", str(theirs.fileno())],
                                     pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
@@ -176,7 +181,7 @@ class Scorer:
                 self._fail(f"the zxcvbn helper did not answer within {timeout:.0f} s")
                 return False
             results = self._conn.recv()
-        except (EOFError, OSError) as e:
+        except (EOFError, OSError, pickle.UnpicklingError) as e:
             self._fail(f"the zxcvbn helper died: {e.__class__.__name__}")
             return False
         _, passwords = self._pending.popleft()

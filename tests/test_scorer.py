@@ -97,3 +97,12 @@ def test_precomputed_strengths_are_what_the_audit_uses() -> None:
     pwinfo.add_strengths({"Unseen-Before-1x!": entropy.zxcvbn_strength("Unseen-Before-1x!")})
     assert AuditSummary.from_columns(cols, b"k" * 32).figures() == honest
     pwinfo._cached_info.cache_clear()
+
+
+def test_a_helper_that_cannot_start_is_a_counted_failure_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    failures: list[str] = []
+    monkeypatch.setattr(scorer.sys, "executable", "/nonexistent/python")
+    s = Scorer(1, on_failure=failures.append)
+    assert s.prefetch(["any"]) is None and s.take(None) == {}
+    assert len(failures) == 1 and "cannot start" in failures[0]
+    assert s.prefetch(["again"]) is None and len(failures) == 1  # no retry storm
