@@ -74,7 +74,6 @@ class ConsumerSettings:
     token_ttl: float = TOKEN_TTL
     max_frame: int = MAX_FRAME
     reveal_passwords: bool = False
-    archive: bool = False
     curve_secret: Path | None = None
     curve_allow: Path | None = None
     zxcvbn_workers: int = 1

@@ -39,7 +39,6 @@ from .validate import validate_columns
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("open", "validate", "stats", "audit", "commit", "render")
 STORE_RETRY = 2.0  # seconds between attempts to write while the disk is failing
 #: Frames opened together, so the zxcvbn helper scores a group's passwords ahead of its audit.
 LOOKAHEAD = 4

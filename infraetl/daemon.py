@@ -146,10 +146,6 @@ class Notifier:
         self._last_status_at = time.monotonic()
         self.notify(f"STATUS={self._last_status}")
 
-    def reloading(self) -> None:
-        """Tell systemd a reload (SIGHUP) is being handled; follow with :meth:`ready`."""
-        self.notify("RELOADING=1", "STATUS=reloading")
-
     def stopping(self) -> None:
         """Tell systemd the daemon is shutting down."""
         self.notify("STOPPING=1", "STATUS=stopping")

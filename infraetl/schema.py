@@ -73,11 +73,6 @@ FIELDS: tuple[Field, ...] = (
 FIELD_PATHS: tuple[str, ...] = tuple(f.path for f in FIELDS)
 #: Fields that may legitimately be empty strings.
 MAY_BE_EMPTY: frozenset[str] = frozenset({"login.password", "id.name", "id.value"})
-#: Fields holding free text (checked for strange characters on the consumer).
-TEXT_FIELDS: tuple[str, ...] = tuple(
-    f.path for f in FIELDS if f.kind == "str" and f.path not in ("login.uuid",)
-)
-INT_FIELDS: tuple[str, ...] = tuple(f.path for f in FIELDS if f.kind == "int")
 
 Columns = dict[str, list[Any]]
 
