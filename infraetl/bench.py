@@ -27,7 +27,7 @@ from typing import Any
 from . import config, schema, wire
 from .control import ControlClient, wait_run
 from .localcluster import LocalCluster
-from .soak import proc_status_mb
+from .soak import children, proc_status_mb
 
 
 def _peak_rss_mb(pid: int) -> float | None:
@@ -44,11 +44,7 @@ def children_cpu_s(pid: int) -> float:
 
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return 0.0
-    for child in children:
+    for child in children(pid):
         try:
             fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:

@@ -38,13 +38,17 @@ def rss_mb(pid: int) -> float:
     return proc_status_mb(pid, "VmRSS")
 
 
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (empty if it is gone)."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 def children_rss_mb(pid: int) -> float:
     """Resident memory of a process's live children (the consumer's zxcvbn helper), in MB."""
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return 0.0
-    return sum(rss_mb(int(c)) for c in children)
+    return sum(map(rss_mb, children(pid)))
 
 
 @dataclass

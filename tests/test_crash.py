@@ -12,6 +12,7 @@ import pytest
 from helpers import ctl, figures_without_times, get_json, metric, wait_for
 
 from infraetl.localcluster import Daemon, LocalCluster
+from infraetl.soak import children
 
 USERS = 12000
 SEED = "crash"
@@ -56,6 +57,13 @@ def _mid_run(c: LocalCluster, role: str) -> tuple[str, Daemon | None]:
     return run_id, c.consumer if role == "consumer" else c.producer
 
 
+def _killed_itself(d: Daemon) -> None:
+    """Wait for a daemon armed with INFRAETL_CRASH_AT to SIGKILL itself at its point."""
+    assert d.proc is not None
+    d.proc.wait(60)
+    assert d.proc.returncode == -signal.SIGKILL
+
+
 def _start(c: LocalCluster) -> str:
     return ctl(c, "start-run", "--users", str(USERS), "--seed", SEED, "--no-wait").stdout.strip()
 
@@ -66,9 +74,7 @@ def test_consumer_killed_at_a_precise_point(faulty: LocalCluster, reference: dic
     _with_env(faulty.consumer, INFRAETL_CRASH_AT=point).start()
     faulty.start_producer()
     run_id = _start(faulty)
-    assert faulty.consumer.proc is not None
-    faulty.consumer.proc.wait(60)
-    assert faulty.consumer.proc.returncode == -signal.SIGKILL
+    _killed_itself(faulty.consumer)
     faulty.restart_consumer()
     _finish_and_compare(faulty, run_id, reference)
 
@@ -79,9 +85,7 @@ def test_producer_killed_between_spool_and_send(faulty: LocalCluster, reference:
     faulty.producer = _with_env(faulty._producer(), INFRAETL_CRASH_AT="after_spool:7").start()
     faulty.producer_control = faulty.producer.endpoints["control"]
     run_id = _start(faulty)
-    assert faulty.producer.proc is not None
-    faulty.producer.proc.wait(60)
-    assert faulty.producer.proc.returncode == -signal.SIGKILL
+    _killed_itself(faulty.producer)
     faulty.start_producer()
     _finish_and_compare(faulty, run_id, reference)
 
@@ -120,18 +124,13 @@ def test_sigterm_mid_run_exits_clean_and_loses_nothing(faulty: LocalCluster, ref
 def _helper_pid(consumer: Daemon) -> int | None:
     """The consumer's zxcvbn helper, a child process running ``infraetl.scorer``."""
     assert consumer.proc is not None
-    pid = consumer.proc.pid
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return None
-    for child in children:
+    for child in children(consumer.proc.pid):
         try:
             cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
         except OSError:
             continue
         if b"infraetl.scorer" in cmdline:
-            return int(child)
+            return child
     return None
 
 
