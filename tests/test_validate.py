@@ -84,6 +84,33 @@ def test_absent_optional_fields_get_their_defaults(path: str) -> None:
     schema.to_columns(good)  # flattens
 
 
+def _columns_one_per_pass(users: list[dict[str, Any]]) -> schema.Columns:
+    """The obvious flattening, one pass per column: the reference for schema.to_columns."""
+    cols = {path: [schema.get_path(u, tuple(path.split("."))) for u in users] for path in schema.FIELD_PATHS}
+    cols["location.postcode"] = [str(v) for v in cols["location.postcode"]]
+    return cols
+
+
+@given(userfactory.users_strategy())
+@SETTINGS
+def test_to_columns_matches_one_pass_per_column(users: list[dict[str, Any]]) -> None:
+    good, _ = check_records(users + userfactory.sample_users())
+    cols = schema.to_columns(good)
+    assert list(cols) == list(schema.FIELD_PATHS)
+    assert cols == _columns_one_per_pass(good)
+    assert None in cols["id.value"]  # the IR sample user keeps its null id.value
+
+
+def test_to_columns_of_nothing_has_every_column() -> None:
+    assert schema.to_columns([]) == {path: [] for path in schema.FIELD_PATHS}
+
+
+def test_to_columns_refuses_an_unchecked_user() -> None:
+    users = users_with("login.password", DELETE)
+    with pytest.raises(KeyError):
+        schema.to_columns(users)
+
+
 def test_not_a_record() -> None:
     assert check_records([None, "user", 3, []])[1] == {"type:record": 4}  # type: ignore[list-item]
 
