@@ -62,6 +62,7 @@ class Consumer:
         self._warn = RateLimitedLog(logger)
         self.store_error: str | None = None
         self._retry_at = 0.0
+        self._acks_due: list[bytes] = []   # sent after the store syncs (see Store.sync)
         self.url = ""
         self.server: Any = None
         self.scorer = Scorer(settings.zxcvbn_workers, on_failure=self._scorer_failed)
@@ -156,17 +157,20 @@ class Consumer:
                     break
             if not group:
                 return
-            opened = [self._open_frame(parts) for parts in group]
-            tickets = [self.scorer.prefetch(msg["cols"].get("login.password") or ())
-                       if msg is not None and msg["kind"] == "data" else None for msg in opened]
-            for msg, ticket in zip(opened, tickets, strict=True):
-                if msg is not None:
-                    self._on_message(msg, ticket)
-                handled += 1
-                # A backlog of 256 batches can outlast WatchdogSec: ping per batch.
-                self.notifier.ping()
-                if self.store_error or self.signals.stop:
-                    return
+            try:
+                opened = [self._open_frame(parts) for parts in group]
+                tickets = [self.scorer.prefetch(msg["cols"].get("login.password") or ())
+                           if msg is not None and msg["kind"] == "data" else None for msg in opened]
+                for msg, ticket in zip(opened, tickets, strict=True):
+                    if msg is not None:
+                        self._on_message(msg, ticket)
+                    handled += 1
+                    # A backlog of 256 batches can outlast WatchdogSec: ping per batch.
+                    self.notifier.ping()
+                    if self.store_error or self.signals.stop:
+                        return
+            finally:
+                self._send_acks()
 
     def _open_frame(self, parts: list[bytes]) -> dict[str, Any] | None:
         """The message in a frame, or None (counted by reason) if it is not a good one."""
@@ -270,13 +274,30 @@ class Consumer:
                   "end", "complete", url=self.url, applied=row.get("kept", 0))
 
     def _ack(self, msg: dict[str, Any], of: str, status: str, **extra: Any) -> None:
+        """Queue an ACK; :meth:`_send_acks` sends the queue once the store has synced."""
         producer = msg["producer"]
         frame = self.sealer.seal(wire.make("ack", msg["run"], msg["seq"], producer=producer,
                                            of=of, status=status, **extra))
+        self._acks_due.append(producer.encode() + b"\0" + frame)
+
+    def _send_acks(self) -> None:
+        """One fsync for every transaction the queued ACKs speak for, then send them."""
+        if not self._acks_due:
+            return
+        acks, self._acks_due = self._acks_due, []
+        t = time.perf_counter()
         try:
-            self.acks.send(producer.encode() + b"\0" + frame, zmq.NOBLOCK)
-        except zmq.Again:
-            pass  # a lost ACK costs a re-send, which is ACKed again
+            self.store.sync()
+        except StoreError as e:
+            self._store_failed(e)  # not ACKed: the producer re-sends, duplicates are ACKed later
+            return
+        self.metrics.stage("commit", time.perf_counter() - t)
+        crash_point("after_sync")
+        for frame in acks:
+            try:
+                self.acks.send(frame, zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # a lost ACK costs a re-send, which is ACKed again
 
     def _reject(self, reason: str, detail: str) -> None:
         self.metrics.rejected.labels(reason).inc()

@@ -3,9 +3,10 @@
 ``INFRAETL_CRASH_AT=after_commit:5`` makes the process SIGKILL itself the
 5th time it passes ``crash_point("after_commit")``: a kill -9 at a precise
 place (between commit and ACK, between spool and send) that a signal from
-outside could only hit by luck. Points: ``after_commit`` and
-``before_render`` (consumer: the run is complete in the database, the page
-and the END's ACK are not done), ``after_spool`` (producer).
+outside could only hit by luck. Points: ``after_commit`` (committed, not
+yet synced), ``after_sync`` (synced, ACKs not sent) and ``before_render``
+(consumer: the run is complete in the database, the page and the END's ACK
+are not done), ``after_spool`` (producer).
 """
 
 from __future__ import annotations

@@ -26,12 +26,14 @@ class Tx:
     """``BEGIN IMMEDIATE`` … ``COMMIT``, with SQLite's errors as StoreError.
 
     ``on_rollback`` runs whenever the transaction does not commit, so a cache of what the
-    transaction did can be dropped with it.
+    transaction did can be dropped with it; ``on_commit`` runs after a COMMIT.
     """
 
-    def __init__(self, db: sqlite3.Connection, on_rollback: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, db: sqlite3.Connection, on_rollback: Callable[[], None] = lambda: None,
+                 on_commit: Callable[[], None] = lambda: None) -> None:
         self._db = db
         self._on_rollback = on_rollback
+        self._on_commit = on_commit
 
     def __enter__(self) -> None:
         try:
@@ -43,11 +45,12 @@ class Tx:
         if exc_type is None:
             try:
                 self._db.execute("COMMIT")
-                return
             except sqlite3.Error as e:
                 self._on_rollback()
                 self._rollback()  # a failed COMMIT may or may not have rolled back
                 raise StoreError(f"state database write failed: {e}") from None
+            self._on_commit()
+            return
         self._on_rollback()
         self._rollback()
         if isinstance(exc, sqlite3.Error):

@@ -69,7 +69,7 @@ def _start(c: LocalCluster) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", ["after_commit:3", "after_commit:20", "before_render:1"])
+@pytest.mark.parametrize("point", ["after_commit:3", "after_commit:20", "after_sync:5", "before_render:1"])
 def test_consumer_killed_at_a_precise_point(faulty: LocalCluster, reference: dict, point: str) -> None:
     _with_env(faulty.consumer, INFRAETL_CRASH_AT=point).start()
     faulty.start_producer()

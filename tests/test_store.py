@@ -1,0 +1,85 @@
+"""The consumer's store: group commit (one WAL fsync for every transaction since the last)."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import userfactory
+
+from infraetl.audit import AuditSummary
+from infraetl.exceptions import StoreError
+from infraetl.store import Store
+from infraetl.stream_stats import StatsSummary
+
+KEY = b"k" * 32
+
+
+def _apply(store: Store, seq: int, run: str = "r1") -> bool:
+    cols = userfactory.make_columns(20, seed=seq)
+    applied = store.apply_batch(run, seq, producer="p", delivered=20, kept=20, quarantined=0,
+                                stats=StatsSummary.from_columns(cols),
+                                audit=AuditSummary.from_columns(cols, KEY))
+    return not applied.duplicate
+
+
+@pytest.fixture
+def fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The files os.fsync was called on (it still syncs them)."""
+    calls: list[str] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        calls.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    return calls
+
+
+def test_one_fsync_of_the_wal_covers_every_commit_since_the_last(tmp_path: Path, fsyncs: list[str]) -> None:
+    store = Store(tmp_path / "c.sqlite3")
+    assert all(_apply(store, seq) for seq in (1, 2, 3))
+    assert fsyncs == []  # committed (NORMAL), not yet promised
+    store.sync()
+    assert fsyncs == [str(tmp_path / "c.sqlite3-wal")]
+    store.sync()  # nothing new since: no second fsync
+    assert len(fsyncs) == 1
+    assert not _apply(store, 2)  # a duplicate commits an empty transaction: synced again, harmlessly
+    store.sync()
+    assert len(fsyncs) == 2
+    store.close()
+
+
+def test_committed_but_unsynced_batches_survive_a_crash_and_stay_unique(tmp_path: Path) -> None:
+    store = Store(tmp_path / "c.sqlite3")
+    assert _apply(store, 1) and _apply(store, 2)
+    # No sync, no close: a kill -9 here leaves the transactions in the WAL (page cache).
+    again = Store(tmp_path / "c.sqlite3")
+    assert not _apply(again, 1) and not _apply(again, 2) and _apply(again, 3)
+    again.sync()
+    row = again.run("r1")
+    assert row is not None and row["applied"] == 3 and row["kept"] == 60
+    again.close()
+    store.close()
+
+
+def test_a_failed_sync_is_a_store_error_and_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store(tmp_path / "c.sqlite3")
+    assert _apply(store, 1)
+    real = os.fsync
+
+    def broken(fd: int) -> Any:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", broken)
+    with pytest.raises(StoreError, match="state database sync failed: Input/output error"):
+        store.sync()
+    calls: list[int] = []
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append(fd) or real(fd))
+    store.sync()  # the failed sync promised nothing: the next one still syncs
+    assert len(calls) == 1
+    store.close()
