@@ -127,7 +127,7 @@ class RunWorker(threading.Thread):
             out.close()
 
     def _produce(self, out: zmq.Socket) -> None:
-        from .validate import check_records
+        from .validate import check_rows
 
         spec = self._spec
         deadline_s = spec.get("deadline") or self._settings.run_deadline
@@ -141,7 +141,7 @@ class RunWorker(threading.Thread):
             self._hand(out, "begin", BEGIN_SEQ, 0)
         seq = 0
         delivered = 0
-        batches = iter(source.batches(plan, check_records))
+        batches = iter(source.batches(plan, check_rows))
         while True:
             t = time.perf_counter()
             batch = next(batches, None)
@@ -161,7 +161,7 @@ class RunWorker(threading.Thread):
 
     def _send_batch(self, out: zmq.Socket, seq: int, batch: Batch) -> None:
         t = time.perf_counter()
-        cols = schema.to_columns(batch.users)
+        cols = schema.rows_to_columns(batch.users)  # check_rows gave rows
         quarantine = dict(batch.quarantine)
         msg = wire.make("data", self.run_id, seq, producer=self._producer, n=len(batch.users),
                         cols=cols, quarantine=quarantine)

@@ -75,6 +75,8 @@ FIELD_PATHS: tuple[str, ...] = tuple(f.path for f in FIELDS)
 MAY_BE_EMPTY: frozenset[str] = frozenset({"login.password", "id.name", "id.value"})
 
 Columns = dict[str, list[Any]]
+#: One checked user's values in column order (what ``validate.check_rows`` returns).
+Row = tuple[Any, ...]
 
 _SPLIT: tuple[tuple[str, ...], ...] = tuple(tuple(p.split(".")) for p in FIELD_PATHS)
 
@@ -88,7 +90,7 @@ def get_path(user: dict[str, Any], parts: tuple[str, ...]) -> Any:
 
 
 def _row_source() -> str:
-    """Source of one function returning a checked user's values in column order (from FIELDS)."""
+    """Source of ``row_of``: one function returning a checked user's values in column order (from FIELDS)."""
     lines = ["def row(u):"]
     names: dict[tuple[str, ...], str] = {(): "u"}
     values: list[str] = []
@@ -110,7 +112,16 @@ def _compile_row() -> Any:
     return scope["row"]
 
 
-_row = _compile_row()
+row_of = _compile_row()
+
+
+def rows_to_columns(rows: list[Row]) -> Columns:
+    """The columnar batch of rows in column order (``zip`` transposes them in C)."""
+    if not rows:
+        return {path: [] for path in FIELD_PATHS}
+    cols: Columns = dict(zip(FIELD_PATHS, map(list, zip(*rows, strict=True)), strict=True))
+    cols["location.postcode"] = [str(v) for v in cols["location.postcode"]]
+    return cols
 
 
 def to_columns(users: Iterable[dict[str, Any]]) -> Columns:
@@ -120,12 +131,7 @@ def to_columns(users: Iterable[dict[str, Any]]) -> Columns:
     ``zip`` transposes the rows in C: 2.5x faster than one pass over the
     batch per column (measured on 500-user batches of parsed JSON).
     """
-    rows = list(map(_row, users))
-    if not rows:
-        return {path: [] for path in FIELD_PATHS}
-    cols: Columns = dict(zip(FIELD_PATHS, map(list, zip(*rows, strict=True)), strict=True))
-    cols["location.postcode"] = [str(v) for v in cols["location.postcode"]]
-    return cols
+    return rows_to_columns(list(map(row_of, users)))
 
 
 def column_length(cols: Columns) -> int:

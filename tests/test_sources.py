@@ -381,3 +381,75 @@ def test_seen_uuids_cost_about_8_bytes_each() -> None:
     tracemalloc.stop()
     assert len(s) == 300_000
     assert held < 300_000 * 24  # a set of the strings would hold ~115 bytes each
+
+
+# -- the producer's row checker: the same batches as dicts + flattening --
+
+
+def messy_records(n: int, seed: str) -> list[Any]:
+    """Users with every kind of defect the collector and the checker count, in a fixed order."""
+    import copy
+
+    users = UserGenerator(seed).users(n)
+    out: list[Any] = []
+    for i, u in enumerate(users):
+        u = copy.deepcopy(u)
+        k = i % 23
+        if k == 3:
+            del u["email"]                      # missing:email
+        elif k == 5:
+            u["dob"]["age"] = True              # type:dob.age
+        elif k == 7:
+            u["name"]["first"] = ""             # empty:name.first
+        elif k == 11:
+            out.append(copy.deepcopy(users[i - 1]))  # duplicate:login.uuid
+        elif k == 13:
+            del u["id"]                         # valid: optional fields filled
+        elif k == 17:
+            out.append("not a user")            # type:record
+        elif k == 19:
+            out.append(Rejected("parse:line"))
+        elif k == 21:
+            u["location"]["postcode"] = 12345   # an int postcode travels as a string
+        out.append(u)
+    return out
+
+
+@pytest.mark.parametrize(("want", "nat", "batch_size", "chunk"), [
+    (300, (), 100, 100), (257, (), 64, 37), (120, ("GB", "IR", "NZ"), 50, 100), (1, (), 500, 7),
+])
+def test_row_checker_gives_the_same_batches_as_dicts(want: int, nat: tuple[str, ...], batch_size: int,
+                                                      chunk: int) -> None:
+    from infraetl.schema import rows_to_columns, to_columns
+    from infraetl.validate import check_records, check_rows
+
+    records = messy_records(1500, "rows")
+    got = {}
+    for check in (check_records, check_rows):
+        c = Collector(RunPlan(users=want, nat=nat, batch_size=batch_size), check)
+        batches = [b for i in range(0, len(records), chunk) for b in c.add(records[i:i + chunk])]
+        flat = rows_to_columns if check is check_rows else to_columns
+        got[check.__name__] = ([(flat(b.users), b.quarantine) for b in batches], c.examined, c.accepted)
+    assert got["check_rows"] == got["check_records"]
+    batches, examined, accepted = got["check_rows"]
+    assert accepted == want and sum(len(cols["login.uuid"]) for cols, _ in batches) == want
+    if want > 100:  # the defects were reached
+        reasons = quarantine_of([Batch([], q) for _, q in batches])
+        assert {"missing:email", "type:dob.age", "empty:name.first", "type:record"} <= reasons.keys()
+        assert "12345" in [v for cols, _ in batches for v in cols["location.postcode"]]
+
+
+@pytest.mark.parametrize("source", ["replay", "synthetic"])
+def test_sources_with_the_row_checker_match_the_dict_checker(tmp_path: Path, source: str) -> None:
+    from infraetl.schema import rows_to_columns, to_columns
+    from infraetl.validate import check_records, check_rows
+
+    if source == "replay":
+        lines: list[Any] = [r if isinstance(r, dict) else "{broken" for r in messy_records(900, "file")]
+        src: Any = ReplaySource(write_jsonl(tmp_path / "u.jsonl", lines))
+    else:
+        src = SyntheticSource()
+    plan = {"users": 700, "batch_size": 200, "seed": "same"}
+    dicts = [(to_columns(b.users), b.quarantine) for b in run(src, check_records, **plan)]
+    rows = [(rows_to_columns(b.users), b.quarantine) for b in run(src, check_rows, **plan)]
+    assert rows == dicts and len(rows) == 4

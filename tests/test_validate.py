@@ -101,6 +101,22 @@ def test_to_columns_matches_one_pass_per_column(users: list[dict[str, Any]]) -> 
     assert None in cols["id.value"]  # the IR sample user keeps its null id.value
 
 
+@given(userfactory.users_strategy())
+@SETTINGS
+def test_check_rows_is_check_records_then_to_columns(users: list[dict[str, Any]]) -> None:
+    from infraetl.validate import check_rows
+
+    broken = copy.deepcopy(userfactory.sample_users())
+    broken[0]["dob"]["age"] = "29"
+    del broken[2]["id"]
+    records: list[Any] = [*users, *broken, None]
+    good, reasons = check_records(records)
+    rows, row_reasons, where = check_rows(records)
+    assert row_reasons == reasons and reasons["type:dob.age"] >= 1 and reasons["type:record"] >= 1
+    assert schema.rows_to_columns(rows) == schema.to_columns(good)
+    assert [records[i]["login"]["uuid"] for i in where] == [u["login"]["uuid"] for u in good]
+
+
 def test_to_columns_of_nothing_has_every_column() -> None:
     assert schema.to_columns([]) == {path: [] for path in schema.FIELD_PATHS}
 

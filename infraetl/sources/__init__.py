@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 User = dict[str, Any]
-#: A record check: takes API users, returns (good users, rejections by reason).
-Checker = Callable[[list[User]], "tuple[list[User], Counter[str]]"]
+#: A record check: takes API users, returns (good users, rejections by reason). A checker
+#: with a true ``rows`` attribute (``validate.check_rows``, the producer's) returns the good
+#: users as rows in column order instead, and a third list: each one's index in the input.
+Checker = Callable[[list[User]], Any]
 
 
 def accept_all(users: list[User]) -> tuple[list[User], Counter[str]]:
@@ -41,7 +43,10 @@ class RunPlan:
 
 @dataclass
 class Batch:
-    """Up to ``plan.batch_size`` good, API-shaped users and what was dropped making them."""
+    """Up to ``plan.batch_size`` good users and what was dropped making them.
+
+    The users are API-shaped dicts, or rows in column order if the run's checker makes rows.
+    """
 
     users: list[User]
     quarantine: Counter[str] = field(default_factory=Counter)
