@@ -43,4 +43,8 @@ def test_bench_command_reports_every_figure_from_a_real_run() -> None:
     assert r["warm_consumer_stages_s"]["audit"] < r["consumer_stages_s"]["audit"]
     assert r["peer_users_per_s"] > 0 and r["speedup_vs_peer"] > 0
     assert r["peak_rss_mb"]["consumer"] > 0 and r["peak_rss_mb"]["producer"] > 0
+    # CPU per user of each process in the cold run, from /proc (the helper's too).
+    cpu = r["cpu_us_per_user"]
+    assert set(cpu) == {"producer", "consumer", "helper"}
+    assert cpu["producer"] > 0 and cpu["consumer"] > 0 and cpu["helper"] >= 0
     assert 0 < r["render_ms"] < 1000
