@@ -315,8 +315,9 @@ def _json_lines(f: BinaryIO) -> Iterator[Any]:
         except ValueError:
             if not line.strip():
                 continue
-            # The standard parser takes what orjson refuses (lone surrogates,
-            # NaN, huge integers, UTF-16): the consumer judges those values.
+            # The standard parser takes what orjson refuses (lone surrogates, NaN,
+            # UTF-16): the consumer judges those values. orjson reads an integer
+            # beyond 64 bits as a float: its record is quarantined as type:<field>.
             try:
                 value = json.loads(line)
             except ValueError:
