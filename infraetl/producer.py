@@ -161,7 +161,7 @@ class RunWorker(threading.Thread):
 
     def _send_batch(self, out: zmq.Socket, seq: int, batch: Batch) -> None:
         t = time.perf_counter()
-        cols = schema.rows_to_columns(batch.users)  # check_rows gave rows
+        cols = schema.rows_to_columns(batch.users)  # type: ignore[arg-type]  # check_rows gave rows
         quarantine = dict(batch.quarantine)
         msg = wire.make("data", self.run_id, seq, producer=self._producer, n=len(batch.users),
                         cols=cols, quarantine=quarantine)

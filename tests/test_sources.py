@@ -453,3 +453,102 @@ def test_sources_with_the_row_checker_match_the_dict_checker(tmp_path: Path, sou
     dicts = [(to_columns(b.users), b.quarantine) for b in run(src, check_records, **plan)]
     rows = [(rows_to_columns(b.users), b.quarantine) for b in run(src, check_rows, **plan)]
     assert rows == dicts and len(rows) == 4
+
+
+# -- the typed fast path of the replay: a subset of the general path, never a different verdict --
+
+MUTATIONS: list[Any] = [None, "", " ", "x", 0, 7, -1, 1.5, True, [], {}, (1 << 63) - 1, 1 << 63,
+                        (1 << 64) - 1, 1 << 64, -(1 << 63), -(1 << 63) - 1, "\u0000", "<script>"]
+
+
+def _general_verdict(line: bytes) -> tuple[str, Any]:
+    """What the general path (orjson, else json; then check_rows) makes of one line."""
+    import orjson
+
+    from infraetl.validate import check_rows
+
+    try:
+        record = orjson.loads(line)
+    except ValueError:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return "unparsable", None
+    rows, reasons, _ = check_rows([record])
+    return ("row", rows[0]) if rows else ("rejected", dict(reasons))
+
+
+def _mutants() -> list[bytes]:
+    import copy
+
+    base = [*sample_users(), *UserGenerator("typed").users(3)]
+    lines = [json.dumps(u, ensure_ascii=False).encode() for u in base]
+    paths = [f.path for f in __import__("infraetl.schema", fromlist=["FIELDS"]).FIELDS]
+    paths += ["id", "name", "location", "location.street", "login", "dob"]
+    for i, u in enumerate(base):
+        for path in paths:
+            *parents, leaf = path.split(".")
+            for value in [*MUTATIONS, "DELETE"]:
+                m = copy.deepcopy(u)
+                node = m
+                for part in parents:
+                    node = node[part]
+                if value == "DELETE":
+                    node.pop(leaf, None)
+                else:
+                    node[leaf] = value
+                lines.append(json.dumps(m, ensure_ascii=i % 2 == 0).encode())
+    # Raw JSON the dumper would not write: duplicate keys, escapes, NaN, a page, not an object.
+    good = lines[0].decode()
+    lines += [
+        ('{"gender": "x", ' + good[1:]).encode(),                      # duplicate key: last wins
+        good.replace('"gender": "', '"gender": "\\ud800', 1).encode(),  # lone surrogate
+        good.replace('"age": ', '"age": NaN, "x": ', 1).encode(),
+        good.replace('"age": ', '"age": 1e2, "x": ', 1).encode(),
+        b'{"results": [' + lines[1] + b"]}", b"[1, 2]", b"42", b'"user"', b"", b"{",
+        lines[2].decode().encode("utf-16"), lines[3] + b" \xff",
+    ]
+    return lines
+
+
+def test_typed_decoder_takes_only_good_users_and_makes_their_exact_rows() -> None:
+    from infraetl.sources.typed import REFUSED, decode_row
+
+    taken = refused = 0
+    for line in _mutants():
+        verdict, value = _general_verdict(line)
+        try:
+            row = decode_row(line)
+        except REFUSED:
+            refused += 1
+            continue
+        taken += 1
+        assert verdict == "row", (line[:200], value)
+        assert row == value and [type(v) for v in row] == [type(v) for v in value], line[:200]
+    # Both kinds were exercised: the grid has thousands of broken users and many good ones.
+    assert taken > 400 and refused > 1000
+
+
+def test_replay_with_the_row_checker_uses_the_typed_path_and_matches_the_general_one(tmp_path: Path) -> None:
+    from infraetl.schema import rows_to_columns
+    from infraetl.sources.replay import _chunked, _json_lines
+    from infraetl.validate import check_rows
+
+    path = tmp_path / "mutants.jsonl"
+    path.write_bytes(b"\n".join(line.replace(b"\n", b" ") for line in _mutants()) + b"\n")
+
+    def general(users: int, batch_size: int = 4) -> list[Batch]:
+        collector, out = Collector(RunPlan(users=users, batch_size=batch_size), check_rows), []
+        with open(path, "rb") as f:
+            for chunk in _chunked(_json_lines(f), 100):
+                out += collector.add(chunk)
+        return out
+
+    good = sum(len(b.users) for b in general(10**6, 1))  # the distinct good users in the file
+    assert good >= 10
+    for users in (good, good - 3):
+        typed = list(ReplaySource(path).batches(RunPlan(users=users, batch_size=4), check_rows))
+        assert [(rows_to_columns(b.users), b.quarantine) for b in typed] == \
+            [(rows_to_columns(b.users), b.quarantine) for b in general(users)]
+        assert sum(len(b.users) for b in typed) == users
+        assert sum(quarantine_of(typed).values()) > 100

@@ -29,6 +29,7 @@ from ..exceptions import ConfigError, SourceError
 from ..schema import FIELD_PATHS, NATIONALITIES
 from . import Batch, Checker, RunPlan, User, accept_all
 from .seen import SeenUuids
+from .typed import REFUSED, decode_row
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,8 @@ class Collector:
         # A checker with ``rows`` (validate.check_rows) returns good records as rows in
         # column order, with their positions; any other returns the very dicts it was given.
         self._rows = bool(getattr(check, "rows", False))
+        # A row checker also takes rows a typed decoder already made (sources.typed).
+        self._record_types: Any = (dict, tuple) if self._rows else dict
         if self._rows:
             self._uuid_of: Any = itemgetter(FIELD_PATHS.index("login.uuid"))
             self._nat_of: Any = itemgetter(FIELD_PATHS.index("nat"))
@@ -134,12 +137,13 @@ class Collector:
         candidates: list[User]
         raw_pos: Sequence[int]              # candidate index -> position in records
         early: list[tuple[int, str]] = []   # (position, reason) of non-dict records
-        if all(map(isinstance, records, repeat(dict))):
+        kinds = self._record_types
+        if all(map(isinstance, records, repeat(kinds))):
             candidates, raw_pos = list(records), range(len(records))
         else:
             candidates, raw_pos = [], []
             for i, rec in enumerate(records):
-                if isinstance(rec, dict):
+                if isinstance(rec, kinds):
                     candidates.append(rec)
                     raw_pos.append(i)
                 else:
@@ -263,7 +267,7 @@ class ReplaySource:
         if plan.users == 0:
             return
         collector = Collector(plan, check)
-        for chunk in self._chunks():
+        for chunk in self._chunks(typed=bool(getattr(check, "rows", False))):
             raise_if_stopped(plan, f"file {self.path}", collector)
             for batch in collector.add(chunk):
                 raise_if_stopped(plan, f"file {self.path}", collector)
@@ -274,14 +278,14 @@ class ReplaySource:
             f"file {self.path} holds only {collector.accepted} valid users, {plan.users} were requested"
         )
 
-    def _chunks(self) -> Iterator[list[Any]]:
+    def _chunks(self, *, typed: bool = False) -> Iterator[list[Any]]:
         try:
             f = self.path.open("rb")
         except OSError as e:
             raise SourceError(f"file {self.path} cannot be read: {e.strerror}") from None
         with f:
             if _is_json_lines(f):
-                yield from _chunked(_json_lines(f), self.chunk_size)
+                yield from _chunked(_json_lines(f, typed=typed), self.chunk_size)
             else:
                 records = _whole_document(f, self.path)
                 for i in range(0, len(records), self.chunk_size):
@@ -307,9 +311,16 @@ def _is_json_lines(f: BinaryIO) -> bool:
     return text[:1] != b"{"
 
 
-def _json_lines(f: BinaryIO) -> Iterator[Any]:
+def _json_lines(f: BinaryIO, *, typed: bool = False) -> Iterator[Any]:
+    """Each line's record(s); with ``typed``, a well-formed user comes as its row already."""
     loads = orjson.loads
     for line in f:
+        if typed:
+            try:
+                yield decode_row(line)
+                continue
+            except REFUSED:
+                pass  # not a well-formed user: parsed and judged the general way
         try:
             value = loads(line)
         except ValueError:
