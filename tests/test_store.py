@@ -83,3 +83,50 @@ def test_a_failed_sync_is_a_store_error_and_is_retried(tmp_path: Path, monkeypat
     store.sync()  # the failed sync promised nothing: the next one still syncs
     assert len(calls) == 1
     store.close()
+
+
+def test_the_consumer_sends_acks_only_after_the_store_synced_their_commits(tmp_path: Path) -> None:
+    import zmq
+
+    from infraetl.config import ConsumerSettings, new_key
+    from infraetl.consumer import Consumer
+
+    c = Consumer(ConsumerSettings(state_dir=tmp_path, keys=(new_key().encode(),), zxcvbn_workers=0))
+    c.acks = c.ctx.socket(zmq.PUSH)
+    c.acks.bind("inproc://acks")
+    received = c.ctx.socket(zmq.PULL)
+    received.connect("inproc://acks")
+    events: list[str] = []
+    real_sync = c.store.sync
+
+    def sync() -> None:
+        events.append(f"sync after {len(events)} ack(s) seen")
+        real_sync()
+
+    c.store.sync = sync  # type: ignore[method-assign]
+    try:
+        for seq in (1, 2):
+            assert _apply(c.store, seq)
+            c._ack({"run": "r1", "seq": seq, "producer": "p"}, "data", "applied")
+        assert events == [] and received.poll(50) == 0   # committed and queued, not promised yet
+        c._send_acks()
+        assert events == ["sync after 0 ack(s) seen"]
+        frames = [received.recv(), received.recv()]
+        assert all(f.startswith(b"p\0") for f in frames) and received.poll(50) == 0
+
+        # A sync that fails sends nothing: the store is marked failed and the producer re-sends.
+        def broken() -> None:
+            raise StoreError("state database sync failed: Input/output error")
+
+        c.store.sync = broken  # type: ignore[method-assign]
+        assert _apply(c.store, 3)
+        c._ack({"run": "r1", "seq": 3, "producer": "p"}, "data", "applied")
+        c._send_acks()
+        assert received.poll(50) == 0 and c.store_error and "Input/output error" in c.store_error
+        assert c._acks_due == []
+    finally:
+        received.close()
+        c.acks.close()
+        c.scorer.close()
+        c.store.close()
+        c.ctx.term()
