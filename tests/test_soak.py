@@ -47,6 +47,8 @@ def test_bench_command_reports_every_figure_from_a_real_run() -> None:
     cpu = r["cpu_us_per_user"]
     assert set(cpu) == {"producer", "consumer", "helper"}
     assert cpu["producer"] > 0 and cpu["consumer"] > 0 and cpu["helper"] >= 0
+    # CPU of the three / (wall time x cores); /proc counts 10 ms ticks, a short run rounds up.
+    assert 0 < r["cores_busy_share"] <= 1.5
     assert 0 < r["render_ms"] < 1000
 
 
