@@ -103,3 +103,63 @@ def test_wrong_version(key: str, sealer: wire.Sealer) -> None:
 def test_key_id_reveals_nothing_obvious(key: str) -> None:
     kid = wire.key_id(key.encode())
     assert len(kid) == 4 and kid not in key.encode()
+
+
+# -- our Fernet tokens are cryptography's, byte for byte --
+
+
+@pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 1000, 210_000])
+def test_fernet_tokens_interoperate_with_cryptography_both_ways(size: int) -> None:
+    import os
+
+    from cryptography.fernet import Fernet
+
+    from infraetl.fernet import FernetKey
+
+    key = Fernet.generate_key()
+    ours, theirs = FernetKey(key), Fernet(key)
+    data = os.urandom(size)
+    token = ours.encrypt_at_time(data, 1_700_000_000)
+    assert theirs.decrypt(token) == data and theirs.extract_timestamp(token) == 1_700_000_000
+    assert ours.decrypt(theirs.encrypt_at_time(data, 1_800_000_000)) == (1_800_000_000, data)
+
+
+def _mutations(token: bytes) -> list[bytes]:
+    flips = [token[:i] + (b"A" if token[i:i + 1] != b"A" else b"B") + token[i + 1:]
+             for i in (0, 1, 5, 12, 20, 40, len(token) // 2, len(token) - 45, len(token) - 5, len(token) - 2)]
+    cuts = [token[:n] for n in (0, 1, 4, 8, 12, 16, 40, 60, 97, 98, 99, len(token) - 4, len(token) - 1)]
+    return [*flips, *cuts, token + b"=", token + b"AAAA", token[:-4] + b"\n" + token[-4:],
+            token[:30] + b"*" + token[30:], token.replace(b"-", b"+").replace(b"_", b"/"),
+            b"gAAAAA" + b"A" * 100, b"\x00" * 120, token + token]
+
+
+def test_fernet_refuses_what_cryptography_refuses_and_only_non_canonical_tokens_besides() -> None:
+    import base64
+    import warnings
+
+    from cryptography.fernet import Fernet, InvalidToken
+
+    from infraetl.fernet import FernetKey
+
+    key, other = Fernet.generate_key(), Fernet.generate_key()
+    token = Fernet(key).encrypt(b"the users of one batch" * 20)
+    refused = stricter = 0
+    for bad in [*_mutations(token), Fernet(other).encrypt(b"sealed with another key")]:
+        try:
+            expected: bytes | None = Fernet(key).decrypt(bad)
+        except InvalidToken:
+            expected = None
+        try:
+            got: bytes | None = FernetKey(key).decrypt(bad)[1]
+        except InvalidToken:
+            got = None
+        if got is not None:
+            assert got == expected, bad[:60]  # what we open, cryptography opens the same
+        refused += got is None
+        if got is None and expected is not None:
+            # Ours is stricter only about the encoding: this was not canonical base64.
+            stricter += 1
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # Python's own warning about such input
+                assert base64.urlsafe_b64encode(base64.urlsafe_b64decode(bad)) != bad, bad[:60]
+    assert refused >= 25 and stricter >= 3  # junk chars, +/, data after the padding
