@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from typing import Any
 
 import zmq
@@ -140,37 +140,42 @@ class Consumer:
             time.sleep(0.02)
 
     def _drain(self) -> None:
-        """Handle up to 256 waiting frames, :data:`LOOKAHEAD` at a time.
+        """Handle up to 256 waiting frames, with :data:`LOOKAHEAD` opened ahead of the one in hand.
 
-        Each group is opened first and its batches' passwords go to the zxcvbn helper, which
-        scores them while this thread validates and aggregates the first of them. Frames of a
-        group left when the store fails or SIGTERM arrives are dropped unACKed: the producer
-        re-sends them.
+        Before each batch is validated and aggregated, the frames behind it (up to LOOKAHEAD,
+        as far as they have arrived) are opened and their passwords handed to the zxcvbn helper,
+        so the helper scores ahead while this thread works: it does not idle between groups, and
+        this thread rarely waits for it. ACKs go out after every LOOKAHEAD batches, behind one
+        fsync (see :meth:`_send_acks`). Frames opened ahead when the store fails or SIGTERM
+        arrives are dropped unACKed: the producer re-sends them.
         """
+        ahead: deque[tuple[dict[str, Any] | None, int | None]] = deque()
         handled = 0
-        while handled < 256:
-            group = []
-            for _ in range(LOOKAHEAD):
-                try:
-                    group.append(self.data.recv_multipart(zmq.NOBLOCK, copy=True))
-                except zmq.Again:
-                    break
-            if not group:
-                return
-            try:
-                opened = [self._open_frame(parts) for parts in group]
-                tickets = [self.scorer.prefetch(msg["cols"].get("login.password") or ())
-                           if msg is not None and msg["kind"] == "data" else None for msg in opened]
-                for msg, ticket in zip(opened, tickets, strict=True):
-                    if msg is not None:
-                        self._on_message(msg, ticket)
-                    handled += 1
-                    # A backlog of 256 batches can outlast WatchdogSec: ping per batch.
-                    self.notifier.ping()
-                    if self.store_error or self.signals.stop:
-                        return
-            finally:
-                self._send_acks()
+        try:
+            while handled < 256:
+                while len(ahead) < LOOKAHEAD:
+                    try:
+                        parts = self.data.recv_multipart(zmq.NOBLOCK, copy=True)
+                    except zmq.Again:
+                        break
+                    msg = self._open_frame(parts)
+                    ticket = (self.scorer.prefetch(msg["cols"].get("login.password") or ())
+                              if msg is not None and msg["kind"] == "data" else None)
+                    ahead.append((msg, ticket))
+                if not ahead:
+                    return
+                msg, ticket = ahead.popleft()
+                if msg is not None:
+                    self._on_message(msg, ticket)
+                handled += 1
+                # A backlog of 256 batches can outlast WatchdogSec: ping per batch.
+                self.notifier.ping()
+                if self.store_error or self.signals.stop:
+                    return
+                if handled % LOOKAHEAD == 0:
+                    self._send_acks()
+        finally:
+            self._send_acks()
 
     def _open_frame(self, parts: list[bytes]) -> dict[str, Any] | None:
         """The message in a frame, or None (counted by reason) if it is not a good one."""
