@@ -247,22 +247,24 @@ class Malloc:
       class's first setting), each one was fresh pages: 870 page faults a
       batch on the producer and 530 on the consumer, and a third of the
       producer's CPU spent in the kernel. With :data:`MMAP_THRESHOLD` at 4 MB
-      and :data:`TRIM_THRESHOLD` at 64 MB the buffers are reused: 14x fewer
-      faults, the producer's CPU per user 21-25 -> 15.5-16 µs, end to end
-      +12-33% (side by side).
+      the buffers are reused: 14x fewer faults, the producer's CPU per user
+      21-25 -> 15.5-16 µs, end to end +12-33% (side by side). Free memory at
+      the top of the heap is given back beyond :data:`TRIM_THRESHOLD` (8 MB:
+      as few faults as with 64 MB, and less RSS in the soak).
     - **Freed memory goes back in bulk:** :meth:`release` (``malloc_trim``)
       after each run and every :data:`TRIM_EVERY` batches gives back the free
       pages of every arena, so fragmentation cannot pile up: the consumer's
-      RSS grew +36.6 MB from 10,000 to 1,000,000 users (+30.9 with the
-      128 KB threshold; +72 to +87 with glibc's defaults, whose *dynamic*
-      threshold also keeps big buffers in the heap, but never trims them).
+      RSS grew +29 to +40 MB from 10,000 to 1,000,000 users (+31 with the
+      128 KB threshold, +41 to +50 with a 64 MB trim threshold; +72 to +87
+      with glibc's defaults, whose *dynamic* threshold also keeps big buffers
+      in the heap, but never trims them).
     """
 
     M_TRIM_THRESHOLD = -1
     M_ARENA_MAX = -8
     M_MMAP_THRESHOLD = -3
     MMAP_THRESHOLD = 4 << 20
-    TRIM_THRESHOLD = 64 << 20
+    TRIM_THRESHOLD = 8 << 20
     TRIM_EVERY = 100
 
     def __init__(self) -> None:
