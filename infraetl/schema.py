@@ -89,26 +89,30 @@ def get_path(user: dict[str, Any], parts: tuple[str, ...]) -> Any:
     return value
 
 
-def _row_source() -> str:
-    """Source of ``row_of``: one function returning a checked user's values in column order (from FIELDS)."""
-    lines = ["def row(u):"]
+def path_locals(indent: str) -> tuple[list[str], tuple[str, ...]]:
+    """Generated code binding every prefix of every field path of a user ``u`` to a local.
+
+    Returns the assignment lines (``v_name = u['name']``, ``v_name_first = v_name['first']``,
+    ...) and each field's local, in column order: the shared part of the functions generated
+    from FIELDS (``row_of`` here, the producer's fast checks in ``validate``).
+    """
+    lines: list[str] = []
     names: dict[tuple[str, ...], str] = {(): "u"}
-    values: list[str] = []
     for parts in _SPLIT:
-        for i in range(1, len(parts)):
+        for i in range(1, len(parts) + 1):
             pre = parts[:i]
             if pre not in names:
                 names[pre] = "v_" + "_".join(pre)
-                lines.append(f"    {names[pre]} = {names[pre[:-1]]}[{pre[-1]!r}]")
-        values.append(f"{names[parts[:-1]]}[{parts[-1]!r}]")
-    lines.append("    return (" + ", ".join(values) + ",)")
-    return "\n".join(lines)
+                lines.append(f"{indent}{names[pre]} = {names[pre[:-1]]}[{pre[-1]!r}]")
+    return lines, tuple(names[parts] for parts in _SPLIT)
 
 
 def _compile_row() -> Any:
     # Generated from FIELDS so it cannot drift from them (tests hold it to a per-column reference).
+    lines, leaves = path_locals("    ")
+    source = "\n".join(["def row(u):", *lines, "    return (" + ", ".join(leaves) + ",)"])
     scope: dict[str, Any] = {}
-    exec(compile(_row_source(), "<schema.row>", "exec"), scope)  # noqa: S102
+    exec(compile(source, "<schema.row>", "exec"), scope)  # noqa: S102
     return scope["row"]
 
 

@@ -71,17 +71,9 @@ def _fast_check_source(name: str, *, row: bool) -> str:
     It returns True/False, or with ``row`` the user's values in column order
     (the flattened row, read while the record is hot in the cache) or None.
     """
-    assign: list[str] = []
+    assign, leaves = schema.path_locals("        ")
     conds: list[str] = []
-    names: dict[tuple[str, ...], str] = {(): "u"}
-    for f in FIELDS:
-        parts = _SPLIT[f.path]
-        for i in range(1, len(parts) + 1):
-            pre = parts[:i]
-            if pre not in names:
-                names[pre] = "v_" + "_".join(pre)
-                assign.append(f"        {names[pre]} = {names[pre[:-1]]}[{pre[-1]!r}]")
-        v = names[parts]
+    for f, v in zip(FIELDS, leaves, strict=True):
         if f.kind == "int":
             conds.append(f"type({v}) is int")
         elif f.kind == "str|int":
@@ -92,9 +84,9 @@ def _fast_check_source(name: str, *, row: bool) -> str:
             conds.append(f"type({v}) is str")
         else:
             conds.append(f"(type({v}) is str and {v} != '')")
+    ok = " and ".join(conds)
     no = "None" if row else "False"
-    result = ("(" + ", ".join(names[_SPLIT[f.path]] for f in FIELDS) + ",) if " if row else "") + \
-        " and ".join(conds) + (" else None" if row else "")
+    result = f"({', '.join(leaves)},) if {ok} else None" if row else ok
     return "\n".join([
         f"def {name}(u, dict=dict, str=str, int=int, type=type):",
         "    if type(u) is not dict:",
