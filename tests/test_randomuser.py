@@ -259,15 +259,15 @@ def test_retry_after_header(header: str | None, seconds: float | None) -> None:
 
 
 def test_pages_parse_with_orjson_and_whatever_it_refuses_with_the_standard_parser() -> None:
-    from infraetl.sources.randomuser import _loads
+    from infraetl.sources.replay import parse_json
 
-    assert _loads(b'{"results": [{"name": "Ada"}]}') == {"results": [{"name": "Ada"}]}
+    assert parse_json(b'{"results": [{"name": "Ada"}]}') == {"results": [{"name": "Ada"}]}
     # Lone surrogates, NaN and UTF-16 are orjson's refusals; the page still parses and the
     # records' checks and the consumer judge those values.
-    assert _loads(b'{"n": "\\ud800"}') == {"n": "\ud800"}
-    assert _loads(b'{"n": NaN}')["n"] != 0
+    assert parse_json(b'{"n": "\\ud800"}') == {"n": "\ud800"}
+    assert parse_json(b'{"n": NaN}')["n"] != 0
     # An integer beyond 64 bits becomes a float, so its record is quarantined as type:<field>.
-    assert type(_loads(b'{"n": 123456789012345678901234567890}')["n"]) is float
-    assert _loads('{"n": "ä"}'.encode("utf-16")) == {"n": "ä"}
+    assert type(parse_json(b'{"n": 123456789012345678901234567890}')["n"]) is float
+    assert parse_json('{"n": "ä"}'.encode("utf-16")) == {"n": "ä"}
     with pytest.raises(ValueError):
-        _loads(b'{"results": [')
+        parse_json(b'{"results": [')

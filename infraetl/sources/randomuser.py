@@ -14,7 +14,6 @@ the plan's deadline; past either, the run fails with a one-line reason.
 from __future__ import annotations
 
 import email.utils
-import json
 import logging
 import math
 import queue
@@ -27,14 +26,13 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-import orjson
 import requests
 from requests.adapters import HTTPAdapter
 
 from .. import __version__
 from ..exceptions import ConfigError, SourceError
 from . import Batch, Checker, RunPlan, User, accept_all
-from .replay import Collector, checked_plan, examine_limit
+from .replay import Collector, checked_plan, examine_limit, parse_json
 
 logger = logging.getLogger(__name__)
 
@@ -355,7 +353,7 @@ class RandomUserSource:
         if status != 200:
             raise _Fatal(f"HTTP {status} from {self.api_url}")
         try:
-            data = _loads(resp.content)
+            data = parse_json(resp.content)
         except ValueError:
             raise _Retry("response is not valid JSON (truncated?)") from None
         if not isinstance(data, dict):
@@ -378,16 +376,3 @@ class RandomUserSource:
             logger.warning("RandomUser API: page %d has %d users, %d were asked", page, len(results), size)
         return results
 
-
-def _loads(body: bytes) -> Any:
-    """Parse a response body: orjson (3x faster on a 5000-user page), else the standard parser.
-
-    orjson refuses what the standard parser takes (lone surrogates, NaN, UTF-16); those
-    values reach the record checks and the consumer's validation as before. orjson reads an
-    integer beyond 64 bits as a float, so its record is quarantined as ``type:<field>``
-    (the file replay parses the same way).
-    """
-    try:
-        return orjson.loads(body)
-    except ValueError:
-        return json.loads(body)

@@ -311,9 +311,21 @@ def _is_json_lines(f: BinaryIO) -> bool:
     return text[:1] != b"{"
 
 
+def parse_json(text: bytes) -> Any:
+    """Parse JSON with orjson (~3x faster), else with the standard parser; ValueError if neither.
+
+    orjson refuses what the standard parser takes (lone surrogates, NaN, UTF-16); those values
+    reach the record checks and the consumer's validation as before. orjson reads an integer
+    beyond 64 bits as a float, so its record is quarantined as ``type:<field>``.
+    """
+    try:
+        return orjson.loads(text)
+    except ValueError:
+        return json.loads(text)
+
+
 def _json_lines(f: BinaryIO, *, typed: bool = False) -> Iterator[Any]:
     """Each line's record(s); with ``typed``, a well-formed user comes as its row already."""
-    loads = orjson.loads
     for line in f:
         if typed:
             try:
@@ -322,18 +334,11 @@ def _json_lines(f: BinaryIO, *, typed: bool = False) -> Iterator[Any]:
             except REFUSED:
                 pass  # not a well-formed user: parsed and judged the general way
         try:
-            value = loads(line)
+            value = parse_json(line)
         except ValueError:
-            if not line.strip():
-                continue
-            # The standard parser takes what orjson refuses (lone surrogates, NaN,
-            # UTF-16): the consumer judges those values. orjson reads an integer
-            # beyond 64 bits as a float: its record is quarantined as type:<field>.
-            try:
-                value = json.loads(line)
-            except ValueError:
+            if line.strip():
                 yield Rejected("parse:line")
-                continue
+            continue
         if not isinstance(value, dict):
             yield value
         elif "results" in value and isinstance(value["results"], list):
