@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 STORE_RETRY = 2.0  # seconds between attempts to write while the disk is failing
 #: Frames opened together, so the zxcvbn helper scores a group's passwords ahead of its audit.
 LOOKAHEAD = 4
+#: Frames one :meth:`Consumer._drain` takes before the loop looks at its other duties.
+DRAIN_MAX = 256
 
 
 class Consumer:
@@ -140,24 +142,27 @@ class Consumer:
             time.sleep(0.02)
 
     def _drain(self) -> None:
-        """Handle up to 256 waiting frames, with :data:`LOOKAHEAD` opened ahead of the one in hand.
+        """Take up to :data:`DRAIN_MAX` waiting frames, with :data:`LOOKAHEAD` opened ahead of the
+        one in hand, and handle every frame taken.
 
         Before each batch is validated and aggregated, the frames behind it (up to LOOKAHEAD,
         as far as they have arrived) are opened and their passwords handed to the zxcvbn helper,
         so the helper scores ahead while this thread works: it does not idle between groups, and
         this thread rarely waits for it. ACKs go out after every LOOKAHEAD batches, behind one
-        fsync (see :meth:`_send_acks`). Frames opened ahead when the store fails or SIGTERM
-        arrives are dropped unACKed: the producer re-sends them.
+        fsync (see :meth:`_send_acks`). The cap stops the taking, never the handling: a frame
+        opened ahead is handled before this returns. Only when the store fails or SIGTERM
+        arrives are the frames opened ahead dropped unACKed, and the producer re-sends them.
         """
         ahead: deque[tuple[dict[str, Any] | None, int | None]] = deque()
-        handled = 0
+        handled = taken = 0
         try:
-            while handled < 256:
-                while len(ahead) < LOOKAHEAD:
+            while True:
+                while len(ahead) < LOOKAHEAD and taken < DRAIN_MAX:
                     try:
                         parts = self.data.recv_multipart(zmq.NOBLOCK, copy=True)
                     except zmq.Again:
                         break
+                    taken += 1
                     msg = self._open_frame(parts)
                     ticket = (self.scorer.prefetch(msg["cols"].get("login.password") or ())
                               if msg is not None and msg["kind"] == "data" else None)
@@ -168,7 +173,7 @@ class Consumer:
                 if msg is not None:
                     self._on_message(msg, ticket)
                 handled += 1
-                # A backlog of 256 batches can outlast WatchdogSec: ping per batch.
+                # A backlog of DRAIN_MAX batches can outlast WatchdogSec: ping per batch.
                 self.notifier.ping()
                 if self.store_error or self.signals.stop:
                     return

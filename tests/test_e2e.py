@@ -92,3 +92,48 @@ def test_sigterm_exits_zero_quickly(cluster: LocalCluster) -> None:
         d.signal(signal.SIGTERM)
         assert d.proc is not None
         assert d.proc.wait(5) == 0
+
+
+def test_a_backlog_longer_than_one_drain_is_applied_whole_without_resends(cluster: LocalCluster) -> None:
+    # Frames pushed by hand, so nobody re-sends a frame the consumer loses: any frame taken
+    # off the socket and not handled would leave the run incomplete for good.
+    from pathlib import Path
+
+    import zmq
+
+    from infraetl import schema, wire
+    from infraetl.consumer import DRAIN_MAX
+
+    sample = json.loads((Path(__file__).parent / "data" / "randomuser-sample.json").read_text())["results"]
+    key = config.parse_keys(cluster.key_file.read_text(), "test")[0]
+    sealer = wire.Sealer((key,), ttl=3600, max_size=16 << 20)
+    run, batches = "backlog", DRAIN_MAX + 44
+    frames = [sealer.seal(wire.make("begin", run, 0, producer="by-hand", requested=batches * len(sample),
+                                    source="test"))]
+    frames += [sealer.seal(wire.make("data", run, seq, producer="by-hand", n=len(sample),
+                                     cols=schema.to_columns(sample), quarantine={}))
+               for seq in range(1, batches + 1)]
+    frames.append(sealer.seal(wire.make("end", run, -1, producer="by-hand", batches=batches,
+                                        delivered=batches * len(sample), quarantine={})))
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.SNDHWM, 0)
+    push.connect(cluster.consumer.endpoints["data"])
+    try:
+        cluster.consumer.signal(signal.SIGSTOP)  # the whole run is waiting when the consumer wakes
+        try:
+            for frame in frames:
+                push.send(frame)
+        finally:
+            cluster.consumer.signal(signal.SIGCONT)
+
+        def complete() -> bool:
+            runs = get_json(cluster.url + "api/stats.json")["runs"]
+            return any(r["run_id"] == run and r["state"] == "complete" for r in runs)
+        wait_for(complete, 60, f"all {batches} batches of the backlog applied and the run complete")
+    finally:
+        push.close(linger=0)
+        ctx.term()
+    last = get_json(cluster.url + "api/stats.json")["last_run"]
+    assert last["total_users"] == batches * len(sample)
+    assert metric(cluster, "infraetl_batches_duplicate_total") == 0
