@@ -63,7 +63,9 @@ class Tally(Generic[K]):
         counts, theirs = self.counts, other.counts
         if other.labels:
             labels, their_labels = self.labels, other.labels
-            for key in theirs.keys() - counts.keys():
+            # Not ``theirs.keys() - counts.keys()``: a set minus a keys view iterates the
+            # whole view, so folding a batch into a run's tally cost O(run), not O(batch).
+            for key in [k for k in theirs if k not in counts]:
                 label = their_labels.get(key)
                 if label is not None:
                     labels[key] = remask(label) if relabel else label
