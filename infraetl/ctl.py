@@ -218,15 +218,17 @@ def demo(users: int, once: bool, http_port: int, seed: str) -> None:
               help="Users to push through both daemons.")
 @click.option("--repeat", type=click.IntRange(1, 20), default=1, show_default=True,
               help="Runs of the whole benchmark; the report quotes medians.")
+@click.option("--batch-size", type=click.IntRange(1, 5000), default=config.BATCH_SIZE, show_default=True,
+              help="Users per batch, as the producer's --batch-size (the floor uses the same batches).")
 @click.option("--no-peer", is_flag=True, help="Skip InfraETL1's approach (the peer).")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-def bench(users: int, repeat: int, no_peer: bool, as_json: bool) -> None:
+def bench(users: int, repeat: int, batch_size: int, no_peer: bool, as_json: bool) -> None:
     """Benchmark both daemons end to end against the floor and InfraETL1's approach."""
     from .bench import format_report, median_report, run_bench
 
     results = []
     for i in range(repeat):
-        results.append(run_bench(users, peer=not no_peer))
+        results.append(run_bench(users, batch_size=batch_size, peer=not no_peer))
         if not as_json:
             click.echo(f"--- run {i + 1} of {repeat}", err=True)
             click.echo(format_report(results[-1]), err=True)

@@ -36,6 +36,10 @@ def test_bench_command_reports_every_figure_from_a_real_run() -> None:
     assert set(r["producer_stages_s"]) >= {"read", "seal", "spool", "send"}
     assert all(v > 0 for v in r["consumer_stages_s"].values())
     assert r["consumer_over_floor"] == pytest.approx(r["consumer_total_s"] / r["floor_s"], rel=0.05)
+    # The yardstick layout (one map per API user, hashes and pictures included) opens several
+    # times slower than the columnar batches: a floor measured on the wrong frames would not.
+    assert r["dict_floor_users_per_s"] * 2 < r["floor_users_per_s"]
+    assert r["consumer_over_dict_floor"] * 2 < r["consumer_over_floor"]
     # The zxcvbn helper did the first-seen passwords' work, and the report counts it.
     assert r["consumer_helper_cpu_s"] > 0
     assert r["consumer_with_helper_over_floor"] > r["consumer_over_floor"]
