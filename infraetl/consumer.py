@@ -227,6 +227,13 @@ class Consumer:
 
     def _on_data(self, msg: dict[str, Any], ticket: int | None = None) -> None:
         run_id, seq = msg["run"], msg["seq"]
+        if self.store.applied(run_id, seq):
+            # A re-send (its ACK was lost, or the producer gave up waiting while this consumer
+            # worked off a backlog): ACK it again without redoing the work, so a slow consumer
+            # is not slowed further by the re-sends of its own backlog.
+            self.metrics.duplicates.inc()
+            self._ack(msg, "data", "duplicate")
+            return
         t = time.perf_counter()
         checked = validate_columns(msg["cols"])
         t, dt = time.perf_counter(), time.perf_counter() - t

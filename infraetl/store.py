@@ -248,6 +248,18 @@ class Store:
         return stats, audit if audit is not None else AuditSummary.empty()
 
     # -- reads --
+    def applied(self, run_id: str, seq: int) -> bool:
+        """Whether batch (run, seq) was applied already: a cheap look before doing its work.
+
+        Only a shortcut for re-sends: :meth:`apply_batch` still decides, in its transaction.
+        A read that fails says False, so the batch takes the normal path and its errors.
+        """
+        try:
+            return self._db.execute("SELECT 1 FROM batches WHERE run_id=? AND seq=?",
+                                    (run_id, seq)).fetchone() is not None
+        except sqlite3.Error:
+            return False
+
     def run(self, run_id: str) -> dict[str, Any] | None:
         """One run row as a dict, or None."""
         rows = list(self._rows("WHERE run_id=?", (run_id,)))

@@ -10,7 +10,7 @@ from typing import Any
 
 from infraetl.localcluster import LocalCluster, wait_for
 
-__all__ = ["ctl", "get_json", "get_text", "metric", "wait_for", "figures_without_times"]
+__all__ = ["ctl", "get_json", "get_text", "metric", "push_frames", "wait_for", "figures_without_times"]
 
 
 def ctl(cluster: LocalCluster, *args: str, timeout: float = 180, env: dict[str, str] | None = None,
@@ -57,3 +57,20 @@ TIME_KEYS = {"run_id", "started_at", "finished_at", "duration_s", "generated_at"
 def figures_without_times(figures: dict[str, Any]) -> dict[str, Any]:
     """A run's figures without ids and times, for comparing two runs of the same users."""
     return {k: v for k, v in figures.items() if k not in TIME_KEYS}
+
+
+def push_frames(endpoint: str, frames: list[bytes | list[bytes]]) -> None:
+    """Send frames (a list is one multi-part message) to a PULL endpoint, as a producer would."""
+    import zmq
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, 5000)
+    sock.connect(endpoint)
+    for f in frames:
+        if isinstance(f, list):
+            sock.send_multipart(f)
+        else:
+            sock.send(f)
+    sock.close()
+    ctx.term()

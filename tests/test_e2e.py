@@ -137,3 +137,26 @@ def test_a_backlog_longer_than_one_drain_is_applied_whole_without_resends(cluste
     last = get_json(cluster.url + "api/stats.json")["last_run"]
     assert last["total_users"] == batches * len(sample)
     assert metric(cluster, "infraetl_batches_duplicate_total") == 0
+
+
+def test_a_resent_batch_is_acked_again_without_redoing_its_work(cluster: LocalCluster) -> None:
+    # A consumer working off a backlog longer than the producer's resend timeout receives
+    # re-sends of batches it has applied; redoing their work would slow it down further.
+    from pathlib import Path
+
+    from helpers import push_frames
+
+    from infraetl import schema, wire
+
+    sample = json.loads((Path(__file__).parent / "data" / "randomuser-sample.json").read_text())["results"]
+    key = config.parse_keys(cluster.key_file.read_text(), "test")[0]
+    frame = wire.Sealer((key,), ttl=3600, max_size=16 << 20).seal(wire.make(
+        "data", "resent", 1, producer="by-hand", n=len(sample), cols=schema.to_columns(sample), quarantine={}))
+    push_frames(cluster.consumer.endpoints["data"], [frame])
+    wait_for(lambda: metric(cluster, "infraetl_batches_applied_total") == 1, 30, "the batch applied")
+    work = {s: metric(cluster, "infraetl_stage_seconds_total", f'stage="{s}"') for s in ("validate", "audit")}
+    assert all(v > 0 for v in work.values())
+    push_frames(cluster.consumer.endpoints["data"], [frame, frame])
+    wait_for(lambda: metric(cluster, "infraetl_batches_duplicate_total") == 2, 30, "both re-sends ACKed")
+    assert {s: metric(cluster, "infraetl_stage_seconds_total", f'stage="{s}"') for s in work} == work
+    assert metric(cluster, "infraetl_batches_applied_total") == 1

@@ -11,27 +11,13 @@ from pathlib import Path
 import msgpack
 import zmq
 from cryptography.fernet import Fernet
-from helpers import ctl, get_json, get_text, metric, wait_for
+from helpers import ctl, get_json, get_text, metric, push_frames, wait_for
 
 from infraetl import config, schema, wire
 from infraetl.localcluster import LocalCluster
 
 SAMPLE = json.loads((Path(__file__).parent / "data" / "randomuser-sample.json").read_text())["results"]
 EMPTY = schema.to_columns([])
-
-
-def _push_frames(endpoint: str, frames: list[bytes | list[bytes]]) -> None:
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.PUSH)
-    sock.setsockopt(zmq.LINGER, 5000)
-    sock.connect(endpoint)
-    for f in frames:
-        if isinstance(f, list):
-            sock.send_multipart(f)
-        else:
-            sock.send(f)
-    sock.close()
-    ctx.term()
 
 
 def _nested(depth: int) -> list:
@@ -92,10 +78,10 @@ def test_consumer_survives_garbage_and_counts_each_reason(cluster: LocalCluster)
     hostile["login.password"] = ([{"nested": [1]}, ["a list"], 7, None] * len(SAMPLE))[:len(SAMPLE)]
     frames.append(wire.Sealer((key,), ttl=3600, max_size=16 << 20).seal(wire.make(
         "data", "hostile-run", 1, producer="attacker", n=len(SAMPLE), cols=hostile, quarantine={})))
-    _push_frames(cluster.consumer.endpoints["data"], frames)
+    push_frames(cluster.consumer.endpoints["data"], frames)
     # Oversize: above --max-frame libzmq drops it before Python sees it (MAXMSGSIZE); the
     # consumer must simply stay up.
-    _push_frames(cluster.consumer.endpoints["data"], [os.urandom(17 << 20)])
+    push_frames(cluster.consumer.endpoints["data"], [os.urandom(17 << 20)])
 
     def counted() -> bool:
         return all(metric(cluster, "infraetl_frames_rejected_total", f'reason="{r}"') >= n
