@@ -62,11 +62,11 @@ def _dispatch(producer: Producer, cmd: str, args: dict[str, Any]) -> Any:
                     spec["source"], ",".join(spec["nat"]) or "all", spec["seed"])
         return {"run_id": run_id, **spec}
     if cmd == "status":
-        run_id = args.get("run_id")
-        if run_id:
-            row = producer.spool.run(str(run_id))
+        wanted = args.get("run_id")
+        if wanted:
+            row = producer.spool.run(str(wanted))
             if row is None:
-                raise InfraETLError(f"no run {run_id} on this producer")
+                raise InfraETLError(f"no run {wanted} on this producer")
             return {"runs": [row.as_dict()], "in_flight": len(producer.in_flight)}
         limit = args.get("limit", 20)
         limit = limit if type(limit) is int and 0 < limit <= 1000 else 20

@@ -72,7 +72,7 @@ class Daemon:
                 data = json.loads(ep.read_text())
             except (OSError, ValueError):
                 return None
-            return data if data.get("pid") == self.proc.pid else None
+            return data if self.proc is not None and data.get("pid") == self.proc.pid else None
 
         self.endpoints = wait_for(ready, timeout, f"the {self.role} to bind its sockets")
         return self

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -217,7 +217,7 @@ class Producer:
         # (run, seq) -> [frame, kind, users, last send attempt]
         self.in_flight: dict[tuple[str, int], list[Any]] = {}
         self.workers: dict[str, RunWorker] = {}
-        self.stages: Counter[str] = Counter()   # seconds per stage, for the benchmark
+        self.stages: dict[str, float] = defaultdict(float)   # seconds per stage, for the benchmark
 
     # -- set-up --
     def _open_sockets(self) -> None:
