@@ -12,6 +12,9 @@
 5. The peer: InfraETL1's per-record approach (``bench_original``) on the
    same users, and our end-to-end speed-up over it.
 6. Render time of the dashboard on the final state.
+7. The consumer by itself, as it runs on its own host in the two-host
+   deployment: a fresh consumer takes the same batches, sealed beforehand
+   by the producer's own functions, as fast as it can.
 """
 
 from __future__ import annotations
@@ -154,6 +157,89 @@ def _timed_run(client: ControlClient, users: int, data: Path) -> tuple[float, di
     return time.perf_counter() - t0, row
 
 
+def _run_frames(sealer: wire.Sealer, path: Path, users: int, batch_size: int, run: str) -> list[bytes]:
+    """The frames a producer sends for a run of the file's users: BEGIN, the batches, END."""
+    from .sources import RunPlan
+    from .sources.replay import ReplaySource
+    from .validate import check_rows
+
+    who = {"producer": ALONE_PRODUCER}
+    frames = [sealer.seal(wire.make("begin", run, 0, requested=users, source=f"file:{path}", **who))]
+    seq = delivered = 0
+    for batch in ReplaySource(path).batches(RunPlan(users=users, batch_size=batch_size), check_rows):
+        seq += 1
+        delivered += len(batch.users)
+        frames.append(sealer.seal(wire.make(
+            "data", run, seq, n=len(batch.users), cols=schema.rows_to_columns(batch.users),  # type: ignore[arg-type]
+            quarantine=dict(batch.quarantine), **who)))
+    frames.append(sealer.seal(wire.make("end", run, -1, batches=seq, delivered=delivered, quarantine={},
+                                        requested=users, **who)))
+    return frames
+
+
+#: The producer id the consumer-alone measurement sends as (its ACKs' topic).
+ALONE_PRODUCER = "bench-alone"
+
+
+def measure_consumer_alone(root: Path, path: Path, users: int, batch_size: int) -> dict[str, Any]:
+    """A fresh consumer by itself, as on its own host: a run's sealed frames pushed as fast as
+    it takes them, timed from the first frame to its ACK of the rendered run; then the same
+    users again as a second run (warm caches). The frames are made by the producer's own
+    functions before the clock starts."""
+    import zmq
+
+    cluster = LocalCluster(root / "alone")
+    cluster.consumer.start()
+    ctx = zmq.Context()
+    push, acks = ctx.socket(zmq.PUSH), ctx.socket(zmq.SUB)
+    try:
+        keys = config.parse_keys(cluster.key_file.read_text(), "the bench key")
+        sealer = wire.Sealer(keys, ttl=config.TOKEN_TTL, max_size=config.MAX_FRAME)
+        push.setsockopt(zmq.SNDHWM, 0)
+        push.connect(cluster.consumer.endpoints["data"])
+        acks.setsockopt(zmq.SUBSCRIBE, ALONE_PRODUCER.encode() + b"\0")
+        acks.connect(cluster.consumer.endpoints["ack"])
+        pid = cluster.consumer.pid
+        out: dict[str, Any] = {}
+        for label in ("cold", "warm"):
+            run = f"alone-{label}"
+            frames = _run_frames(sealer, path, users, batch_size, run)
+            cpu = cpu_s(pid), children_cpu_s(pid)
+            t = time.perf_counter()
+            for frame in frames:
+                push.send(frame)
+            _wait_end_ack(acks, sealer, run, deadline=time.monotonic() + 600)
+            wall = time.perf_counter() - t
+            main, helper = cpu_s(pid) - cpu[0], children_cpu_s(pid) - cpu[1]
+            out[f"{label}_users_per_s"] = round(users / wall)
+            if label == "cold":
+                out["cpu_us_per_user"] = {"consumer": round(main / users * 1e6, 1),
+                                          "helper": round(helper / users * 1e6, 1)}
+                out["cores_busy_share"] = round((main + helper) / (wall * (os.cpu_count() or 1)), 2)
+        import urllib.request
+
+        with urllib.request.urlopen(cluster.url + "api/stats.json", timeout=30) as r:
+            out["applied_users"] = json.loads(r.read())["last_run"]["total_users"]
+        return out
+    finally:
+        push.close(linger=0)
+        acks.close(linger=0)
+        ctx.term()
+        cluster.stop()
+
+
+def _wait_end_ack(acks: Any, sealer: wire.Sealer, run: str, deadline: float) -> None:
+    """Until the consumer ACKs the END of ``run`` as complete (it does once the run is rendered)."""
+    prefix = len(ALONE_PRODUCER) + 1
+    while (left := deadline - time.monotonic()) > 0:
+        if not acks.poll(int(left * 1000) + 1):
+            break
+        msg = sealer.open(acks.recv()[prefix:])
+        if msg["run"] == run and msg.get("of") == "end" and msg.get("status") == "complete":
+            return
+    raise RuntimeError(f"the consumer did not complete bench run {run} in time")
+
+
 def _consumer_stages(url: str) -> dict[str, float]:
     import urllib.request
 
@@ -206,6 +292,7 @@ def run_bench(users: int, *, workdir: Path | None = None, batch_size: int = conf
             if r["state"] != "complete":
                 raise RuntimeError(f"bench run {r['state']}: {r.get('reason')}")
         floor_s, n_frames = measure_floor(data, sealer, batch_size)
+        alone = measure_consumer_alone(root, data, users, batch_size)
         dict_floor_s = measure_dict_floor(data, sealer, batch_size)
         consumer_total = sum(consumer_stages.values())
         result: dict[str, Any] = {
@@ -231,6 +318,8 @@ def run_bench(users: int, *, workdir: Path | None = None, batch_size: int = conf
             "peak_rss_mb": {k: round(v, 1) if v else None for k, v in rss.items()},
             "consumer_rss_mb": {"start": rss_start["consumer"], "end": rss_end["consumer"]},
             "render_ms": round(measure_render(doc) * 1000, 2),
+            # What one consumer host takes (two-host deployment): the consumer by itself.
+            "consumer_alone": alone,
             "applied_users": row.get("applied_users"),
             "warm_end_to_end_s": round(warm_e2e, 3),
             "warm_end_to_end_users_per_s": round(users / warm_e2e),
@@ -266,6 +355,12 @@ def format_report(r: dict[str, Any]) -> str:
         f"{r['cores_busy_share']:.0%} of the machine's cores busy",
         f"peak RSS: consumer {r['peak_rss_mb']['consumer']} MB, producer {r['peak_rss_mb']['producer']} MB",
         f"dashboard render on the final state: {r['render_ms']} ms (median of 15)",
+        "the consumer by itself, as on its own host (the same batches pushed as fast as it takes "
+        f"them): {r['consumer_alone']['cold_users_per_s']:,} users/s cold, "
+        f"{r['consumer_alone']['warm_users_per_s']:,} warm; CPU per user in the cold run: consumer "
+        f"{r['consumer_alone']['cpu_us_per_user']['consumer']} µs, helper "
+        f"{r['consumer_alone']['cpu_us_per_user']['helper']} µs; "
+        f"{r['consumer_alone']['cores_busy_share']:.0%} of the cores busy",
         f"warm (the same users again, passwords cached): {r['warm_end_to_end_s']:.2f} s = "
         f"{r['warm_end_to_end_users_per_s']:,} users/s; consumer {r['warm_consumer_us_per_user']} µs/user ("
         + ", ".join(f"{k} {v:.3f}" for k, v in r["warm_consumer_stages_s"].items()) + " s)",

@@ -54,6 +54,12 @@ def test_bench_command_reports_every_figure_from_a_real_run() -> None:
     # CPU of the three / (wall time x cores); /proc counts 10 ms ticks, a short run rounds up.
     assert 0 < r["cores_busy_share"] <= 1.5
     assert 0 < r["render_ms"] < 1000
+    # The consumer by itself took a whole run of the same users, twice, and rendered it.
+    alone = r["consumer_alone"]
+    assert alone["applied_users"] == 3000
+    assert alone["cold_users_per_s"] > 0 and alone["warm_users_per_s"] > 0
+    assert alone["cpu_us_per_user"]["consumer"] > 0 and alone["cpu_us_per_user"]["helper"] >= 0
+    assert 0 < alone["cores_busy_share"] <= 1.5
 
 
 def test_tuned_allocator_reuses_frame_sized_buffers_instead_of_faulting_in_fresh_pages() -> None:
