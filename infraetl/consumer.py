@@ -54,11 +54,11 @@ class Consumer:
         self.sealer = wire.Sealer(settings.keys, ttl=settings.token_ttl, max_size=settings.max_frame)
         self.fp_key = fingerprint_key(settings.keys[0])
         settings.state_dir.mkdir(parents=True, exist_ok=True)
-        self.store = Store(settings.state_dir / "consumer.sqlite3")
+        self.notifier = Notifier()
+        self.store = Store(settings.state_dir / "consumer.sqlite3", alive=self.notifier.ping)
         self.site_dir = settings.state_dir / "www"
         self.ctx = zmq.Context()
         self.signals = Signals()
-        self.notifier = Notifier()
         self.notifier.summary = self._status_line
         self.metrics = ConsumerMetrics()
         self._warn = RateLimitedLog(logger)

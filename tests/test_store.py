@@ -130,3 +130,20 @@ def test_the_consumer_sends_acks_only_after_the_store_synced_their_commits(tmp_p
         c.scorer.close()
         c.store.close()
         c.ctx.term()
+
+
+def test_a_long_end_merge_tells_the_watchdog_it_is_alive(tmp_path: Path) -> None:
+    # After a restart the END merges every partial of the run from the database: 20,000 for
+    # the largest run, ~25 s, close to the units' WatchdogSec=30 without a sign of life.
+    from infraetl.store import ALIVE_EVERY
+
+    pings: list[int] = []
+    store = Store(tmp_path / "c.sqlite3", alive=lambda: pings.append(1))
+    batches = 3 * ALIVE_EVERY + 5
+    for seq in range(batches, 0, -1):  # backwards: no in-memory aggregate, the END merges from disk
+        assert _apply(store, seq)
+    assert not pings
+    done = store.end_run("r1", producer="p", batches=batches, requested=20 * batches)
+    assert done.run_complete
+    assert len(pings) == 3
+    assert store.run("r1")["kept"] == 20 * batches
