@@ -5,7 +5,10 @@ batch's partial aggregates; a (run, seq) seen before changes nothing. When a
 run has all the batches its END named, one more transaction merges the
 partials into the run's row, merges the run into the cumulative row, and
 drops the per-batch partials (so the database stays bounded however many
-users pass). A consumer killed at any moment restarts into the same figures.
+users pass). Within a run too: while batches arrive in order, every
+:data:`CHECKPOINT_EVERY` batches the run's aggregate so far is written once
+and the partials it covers are dropped. A consumer killed at any moment
+restarts into the same figures.
 
 Durability is a group commit. Transactions commit with ``synchronous=NORMAL``
 (written to the WAL, not yet fsync-ed) and :meth:`Store.sync` fsyncs the WAL
@@ -61,6 +64,12 @@ CREATE TABLE IF NOT EXISTS batches (
     applied_at REAL NOT NULL,
     PRIMARY KEY (run_id, seq)
 );
+CREATE TABLE IF NOT EXISTS checkpoints (
+    run_id  TEXT PRIMARY KEY,
+    upto    INTEGER NOT NULL,       -- batches 1..upto, merged in order; their partials are dropped
+    stats   BLOB NOT NULL,
+    audit   BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, filler BLOB);
 CREATE TABLE IF NOT EXISTS cumulative (
     id     INTEGER PRIMARY KEY CHECK (id = 1),
@@ -72,6 +81,10 @@ CREATE TABLE IF NOT EXISTS cumulative (
 
 #: Partials merged between two calls of the store's ``alive`` hook (~80 ms of work).
 ALIVE_EVERY = 64
+#: In-order batches between two checkpoints of a run's aggregate (256,000 users at 500 a batch):
+#: a run holds at most this many partials (~26 KB each), however long it is, and an END after a
+#: restart merges at most this many.
+CHECKPOINT_EVERY = 512
 
 RUN_COLUMNS = ("run_id", "producer", "source", "requested", "meta", "state", "reason", "started_at",
                "finished_at", "expected", "applied", "delivered", "kept", "quarantined")
@@ -180,14 +193,51 @@ class Store:
 
         The aggregate is kept only while batches arrive as 1, 2, 3, ...: top-k sketches depend
         on the order of merges, and the figures must not depend on re-sends or restarts. Any
-        other arrival drops it, and END merges the partials from the database in seq order,
-        the very same left fold. ``Tx`` drops it too if the transaction does not commit.
+        other arrival drops it, and END merges from the database in seq order, the very same
+        left fold; ``Tx`` drops it too if the transaction does not commit. Once every batch
+        before the one in hand is on disk again (after a restart, or a re-sent batch filling a
+        gap) it is rebuilt from there. Every :data:`CHECKPOINT_EVERY` batches it is written
+        to disk and the partials it covers are dropped.
         """
         live = self._live.pop(run_id, None)
+        if live is None and seq > 1:
+            live = self._resume_live(run_id, seq)
         if seq == 1 and live is None:
-            self._live[run_id] = (1, StatsSummary.empty().merge(stats), audit)
+            live = (1, StatsSummary.empty().merge(stats), audit)
         elif live is not None and seq == live[0] + 1:
-            self._live[run_id] = (seq, live[1].merge(stats), live[2].merge(audit))
+            live = (seq, live[1].merge(stats), live[2].merge(audit))
+        else:
+            return
+        self._live[run_id] = live
+        if seq % CHECKPOINT_EVERY == 0:
+            # The aggregate of batches 1..seq goes to disk and their partials are dropped, in
+            # this batch's transaction: the run's partials stay bounded however long it is.
+            upto = self._checkpoint_upto(run_id)
+            self._db.execute("INSERT OR REPLACE INTO checkpoints (run_id, upto, stats, audit) "
+                             "VALUES (?, ?, ?, ?)", (run_id, seq, live[1].to_bytes(), live[2].to_bytes()))
+            self._db.execute("UPDATE batches SET stats=NULL, audit=NULL WHERE run_id=? AND seq>? AND seq<=?",
+                             (run_id, upto, seq))
+
+    def _checkpoint_upto(self, run_id: str) -> int:
+        cp = self._db.execute("SELECT upto FROM checkpoints WHERE run_id=?", (run_id,)).fetchone()
+        return int(cp[0]) if cp is not None else 0
+
+    def _resume_live(self, run_id: str, seq: int) -> tuple[int, StatsSummary, AuditSummary] | None:
+        """The aggregate of batches 1..seq-1 rebuilt from disk (after a restart, or once a batch
+        that came out of order has been filled in), if exactly those are there besides ``seq``:
+        the last checkpoint and the partials after it. Tried only within two checkpoint
+        intervals of the last checkpoint, so that a run whose order never heals pays one
+        bounded look a batch, not one that grows with the run."""
+        upto = self._checkpoint_upto(run_id)
+        if seq - upto > 2 * CHECKPOINT_EVERY:
+            return None
+        (count,) = self._db.execute(
+            "SELECT COUNT(*) FROM batches WHERE run_id=? AND seq>? AND seq<=? AND stats IS NOT NULL",
+            (run_id, upto, seq)).fetchone()
+        if count != seq - upto:
+            return None  # a batch before this one is still missing: END merges from disk
+        stats, audit = self._merge_from_db(run_id, below=seq)
+        return seq - 1, stats, audit
 
     def end_run(self, run_id: str, *, producer: str, batches: int, requested: int | None) -> Applied:
         """Record the END of a run; ``run_complete`` if this END completed it, ``duplicate`` if it
@@ -212,6 +262,7 @@ class Store:
                 (reason, time.time(), run_id),
             )
             self._db.execute("DELETE FROM batches WHERE run_id=?", (run_id,))
+            self._db.execute("DELETE FROM checkpoints WHERE run_id=?", (run_id,))
         self._live.pop(run_id, None)
 
     def _complete_if_ready(self, run_id: str) -> bool:
@@ -239,12 +290,20 @@ class Store:
         )
         # The partials are merged: keep the (run, seq) rows for idempotency, drop the blobs.
         self._db.execute("UPDATE batches SET stats=NULL, audit=NULL WHERE run_id=?", (run_id,))
+        self._db.execute("DELETE FROM checkpoints WHERE run_id=?", (run_id,))
         return True
 
-    def _merge_from_db(self, run_id: str) -> tuple[StatsSummary, AuditSummary]:
+    def _merge_from_db(self, run_id: str, below: int | None = None) -> tuple[StatsSummary, AuditSummary]:
+        """The left fold of the run's batches (those before ``below``) in seq order: its last
+        checkpoint, then the partials after it (the very fold the in-memory aggregate makes)."""
         stats, audit = StatsSummary.empty(), None
+        cp = self._db.execute("SELECT upto, stats, audit FROM checkpoints WHERE run_id=?", (run_id,)).fetchone()
+        upto = 0
+        if cp is not None:
+            upto, stats, audit = cp[0], StatsSummary.from_bytes(cp[1]), AuditSummary.from_bytes(cp[2])
         for i, (s_blob, a_blob) in enumerate(self._db.execute(
-            "SELECT stats, audit FROM batches WHERE run_id=? AND stats IS NOT NULL ORDER BY seq", (run_id,)
+            "SELECT stats, audit FROM batches WHERE run_id=? AND seq>? AND seq<? AND stats IS NOT NULL "
+            "ORDER BY seq", (run_id, upto, below if below is not None else 1 << 62)
         ), 1):
             if i % ALIVE_EVERY == 0:
                 self._alive()

@@ -147,3 +147,65 @@ def test_a_long_end_merge_tells_the_watchdog_it_is_alive(tmp_path: Path) -> None
     assert done.run_complete
     assert len(pings) == 3
     assert store.run("r1")["kept"] == 20 * batches
+
+
+def _run_figures(store: Store, run: str, batches: int) -> tuple[bytes, bytes]:
+    assert store.end_run(run, producer="p", batches=batches, requested=20 * batches).run_complete
+    summaries = store.run_summaries(run)
+    assert summaries is not None
+    return summaries[0].to_bytes(), summaries[1].to_bytes()
+
+
+def _partials_held(store: Store, run: str) -> int:
+    return store._db.execute("SELECT COUNT(*) FROM batches WHERE run_id=? AND stats IS NOT NULL",
+                             (run,)).fetchone()[0]
+
+
+@pytest.mark.parametrize("arrival", ["in order", "restart after 10", "10 after 11", "10 last", "1 last"])
+def test_checkpoints_bound_a_run_and_give_the_same_figures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           arrival: str) -> None:
+    import infraetl.store
+
+    batches = 23
+    reference = _run_figures(_applied_in_order(tmp_path / "ref.sqlite3", batches), "r1", batches)
+    monkeypatch.setattr(infraetl.store, "CHECKPOINT_EVERY", 4)
+    path = tmp_path / "c.sqlite3"
+    store = Store(path)
+    order = {"in order": list(range(1, batches)),
+             "restart after 10": list(range(1, batches)),
+             "10 after 11": [*range(1, 10), 11, 10, *range(12, batches)],
+             "10 last": [*range(1, 10), *range(11, batches), 10],
+             "1 last": [*range(2, batches), 1]}[arrival]
+    for seq in order:
+        assert _apply(store, seq)
+        if arrival == "restart after 10" and seq == 10:
+            store.close()
+            store = Store(path)  # the in-memory aggregate is gone; batches 9 and 10 are on disk
+    if arrival == "1 last":
+        assert _partials_held(store, "r1") == batches - 1  # never in order: nothing to checkpoint
+    elif arrival == "10 last":
+        # Checkpoint 1..8; 9 and 11..22 held, and the END merges them onto the checkpoint.
+        assert _partials_held(store, "r1") == 1 + (batches - 1 - 10) + 1
+    else:
+        # Batches 1..20 are in the last checkpoint; only 21 and 22 are still held one by one.
+        assert _partials_held(store, "r1") == 2
+    assert _apply(store, batches)
+    assert _run_figures(store, "r1", batches) == reference
+    assert store._db.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0] == 0
+
+
+def _applied_in_order(path: Path, batches: int) -> Store:
+    store = Store(path)
+    for seq in range(1, batches + 1):
+        assert _apply(store, seq)
+    return store
+
+
+def test_a_failed_run_leaves_no_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import infraetl.store
+
+    monkeypatch.setattr(infraetl.store, "CHECKPOINT_EVERY", 4)
+    store = _applied_in_order(tmp_path / "c.sqlite3", 9)
+    assert store._db.execute("SELECT upto FROM checkpoints WHERE run_id='r1'").fetchone() == (8,)
+    store.fail_run("r1", producer="p", reason="cancelled")
+    assert store._db.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0] == 0
