@@ -4,8 +4,8 @@ Applying a batch is one SQLite transaction that records (run, seq) and the
 batch's partial aggregates; a (run, seq) seen before changes nothing. When a
 run has all the batches its END named, one more transaction merges the
 partials into the run's row, merges the run into the cumulative row, and
-drops the per-batch partials (so the database stays bounded however many
-users pass). Within a run too: while batches arrive in order, every
+drops the run's batch rows (so the database stays bounded however many
+users pass: a run's row and the cumulative row are what remain). Within a run too: while batches arrive in order, every
 :data:`CHECKPOINT_EVERY` batches the run's aggregate so far is written once
 and the partials it covers are dropped. A consumer killed at any moment
 restarts into the same figures.
@@ -59,7 +59,7 @@ CREATE TABLE IF NOT EXISTS batches (
     run_id     TEXT NOT NULL,
     seq        INTEGER NOT NULL,
     users      INTEGER NOT NULL,
-    stats      BLOB,               -- partial; NULL once merged into the run
+    stats      BLOB,               -- partial; NULL once in a checkpoint (rows go when the run completes)
     audit      BLOB,
     applied_at REAL NOT NULL,
     PRIMARY KEY (run_id, seq)
@@ -288,8 +288,9 @@ class Store:
             "INSERT OR REPLACE INTO cumulative (id, runs, stats, audit) VALUES (1, ?, ?, ?)",
             (cum_runs + 1, cum_stats.to_bytes(), cum_audit.to_bytes()),
         )
-        # The partials are merged: keep the (run, seq) rows for idempotency, drop the blobs.
-        self._db.execute("UPDATE batches SET stats=NULL, audit=NULL WHERE run_id=?", (run_id,))
+        # The run is complete: no batch of it can apply again (apply_batch takes batches of
+        # running runs only), so its rows go too and the database stays bounded across runs.
+        self._db.execute("DELETE FROM batches WHERE run_id=?", (run_id,))
         self._db.execute("DELETE FROM checkpoints WHERE run_id=?", (run_id,))
         return True
 
@@ -316,14 +317,17 @@ class Store:
 
     # -- reads --
     def applied(self, run_id: str, seq: int) -> bool:
-        """Whether batch (run, seq) was applied already: a cheap look before doing its work.
+        """Whether batch (run, seq) was applied already (or its run is over): a cheap look
+        before doing its work.
 
         Only a shortcut for re-sends: :meth:`apply_batch` still decides, in its transaction.
         A read that fails says False, so the batch takes the normal path and its errors.
         """
         try:
-            return self._db.execute("SELECT 1 FROM batches WHERE run_id=? AND seq=?",
-                                    (run_id, seq)).fetchone() is not None
+            return self._db.execute(
+                "SELECT 1 FROM batches WHERE run_id=? AND seq=? "
+                "UNION ALL SELECT 1 FROM runs WHERE run_id=? AND state!='running' LIMIT 1",
+                (run_id, seq, run_id)).fetchone() is not None
         except sqlite3.Error:
             return False
 

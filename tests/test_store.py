@@ -209,3 +209,16 @@ def test_a_failed_run_leaves_no_checkpoint(tmp_path: Path, monkeypatch: pytest.M
     assert store._db.execute("SELECT upto FROM checkpoints WHERE run_id='r1'").fetchone() == (8,)
     store.fail_run("r1", producer="p", reason="cancelled")
     assert store._db.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0] == 0
+
+
+def test_a_complete_run_leaves_no_batch_rows_and_its_batches_stay_applied_once(tmp_path: Path) -> None:
+    # The database stays bounded across runs: what a complete run leaves is its row (and its
+    # share of the cumulative row), not one row per batch.
+    store = _applied_in_order(tmp_path / "c.sqlite3", 6)
+    store.end_run("r1", producer="p", batches=6, requested=120)
+    assert store._db.execute("SELECT COUNT(*) FROM batches").fetchone()[0] == 0
+    before = store.cumulative()[1].to_bytes()
+    assert store.applied("r1", 3) and store.applied("r1", 99)  # a late re-send needs no work
+    assert not _apply(store, 3)  # and is a duplicate if it gets this far
+    assert store.cumulative()[1].to_bytes() == before
+    assert store.run("r1")["kept"] == 120
