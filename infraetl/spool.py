@@ -3,7 +3,8 @@
 A frame is written here (and committed) before it is sent, and stays until
 the consumer ACKs it, so a producer killed at any point re-sends after a
 restart. Frames are stored sealed: nothing is in plaintext at rest. Once
-ACKed, a frame's bytes are dropped and only its bookkeeping row remains.
+ACKed, a frame's bytes are dropped; its row goes too once its run is over
+(the run's row keeps the ACK counts), so the spool stays bounded across runs.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ CREATE TABLE IF NOT EXISTS runs (
     reason      TEXT,
     url         TEXT,
     created_at  REAL NOT NULL,
-    finished_at REAL
+    finished_at REAL,
+    acked_batches INTEGER NOT NULL DEFAULT 0,   -- data batches the consumer ACKed
+    acked_users   INTEGER NOT NULL DEFAULT 0    -- their users
 );
 CREATE TABLE IF NOT EXISTS frames (
     run_id   TEXT NOT NULL,
@@ -78,6 +81,23 @@ class Spool:
 
     def __init__(self, path: Path) -> None:
         self._db = open_db(path, SCHEMA, synchronous="NORMAL", what="the spool")
+        self._add_ack_counts()
+
+    def _add_ack_counts(self) -> None:
+        """A spool from before the runs kept their ACK counts: add them, counted from the frames."""
+        if "acked_batches" in {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}:
+            return
+        with self._tx():
+            self._db.execute("ALTER TABLE runs ADD COLUMN acked_batches INTEGER NOT NULL DEFAULT 0")
+            self._db.execute("ALTER TABLE runs ADD COLUMN acked_users INTEGER NOT NULL DEFAULT 0")
+            self._db.execute(
+                "UPDATE runs SET "
+                "acked_batches=(SELECT COUNT(*) FROM frames f WHERE f.run_id=runs.run_id "
+                "AND f.kind='data' AND f.acked=1), "
+                "acked_users=(SELECT COALESCE(SUM(users), 0) FROM frames f WHERE f.run_id=runs.run_id "
+                "AND f.kind='data' AND f.acked=1)")
+            self._db.execute("DELETE FROM frames WHERE acked=1 AND run_id IN "
+                             "(SELECT run_id FROM runs WHERE state!='running')")
 
     def close(self) -> None:
         """Close the database."""
@@ -112,23 +132,38 @@ class Spool:
                 self._db.execute("UPDATE runs SET ended=1 WHERE run_id=?", (run_id,))
 
     def ack(self, run_id: str, seq: int) -> bool:
-        """Mark a frame ACKed and drop its bytes; True if it was not ACKed before."""
-        cur = self._db.execute(
-            "UPDATE frames SET acked=1, frame=NULL WHERE run_id=? AND seq=? AND acked=0", (run_id, seq)
-        )
-        return cur.rowcount > 0
+        """Mark a frame ACKed and drop its bytes (its row too once the run is over); count it on
+        its run. True if it was not ACKed before."""
+        with self._tx():
+            rows = self._db.execute(
+                "UPDATE frames SET acked=1, frame=NULL WHERE run_id=? AND seq=? AND acked=0 "
+                "RETURNING kind, users", (run_id, seq)).fetchall()
+            if not rows:
+                return False
+            if rows[0][0] == "data":
+                self._db.execute("UPDATE runs SET acked_batches=acked_batches+1, acked_users=acked_users+? "
+                                 "WHERE run_id=?", (rows[0][1], run_id))
+            self._db.execute("DELETE FROM frames WHERE run_id=? AND seq=? AND "
+                             "(SELECT state FROM runs WHERE run_id=?) IS NOT 'running'", (run_id, seq, run_id))
+        return True
 
     def replace_frame(self, run_id: str, seq: int, frame: bytes) -> None:
         """Store a re-sealed frame in place of the old one."""
         self._db.execute("UPDATE frames SET frame=? WHERE run_id=? AND seq=? AND acked=0", (frame, run_id, seq))
 
     def finish(self, run_id: str, state: str, *, reason: str | None = None, url: str | None = None) -> None:
-        """Close a run as complete, failed or cancelled."""
-        self._db.execute(
-            "UPDATE runs SET state=?, reason=COALESCE(?, reason), url=COALESCE(?, url), finished_at=? "
-            "WHERE run_id=? AND state='running'",
-            (state, reason, url, time.time(), run_id),
-        )
+        """Close a run as complete, failed or cancelled.
+
+        Its ACKed frames' rows go: the run's row keeps their counts, and a run that is over is
+        never produced again. Frames still waiting for an ACK (an ABORT, say) stay until it comes.
+        """
+        with self._tx():
+            self._db.execute(
+                "UPDATE runs SET state=?, reason=COALESCE(?, reason), url=COALESCE(?, url), finished_at=? "
+                "WHERE run_id=? AND state='running'",
+                (state, reason, url, time.time(), run_id),
+            )
+            self._db.execute("DELETE FROM frames WHERE run_id=? AND acked=1", (run_id,))
 
     def unacked(self) -> Iterator[tuple[str, int, str, bytes]]:
         """Every frame still waiting for an ACK: (run, seq, kind, frame)."""
@@ -152,9 +187,7 @@ class Spool:
     def _runs(self, where: str, args: tuple[Any, ...]) -> list[RunRow]:
         rows = self._db.execute(
             "SELECT r.run_id, r.spec, r.state, r.produced, r.batches, r.quarantine, r.ended, r.reason, "
-            "r.url, r.created_at, r.finished_at, "
-            "(SELECT COUNT(*) FROM frames f WHERE f.run_id=r.run_id AND f.kind='data' AND f.acked=1), "
-            "(SELECT COALESCE(SUM(users),0) FROM frames f WHERE f.run_id=r.run_id AND f.kind='data' AND f.acked=1) "
+            "r.url, r.created_at, r.finished_at, r.acked_batches, r.acked_users "
             f"FROM runs r {where}", args,
         ).fetchall()
         return [

@@ -1,0 +1,74 @@
+"""The producer's spool: frames until ACKed, ACK counts on the run, bounded across runs."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from infraetl.spool import SCHEMA, Spool
+
+
+def _frames(spool: Spool, run: str) -> list[tuple[int, int]]:
+    return spool._db.execute("SELECT seq, acked FROM frames WHERE run_id=? ORDER BY seq", (run,)).fetchall()
+
+
+def _spooled_run(spool: Spool, run: str, batches: int, users: int = 500) -> None:
+    spool.create_run(run, {"users": batches * users})
+    spool.add_frame(run, 0, "begin", 0, b"begin")
+    for seq in range(1, batches + 1):
+        spool.add_frame(run, seq, "data", users, b"frame %d" % seq, {"type:email": 1})
+    spool.add_frame(run, -1, "end", 0, b"end")
+
+
+def test_acks_are_counted_on_the_run_and_a_complete_run_leaves_no_frame_rows(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.sqlite3")
+    _spooled_run(spool, "r1", 3)
+    assert spool.ack("r1", 0) and spool.ack("r1", 2) and spool.ack("r1", 1)
+    assert not spool.ack("r1", 2)  # the same ACK again counts nothing
+    row = spool.run("r1")
+    assert row is not None and (row.acked_batches, row.acked_users) == (2, 1000)
+    assert [seq for _, seq, *_ in spool.unacked()] == [-1, 3]
+    assert spool.ack("r1", 3) and spool.ack("r1", -1)
+    spool.finish("r1", "complete", url="http://b/")
+    assert _frames(spool, "r1") == []
+    done = spool.run("r1")
+    assert done is not None and done.as_dict()["applied_users"] == 1500 and done.as_dict()["acked"] == 3
+    assert done.batches == 3 and done.quarantine == {"type:email": 3}
+
+
+def test_a_finished_run_keeps_only_frames_still_waiting_for_an_ack(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.sqlite3")
+    _spooled_run(spool, "r1", 2)
+    spool.add_frame("r1", -2, "abort", 0, b"abort")
+    spool.ack("r1", 1)
+    spool.finish("r1", "cancelled", reason="cancelled by operator")
+    assert _frames(spool, "r1") == [(-2, 0), (-1, 0), (0, 0), (2, 0)]  # re-sent after a restart
+    assert spool.ack("r1", -2)
+    assert _frames(spool, "r1") == [(-1, 0), (0, 0), (2, 0)]  # gone once ACKed: the run is over
+    row = spool.run("r1")
+    assert row is not None and row.acked_batches == 1
+
+
+def test_a_spool_from_before_the_ack_counts_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "spool.sqlite3"
+    old_schema = SCHEMA.replace(
+        "    finished_at REAL,\n    acked_batches INTEGER NOT NULL DEFAULT 0,   -- data batches the consumer ACKed\n"
+        "    acked_users   INTEGER NOT NULL DEFAULT 0    -- their users\n", "    finished_at REAL\n")
+    assert old_schema != SCHEMA
+    db = sqlite3.connect(path)
+    db.executescript(old_schema)
+    db.executescript(
+        "INSERT INTO runs (run_id, spec, state, created_at) VALUES ('done', '{}', 'complete', 1), "
+        "('going', '{}', 'running', 2);"
+        "INSERT INTO frames (run_id, seq, kind, users, frame, acked) VALUES "
+        "('done', 1, 'data', 500, NULL, 1), ('done', 2, 'data', 300, NULL, 1), ('done', -1, 'end', 0, NULL, 1),"
+        "('going', 1, 'data', 500, NULL, 1), ('going', 2, 'data', 500, x'00', 0);")
+    db.commit()
+    db.close()
+    spool = Spool(path)
+    counts = {r.run_id: (r.acked_batches, r.acked_users) for r in spool.runs()}
+    assert counts == {"done": (2, 800), "going": (1, 500)}
+    assert _frames(spool, "done") == []
+    assert _frames(spool, "going") == [(1, 1), (2, 0)]
+    spool.close()
+    assert {r.run_id: (r.acked_batches, r.acked_users) for r in Spool(path).runs()} == counts
