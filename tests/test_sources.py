@@ -366,6 +366,9 @@ def test_seen_uuids_is_a_set_across_merges_and_all_or_nothing(monkeypatch: pytes
     assert s.add_all(first[10:20]) and len(s) == 20
     assert s.add("not a canonical uuid at all") and not s.add("not a canonical uuid at all")
     assert all(not s.add(u) for u in first)
+    # The merged keys stay one strictly increasing array (what the membership look-up bisects).
+    assert len(s._sorted) >= 16 and bool((s._sorted[1:] > s._sorted[:-1]).all())
+    assert set(s._sorted.tolist()) | s._recent == {seen.key(u) for u in [*first, "not a canonical uuid at all"]}
 
 
 def test_seen_uuids_cost_about_8_bytes_each() -> None:
