@@ -28,11 +28,13 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def _fill(path: Path) -> None:
-    with open(path, "wb") as f:
+    """Fill the file system under ``path``. Unbuffered: a buffered file keeps what the full
+    disk refused and raises No space left again when it is closed."""
+    chunk = b"\0" * (1 << 20)
+    with open(path, "wb", buffering=0) as f:
         try:
-            while True:
-                f.write(b"\0" * (1 << 20))
-                f.flush()
+            while f.write(chunk):
+                pass
         except OSError:
             pass
 
