@@ -51,6 +51,11 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
+def busy_share(cpu: float, wall: float) -> float:
+    """The share of the machine's cores that ``cpu`` CPU-seconds kept busy over ``wall`` seconds."""
+    return round(cpu / (wall * (os.cpu_count() or 1)), 2)
+
+
 def children_cpu_s(pid: int) -> float:
     """CPU seconds (user + system) used so far by the live children of ``pid``."""
     return sum(map(cpu_s, children(pid)))
@@ -89,16 +94,9 @@ def _stage_seconds(metrics_text: str) -> dict[str, float]:
     return out
 
 
-def measure_floor(path: Path, sealer: wire.Sealer, batch_size: int) -> tuple[float, int]:
+def measure_floor(path: Path, sealer: wire.Sealer, users: int, batch_size: int) -> tuple[float, int]:
     """Seconds to open + decode the very same sealed batches the producer sends."""
-    from .validate import check_records
-
-    frames = []
-    for i, users in enumerate(_batches(path, batch_size), 1):
-        good, quarantine = check_records(users)
-        msg = wire.make("data", "floor", i, producer="bench", n=len(good), cols=schema.to_columns(good),
-                        quarantine=dict(quarantine))
-        frames.append(sealer.seal(msg))
+    frames = _run_frames(sealer, path, users, batch_size, "floor")[1:-1]  # the data batches
     return _open_all(sealer, frames), len(frames)
 
 
@@ -157,6 +155,10 @@ def _timed_run(client: ControlClient, users: int, data: Path) -> tuple[float, di
     return time.perf_counter() - t0, row
 
 
+#: The producer id the consumer-alone measurement sends as (its ACKs' topic).
+ALONE_PRODUCER = "bench-alone"
+
+
 def _run_frames(sealer: wire.Sealer, path: Path, users: int, batch_size: int, run: str) -> list[bytes]:
     """The frames a producer sends for a run of the file's users: BEGIN, the batches, END."""
     from .sources import RunPlan
@@ -175,10 +177,6 @@ def _run_frames(sealer: wire.Sealer, path: Path, users: int, batch_size: int, ru
     frames.append(sealer.seal(wire.make("end", run, -1, batches=seq, delivered=delivered, quarantine={},
                                         requested=users, **who)))
     return frames
-
-
-#: The producer id the consumer-alone measurement sends as (its ACKs' topic).
-ALONE_PRODUCER = "bench-alone"
 
 
 def measure_consumer_alone(root: Path, path: Path, users: int, batch_size: int) -> dict[str, Any]:
@@ -215,7 +213,7 @@ def measure_consumer_alone(root: Path, path: Path, users: int, batch_size: int) 
             if label == "cold":
                 out["cpu_us_per_user"] = {"consumer": round(main / users * 1e6, 1),
                                           "helper": round(helper / users * 1e6, 1)}
-                out["cores_busy_share"] = round((main + helper) / (wall * (os.cpu_count() or 1)), 2)
+                out["cores_busy_share"] = busy_share(main + helper, wall)
         import urllib.request
 
         with urllib.request.urlopen(cluster.url + "api/stats.json", timeout=30) as r:
@@ -291,7 +289,7 @@ def run_bench(users: int, *, workdir: Path | None = None, batch_size: int = conf
         for r in (row, warm_row):
             if r["state"] != "complete":
                 raise RuntimeError(f"bench run {r['state']}: {r.get('reason')}")
-        floor_s, n_frames = measure_floor(data, sealer, batch_size)
+        floor_s, n_frames = measure_floor(data, sealer, users, batch_size)
         alone = measure_consumer_alone(root, data, users, batch_size)
         dict_floor_s = measure_dict_floor(data, sealer, batch_size)
         consumer_total = sum(consumer_stages.values())
@@ -314,7 +312,7 @@ def run_bench(users: int, *, workdir: Path | None = None, batch_size: int = conf
             # processes compete for the same two cores: their sum bounds the throughput.
             "cpu_us_per_user": {k: round(v / users * 1e6, 1) for k, v in cpu.items()},
             # How busy the three kept the machine: near 1.0, only less CPU per user is faster.
-            "cores_busy_share": round(sum(cpu.values()) / (e2e * (os.cpu_count() or 1)), 2),
+            "cores_busy_share": busy_share(sum(cpu.values()), e2e),
             "peak_rss_mb": {k: round(v, 1) if v else None for k, v in rss.items()},
             "consumer_rss_mb": {"start": rss_start["consumer"], "end": rss_end["consumer"]},
             "render_ms": round(measure_render(doc) * 1000, 2),
