@@ -5,10 +5,11 @@ batch's partial aggregates; a (run, seq) seen before changes nothing. When a
 run has all the batches its END named, one more transaction merges the
 partials into the run's row, merges the run into the cumulative row, and
 drops the run's batch rows (so the database stays bounded however many
-users pass: a run's row and the cumulative row are what remain). Within a run too: while batches arrive in order, every
-:data:`CHECKPOINT_EVERY` batches the run's aggregate so far is written once
-and the partials it covers are dropped. A consumer killed at any moment
-restarts into the same figures.
+users pass: a run's row and the cumulative row are what remain). Within a
+run too: while batches arrive in order, every :data:`CHECKPOINT_EVERY`
+batches the run's aggregate so far is written once and the partials it
+covers are dropped. A consumer killed at any moment restarts into the same
+figures.
 
 Durability is a group commit. Transactions commit with ``synchronous=NORMAL``
 (written to the WAL, not yet fsync-ed) and :meth:`Store.sync` fsyncs the WAL
@@ -261,8 +262,7 @@ class Store:
                 "UPDATE runs SET state='failed', reason=?, finished_at=? WHERE run_id=? AND state='running'",
                 (reason, time.time(), run_id),
             )
-            self._db.execute("DELETE FROM batches WHERE run_id=?", (run_id,))
-            self._db.execute("DELETE FROM checkpoints WHERE run_id=?", (run_id,))
+            self._drop_batches(run_id)
         self._live.pop(run_id, None)
 
     def _complete_if_ready(self, run_id: str) -> bool:
@@ -288,11 +288,14 @@ class Store:
             "INSERT OR REPLACE INTO cumulative (id, runs, stats, audit) VALUES (1, ?, ?, ?)",
             (cum_runs + 1, cum_stats.to_bytes(), cum_audit.to_bytes()),
         )
-        # The run is complete: no batch of it can apply again (apply_batch takes batches of
-        # running runs only), so its rows go too and the database stays bounded across runs.
+        self._drop_batches(run_id)
+        return True
+
+    def _drop_batches(self, run_id: str) -> None:
+        """A run is over: no batch of it can apply again (apply_batch takes batches of running
+        runs only), so its batch rows and checkpoint go and the database stays bounded."""
         self._db.execute("DELETE FROM batches WHERE run_id=?", (run_id,))
         self._db.execute("DELETE FROM checkpoints WHERE run_id=?", (run_id,))
-        return True
 
     def _merge_from_db(self, run_id: str, below: int | None = None) -> tuple[StatsSummary, AuditSummary]:
         """The left fold of the run's batches (those before ``below``) in seq order: its last
