@@ -10,7 +10,8 @@ from typing import Any
 
 from infraetl.localcluster import LocalCluster, wait_for
 
-__all__ = ["ctl", "get_json", "get_text", "metric", "push_frames", "wait_for", "figures_without_times"]
+__all__ = ["cluster_sealer", "ctl", "get_json", "get_text", "metric", "push_frames", "wait_for",
+           "figures_without_times"]
 
 
 def ctl(cluster: LocalCluster, *args: str, timeout: float = 180, env: dict[str, str] | None = None,
@@ -74,3 +75,10 @@ def push_frames(endpoint: str, frames: list[bytes | list[bytes]]) -> None:
             sock.send(f)
     sock.close()
     ctx.term()
+
+
+def cluster_sealer(cluster: LocalCluster) -> Any:
+    """A sealer holding the cluster's key: frames a test pushes by hand, as a producer would."""
+    from infraetl import config, wire
+
+    return wire.Sealer(config.parse_keys(cluster.key_file.read_text(), "test"), ttl=3600, max_size=16 << 20)

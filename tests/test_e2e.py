@@ -97,16 +97,15 @@ def test_sigterm_exits_zero_quickly(cluster: LocalCluster) -> None:
 def test_a_backlog_longer_than_one_drain_is_applied_whole_without_resends(cluster: LocalCluster) -> None:
     # Frames pushed by hand, so nobody re-sends a frame the consumer loses: any frame taken
     # off the socket and not handled would leave the run incomplete for good.
-    from pathlib import Path
-
     import zmq
+    from helpers import cluster_sealer
+    from userfactory import sample_users
 
     from infraetl import schema, wire
     from infraetl.consumer import DRAIN_MAX
 
-    sample = json.loads((Path(__file__).parent / "data" / "randomuser-sample.json").read_text())["results"]
-    key = config.parse_keys(cluster.key_file.read_text(), "test")[0]
-    sealer = wire.Sealer((key,), ttl=3600, max_size=16 << 20)
+    sample = sample_users()
+    sealer = cluster_sealer(cluster)
     run, batches = "backlog", DRAIN_MAX + 44
     frames = [sealer.seal(wire.make("begin", run, 0, producer="by-hand", requested=batches * len(sample),
                                     source="test"))]
@@ -142,15 +141,13 @@ def test_a_backlog_longer_than_one_drain_is_applied_whole_without_resends(cluste
 def test_a_resent_batch_is_acked_again_without_redoing_its_work(cluster: LocalCluster) -> None:
     # A consumer working off a backlog longer than the producer's resend timeout receives
     # re-sends of batches it has applied; redoing their work would slow it down further.
-    from pathlib import Path
-
-    from helpers import push_frames
+    from helpers import cluster_sealer, push_frames
+    from userfactory import sample_users
 
     from infraetl import schema, wire
 
-    sample = json.loads((Path(__file__).parent / "data" / "randomuser-sample.json").read_text())["results"]
-    key = config.parse_keys(cluster.key_file.read_text(), "test")[0]
-    frame = wire.Sealer((key,), ttl=3600, max_size=16 << 20).seal(wire.make(
+    sample = sample_users()
+    frame = cluster_sealer(cluster).seal(wire.make(
         "data", "resent", 1, producer="by-hand", n=len(sample), cols=schema.to_columns(sample), quarantine={}))
     push_frames(cluster.consumer.endpoints["data"], [frame])
     wait_for(lambda: metric(cluster, "infraetl_batches_applied_total") == 1, 30, "the batch applied")

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import time
-from pathlib import Path
 
 import msgpack
 import zmq
 from cryptography.fernet import Fernet
-from helpers import ctl, get_json, get_text, metric, push_frames, wait_for
+from helpers import cluster_sealer, ctl, get_json, get_text, metric, push_frames, wait_for
+from userfactory import sample_users
 
 from infraetl import config, schema, wire
 from infraetl.localcluster import LocalCluster
 
-SAMPLE = json.loads((Path(__file__).parent / "data" / "randomuser-sample.json").read_text())["results"]
+SAMPLE = sample_users()
 EMPTY = schema.to_columns([])
 
 
@@ -69,14 +68,14 @@ def test_consumer_survives_garbage_and_counts_each_reason(cluster: LocalCluster)
     # Capture a real earlier data frame by sealing the same kind of batch the producer sends
     # for an already-complete run: the consumer must treat it as a duplicate.
     run_id = before["last_run"]["run_id"]
-    replay = wire.Sealer((key,), ttl=3600, max_size=16 << 20).seal(wire.make(
+    replay = cluster_sealer(cluster).seal(wire.make(
         "data", run_id, 1, producer="attacker", n=len(SAMPLE), cols=schema.to_columns(SAMPLE), quarantine={}))
     frames, expect = _garbage(key, replay)
     # Well-formed and sealed, but hostile values in the password column (unhashable, nested,
     # not strings): validation quarantines them; nothing on the way may trip over them.
     hostile = schema.to_columns(SAMPLE)
     hostile["login.password"] = ([{"nested": [1]}, ["a list"], 7, None] * len(SAMPLE))[:len(SAMPLE)]
-    frames.append(wire.Sealer((key,), ttl=3600, max_size=16 << 20).seal(wire.make(
+    frames.append(cluster_sealer(cluster).seal(wire.make(
         "data", "hostile-run", 1, producer="attacker", n=len(SAMPLE), cols=hostile, quarantine={})))
     push_frames(cluster.consumer.endpoints["data"], frames)
     # Oversize: above --max-frame libzmq drops it before Python sees it (MAXMSGSIZE); the
