@@ -45,7 +45,13 @@ def test_bench_command_reports_every_figure_from_a_real_run() -> None:
     assert r["consumer_with_helper_over_floor"] > r["consumer_over_floor"]
     # Caches were warm for the second run: its audit cost less than the first's.
     assert r["warm_consumer_stages_s"]["audit"] < r["consumer_stages_s"]["audit"]
-    assert r["peer_users_per_s"] > 0 and r["speedup_vs_peer"] > 0
+    # The peer: the original's whole run, its transform + audit alone, and the lean VM2; each
+    # part of the whole is faster than the whole.
+    assert set(r["peer_phases_s"]) == {"extract", "transform", "audit", "load"}
+    assert r["peer_users_per_s"] < r["peer_transform_audit_users_per_s"]
+    assert r["speedup_vs_peer"] > r["speedup_vs_peer_transform_audit"] > 0
+    assert r["lean_peer_users_per_s"] > 0 and r["speedup_vs_lean_peer"] > 0
+    assert 0.9 * 3000 < r["peer_kept_users"] <= 3000
     assert r["peak_rss_mb"]["consumer"] > 0 and r["peak_rss_mb"]["producer"] > 0
     # CPU per user of each process in the cold run, from /proc (the helper's too).
     cpu = r["cpu_us_per_user"]
