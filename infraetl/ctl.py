@@ -220,7 +220,9 @@ def demo(users: int, once: bool, http_port: int, seed: str) -> None:
               help="Runs of the whole benchmark; the report quotes medians.")
 @click.option("--batch-size", type=click.IntRange(1, 5000), default=config.BATCH_SIZE, show_default=True,
               help="Users per batch, as the producer's --batch-size (the floor uses the same batches).")
-@click.option("--no-peer", is_flag=True, help="Skip InfraETL1's approach (the peer).")
+@click.option("--no-peer", is_flag=True,
+              help="Skip InfraETL1's approach (the peer; like the original it holds the whole run in "
+                   "memory, ~17 KB a user).")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def bench(users: int, repeat: int, batch_size: int, no_peer: bool, as_json: bool) -> None:
     """Benchmark both daemons end to end against the floor and InfraETL1's approach."""
