@@ -341,7 +341,8 @@ class AuditSummary:
         ``[{password, count}]`` and ``most_secure_password`` ``{password, score,
         classes, length, zxcvbn_score}`` (None without users). Ours:
         ``empty_passwords``; ``entropy_bits`` ``{mean, histogram}`` (10-bit
-        bins, "200+"); ``shannon_bits`` and ``guesses_log10`` ``{mean}``;
+        bins, "200+"); ``shannon_bits`` and ``guesses_log10`` ``{mean}`` (zxcvbn's
+        guesses capped at 1e10, its score-4 threshold);
         ``zxcvbn_score`` ``{"0".."4": n}`` (after the personal-information
         cap); ``reuse`` ``{users_sharing, largest_group (1 when nobody
         shares), distinct, top_reused, exact}``; ``personal_info`` ``{kind: n,

@@ -9,9 +9,10 @@ port, and it does not crash on ``""``) adds a guess-based score 0–4.
 zxcvbn is the expensive part (50–200 µs a call, growing faster than linearly
 with length), so the audit runs it once per distinct password (in
 ``pwinfo``'s bounded process-wide cache), without user inputs, on at most
-:data:`ZXCVBN_CAP` characters. The audit lowers the score itself when it
-finds personal information (see ``audit``), instead of calling zxcvbn per
-user with user inputs, which would cost ~170 µs for every user.
+:data:`ZXCVBN_CAP` characters, with its guesses capped at the score-4
+threshold. The audit lowers the score itself when it finds personal
+information (see ``audit``), instead of calling zxcvbn per user with user
+inputs, which would cost ~170 µs for every user.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ ZXCVBN_CAP = 32
 #: First look: a random prefix this long already scores 4 (~1e11 guesses);
 #: measured cheapest of 10–16 on random 8–16 character passwords.
 ZXCVBN_PREFIX = 11
+#: log10 of zxcvbn's score-4 threshold; guesses beyond it count as this.
+GUESSES_CAP_LOG10 = 10.0
 #: Distinct passwords the audit caches (``pwinfo``; ~0.6 KB each: ~10 MB full). Common
 #: passwords recur far more often than 16k distinct others pass, so they stay cached.
 CACHE_SIZE = 1 << 14
@@ -152,25 +155,30 @@ def secure_score(password: str) -> int:
 
 
 def zxcvbn_strength(password: str, user_inputs: Iterable[str] = ()) -> tuple[int, float]:
-    """zxcvbn (score 0–4, guesses_log10) of the first :data:`ZXCVBN_CAP` characters.
+    """zxcvbn's score 0–4 and log10 of its guesses, capped at :data:`GUESSES_CAP_LOG10`, of the
+    first :data:`ZXCVBN_CAP` characters.
 
-    A password longer than :data:`ZXCVBN_PREFIX` is first scored on that
-    prefix: when the prefix already scores 4, so does the whole (in
-    zxcvbn's model more characters never mean fewer guesses) and the
-    prefix's result is kept. Otherwise the first ZXCVBN_CAP characters are
-    scored. Either way guesses_log10 is a lower bound for a longer
-    password, and the score is exact up to ZXCVBN_CAP characters. A random
-    prefix of 11 characters scores 4 (~1e11 guesses), so the unique random
-    passwords that dominate the cost take the cheap first look.
+    The cap is the score-4 threshold (1e10 guesses): past it zxcvbn's figure says only "at
+    least this", so every score-4 password counts 10 in the mean. That makes the result the
+    same whichever prefix proved the score 4, which lets a password longer than
+    :data:`ZXCVBN_PREFIX` take the cheaper path:
+
+    - whose first ZXCVBN_PREFIX characters hold 3 or 4 classes (random-looking: such a prefix
+      usually scores 4 by itself), that prefix is scored first, and a 4 is the answer (in
+      zxcvbn's model more characters never mean fewer guesses);
+    - otherwise (words and digits: the prefix rarely scores 4) the ZXCVBN_CAP characters are
+      scored at once, saving the call that would fail.
+
     ``""`` is (0, 0.0) without calling zxcvbn.
     """
     if not password:
         return 0, 0.0
     inputs = [u for u in user_inputs if u]
     if len(password) > ZXCVBN_PREFIX:
-        r = zxcvbn_rs_py.zxcvbn(password[:ZXCVBN_PREFIX], user_inputs=inputs)
-        if int(r.score) == 4:
-            return 4, float(r.guesses_log10)
+        prefix = password[:ZXCVBN_PREFIX]
+        if class_count(pool_mask(prefix)) >= 3:
+            r = zxcvbn_rs_py.zxcvbn(prefix, user_inputs=inputs)
+            if int(r.score) == 4:
+                return 4, GUESSES_CAP_LOG10
     r = zxcvbn_rs_py.zxcvbn(password[:ZXCVBN_CAP], user_inputs=inputs)
-    return int(r.score), float(r.guesses_log10)
-
+    return int(r.score), min(float(r.guesses_log10), GUESSES_CAP_LOG10)

@@ -95,6 +95,63 @@ def test_zxcvbn_is_capped_on_long_passwords() -> None:
     assert entropy.zxcvbn_strength("Xk9#mQ2$vL7!" + "a" * 100)[0] == 4
 
 
+def _full_strength(password: str) -> tuple[int, float]:
+    """The reference: zxcvbn on the first ZXCVBN_CAP characters, guesses capped, one call."""
+    import zxcvbn_rs_py
+
+    r = zxcvbn_rs_py.zxcvbn(password[:entropy.ZXCVBN_CAP])
+    return int(r.score), min(float(r.guesses_log10), entropy.GUESSES_CAP_LOG10)
+
+
+def _synthetic_passwords(users: int) -> list[str]:
+    from infraetl.sources import RunPlan, accept_all
+    from infraetl.sources.synthetic import SyntheticSource
+
+    plan = RunPlan(users=users, seed="zxcvbn-paths", batch_size=users)
+    return list(dict.fromkeys(u["login"]["password"] for b in SyntheticSource().batches(plan, accept_all)
+                              for u in b.users))
+
+
+def test_zxcvbn_strength_is_the_same_whichever_prefix_decides() -> None:
+    # The shortcut (an 11-character first look for random-looking passwords) must give what
+    # one call on the whole capped password gives: long passwords of every shape, those the
+    # first look decides and those it cannot, and the synthetic source's own (words with
+    # years, names, random strong ones).
+    passwords = ["correcthorsebatterystaple", "Xk9#mQ2$vL7!pR4&", "aaaaaaaaaaaaaaaaaaa",
+                 "Password1234567", "P@ssw0rd!2024xyz", "1234567890123456", "ab12CD34ef56GH78",
+                 "Summer2024!Summer2024!", "qwertyuiopasdfgh", "Tr0ub4dor&3x!", "nathanwilliams1998",
+                 "Xk9#mQ2$vL7!" + "a" * 100, "edwardlambert1", "password", "x", "12345678"]
+    passwords += [p for p in _synthetic_passwords(3000) if len(p) > entropy.ZXCVBN_PREFIX]
+    assert len(passwords) > 200
+    decided_by_prefix = 0
+    for p in passwords:
+        assert entropy.zxcvbn_strength(p) == _full_strength(p), p
+        decided_by_prefix += len(p) > entropy.ZXCVBN_PREFIX and entropy.class_count(
+            entropy.pool_mask(p[:entropy.ZXCVBN_PREFIX])) >= 3 and _full_strength(p)[0] == 4
+    assert decided_by_prefix > 50  # the shortcut was really taken, and agreed
+
+
+def test_zxcvbn_strength_makes_one_call_where_one_suffices(monkeypatch: pytest.MonkeyPatch) -> None:
+    import zxcvbn_rs_py
+
+    calls: list[str] = []
+    real = zxcvbn_rs_py.zxcvbn
+
+    def counted(password: str, **kw: object) -> object:
+        calls.append(password)
+        return real(password, **kw)
+
+    monkeypatch.setattr(entropy.zxcvbn_rs_py, "zxcvbn", counted)
+    assert entropy.zxcvbn_strength("Xk9#mQ2$vL7!pR4&") == (4, entropy.GUESSES_CAP_LOG10)
+    assert calls == ["Xk9#mQ2$vL7!pR4&"[:entropy.ZXCVBN_PREFIX]]  # the random-looking prefix scored 4
+    calls.clear()
+    entropy.zxcvbn_strength("nathanwilliams1998")
+    assert calls == ["nathanwilliams1998"]  # words: straight to the whole password
+    calls.clear()
+    assert entropy.zxcvbn_strength("password")[1] < entropy.GUESSES_CAP_LOG10
+    assert calls == ["password"]
+
+
 def test_password_info_is_computed_once_per_password_and_shares_small_values() -> None:
     from infraetl import pwinfo
 
