@@ -250,6 +250,37 @@ def test_subscriber_cap_answers_503_and_the_page_still_loads(tmp_path: pathlib.P
         srv.close()
 
 
+def test_a_stream_dropped_before_its_headers_are_out_frees_its_slot(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # publish() may drop a subscriber the moment it is registered, before its response headers
+    # are written; the write then fails, and the slot must still be given back.
+    srv = make_server(tmp_path, max_subscribers=1)
+    real = DashboardServer._subscribe
+
+    def subscribe_then_drop(self: DashboardServer, conn: socket.socket) -> Any:
+        sub = real(self, conn)
+        if sub is not None:
+            sub.drop()
+        return sub
+
+    monkeypatch.setattr(DashboardServer, "_subscribe", subscribe_then_drop)
+    try:
+        for _ in range(3):
+            dropped = Stream(srv)
+            with pytest.raises((EOFError, OSError)):
+                dropped.head()
+            dropped.close()
+            wait_until(lambda: srv.subscribers == 0)
+        monkeypatch.setattr(DashboardServer, "_subscribe", real)
+        fresh = Stream(srv)  # the cap of one is free again
+        try:
+            assert fresh.event()[0] == "hello"
+        finally:
+            fresh.close()
+    finally:
+        srv.close()
+
+
 def test_slow_client_is_dropped_and_publish_never_blocks(tmp_path: pathlib.Path) -> None:
     srv = make_server(tmp_path, queue_size=4)
     slow = Stream(srv, rcvbuf=4096)  # connects and then never reads

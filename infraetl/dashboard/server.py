@@ -152,14 +152,14 @@ class _Handler(BaseHTTPRequestHandler):
         if not head and sub is None:
             self._send_json(503, {"error": "too many event streams"}, head=head)
             return
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        if sub is None:
-            return
-        self.close_connection = True
         try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            if sub is None:
+                return
+            self.close_connection = True
             hello = json.dumps({"generated_at": dash._generated_at})
             self.wfile.write(f"retry: 1000\nevent: hello\ndata: {hello}\n\n".encode())
             self.wfile.flush()
@@ -179,9 +179,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
                 last_write = time.monotonic()
         except OSError:
+            if sub is None:
+                raise  # a HEAD request: handled as any other request's
+            # The client went away, or was dropped, perhaps before its headers were out.
             logger.debug("event stream to %s ended", self.client_address[0])
         finally:
-            dash._unsubscribe(sub)
+            if sub is not None:
+                dash._unsubscribe(sub)
 
 
 class DashboardServer:
