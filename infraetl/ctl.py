@@ -261,6 +261,34 @@ def soak(users: int, interval: float, as_json: bool) -> None:
         raise InfraETLError(f"soak run {result.state}: {result.total_users:,} of {users:,} users on the dashboard")
 
 
+@cli.command()
+@click.option("--users", type=click.IntRange(1000, 10_000_000), default=100_000, show_default=True,
+              help="Users of the run, once without faults and once under them.")
+@click.option("--faults", type=click.IntRange(1, 10_000), default=20, show_default=True,
+              help="Faults to inject while the run lasts.")
+@click.option("--every", type=click.FloatRange(0.1), default=2.0, show_default=True,
+              help="Mean seconds between faults (each pause is 0.5-1.5 times this).")
+@click.option("--random-seed", type=int, default=1, show_default=True,
+              help="Seed of the fault sequence: the same seed draws the same faults.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def crash(users: int, faults: int, every: float, random_seed: int, as_json: bool) -> None:
+    """The crash suite at any size: a run under random kill -9, SIGSTOP and SIGTERM must give
+    the figures of the same run without them."""
+    from .crash import format_report, run_crash
+
+    def show(f: Any) -> None:
+        if not as_json:
+            click.echo(f"{f.t:7.1f} s  {f.kind}", err=True)
+
+    result = run_crash(users, faults=faults, every=every, random_seed=random_seed, on_fault=show)
+    if as_json:
+        emit_json(result.as_dict())
+    else:
+        click.echo(format_report(result))
+    if not result.ok:
+        raise InfraETLError("the run under faults does not match the run without them (see above)")
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 

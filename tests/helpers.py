@@ -8,6 +8,7 @@ import sys
 import urllib.request
 from typing import Any
 
+from infraetl.crash import figures_without_times
 from infraetl.localcluster import LocalCluster, wait_for
 
 __all__ = ["cluster_sealer", "ctl", "get_json", "get_text", "metric", "push_frames", "wait_for",
@@ -52,12 +53,6 @@ def metric(cluster: LocalCluster, name: str, labels: str = "") -> float:
     return 0.0
 
 
-TIME_KEYS = {"run_id", "started_at", "finished_at", "duration_s", "generated_at"}
-
-
-def figures_without_times(figures: dict[str, Any]) -> dict[str, Any]:
-    """A run's figures without ids and times, for comparing two runs of the same users."""
-    return {k: v for k, v in figures.items() if k not in TIME_KEYS}
 
 
 def push_frames(endpoint: str, frames: list[bytes | list[bytes]]) -> None:

@@ -156,3 +156,25 @@ def test_consumer_without_the_helper_gives_the_same_figures(tmp_path: Path, refe
                       consumer_args=["--zxcvbn-workers", "0"]) as c:
         _finish_and_compare(c, _start(c), reference)
         assert _helper_pid(c.consumer) is None
+
+
+@pytest.mark.slow
+def test_crash_command_under_random_faults_matches_the_run_without_them() -> None:
+    """The suite's longer form, ``infraetl-ctl crash``, at a size CI affords."""
+    import json
+    import subprocess
+    import sys
+
+    from infraetl.crash import FAULTS
+
+    out = subprocess.run([sys.executable, "-m", "infraetl.ctl", "crash", "--users", "60000", "--faults", "6",
+                          "--every", "0.6", "--random-seed", "3", "--json"],
+                         capture_output=True, text=True, timeout=600)
+    r = json.loads(out.stdout)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert r["ok"] and r["figures_identical"] and r["state"] == "complete"
+    assert r["dashboard_total_users"] == 60000 and not r["unclean_exits"]
+    # Faults really hit the run while it was in flight, and each is one of the suite's.
+    assert len(r["faults"]) >= 3
+    assert all(f["kind"] in FAULTS for f in r["faults"])
+    assert any(f["applied_before"] is not None and f["applied_before"] < 60000 for f in r["faults"])
