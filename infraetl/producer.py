@@ -247,6 +247,8 @@ class Producer:
                     self.producer_id, endpoints["control"], s.data_connect, s.ack_connect)
 
     def _resume(self) -> None:
+        for run_id in self.spool.close_aborted():
+            logger.warning("run %s was aborted before a restart; closed as failed", run_id)
         for frame_run, seq, kind, frame in self.spool.unacked():
             self.in_flight[(frame_run, seq)] = [frame, kind, 0, 0.0]
         for run in self.spool.unfinished_runs():
@@ -317,14 +319,16 @@ class Producer:
         run_id, seq, kind = item["run"], item["seq"], item["kind"]
         self.stages["read"] += item.get("t_read", 0.0)
         self.stages["seal"] += item.get("t_seal", 0.0)
+        finish = None
+        if kind == "abort":
+            finish = ("cancelled" if item.get("cancelled") else "failed", item.get("reason"))
         t = time.perf_counter()
-        self.spool.add_frame(run_id, seq, kind, item["users"], item["frame"], item.get("quarantine"))
+        self.spool.add_frame(run_id, seq, kind, item["users"], item["frame"], item.get("quarantine"),
+                             finish=finish)
         self.stages["spool"] += time.perf_counter() - t
         crash_point("after_spool")
-        if kind == "abort":
-            state = "cancelled" if item.get("cancelled") else "failed"
-            self.spool.finish(run_id, state, reason=item.get("reason"))
-            logger.warning("run %s %s: %s", run_id, state, item.get("reason"))
+        if finish is not None:
+            logger.warning("run %s %s: %s", run_id, *finish)
         self.in_flight[(run_id, seq)] = [item["frame"], kind, item["users"], 0.0]
         self._send(run_id, seq)
 

@@ -112,8 +112,14 @@ class Spool:
         )
 
     def add_frame(self, run_id: str, seq: int, kind: str, users: int, frame: bytes,
-                  quarantine: dict[str, int] | None = None) -> None:
-        """Durably spool a sealed frame (before it is ever sent) and count it on its run."""
+                  quarantine: dict[str, int] | None = None, *,
+                  finish: tuple[str, str | None] | None = None) -> None:
+        """Durably spool a sealed frame (before it is ever sent) and count it on its run.
+
+        ``finish`` ((state, reason)) closes the run in the same transaction: an ABORT's run
+        is over the moment its frame is spooled, and a producer killed between the two would
+        leave it running for ever (its ABORT ACKed, nothing left to complete it).
+        """
         with self._tx():
             self._db.execute(
                 "INSERT OR IGNORE INTO frames (run_id, seq, kind, users, frame) VALUES (?, ?, ?, ?, ?)",
@@ -130,6 +136,8 @@ class Spool:
                 )
             elif kind in ("end", "abort"):
                 self._db.execute("UPDATE runs SET ended=1 WHERE run_id=?", (run_id,))
+            if finish is not None:
+                self._finish(run_id, finish[0], reason=finish[1])
 
     def ack(self, run_id: str, seq: int) -> bool:
         """Mark a frame ACKed and drop its bytes (its row too once the run is over); count it on
@@ -158,12 +166,26 @@ class Spool:
         never produced again. Frames still waiting for an ACK (an ABORT, say) stay until it comes.
         """
         with self._tx():
-            self._db.execute(
-                "UPDATE runs SET state=?, reason=COALESCE(?, reason), url=COALESCE(?, url), finished_at=? "
-                "WHERE run_id=? AND state='running'",
-                (state, reason, url, time.time(), run_id),
-            )
-            self._db.execute("DELETE FROM frames WHERE run_id=? AND acked=1", (run_id,))
+            self._finish(run_id, state, reason=reason, url=url)
+
+    def _finish(self, run_id: str, state: str, *, reason: str | None = None, url: str | None = None) -> None:
+        self._db.execute(
+            "UPDATE runs SET state=?, reason=COALESCE(?, reason), url=COALESCE(?, url), finished_at=? "
+            "WHERE run_id=? AND state='running'",
+            (state, reason, url, time.time(), run_id),
+        )
+        self._db.execute("DELETE FROM frames WHERE run_id=? AND acked=1", (run_id,))
+
+    def close_aborted(self) -> list[str]:
+        """Close the runs a producer killed between spooling their ABORT and closing them left
+        running (before ``add_frame`` did both at once); return their ids."""
+        with self._tx():
+            stuck = [r[0] for r in self._db.execute(
+                "SELECT run_id FROM runs WHERE state='running' AND ended=1 AND run_id IN "
+                "(SELECT run_id FROM frames WHERE kind='abort')").fetchall()]
+            for run_id in stuck:
+                self._finish(run_id, "failed", reason="aborted; closed after a producer restart")
+        return stuck
 
     def unacked(self) -> Iterator[tuple[str, int, str, bytes]]:
         """Every frame still waiting for an ACK: (run, seq, kind, frame)."""

@@ -178,3 +178,25 @@ def test_crash_command_under_random_faults_matches_the_run_without_them() -> Non
     assert len(r["faults"]) >= 3
     assert all(f["kind"] in FAULTS for f in r["faults"])
     assert any(f["applied_before"] is not None and f["applied_before"] < 60000 for f in r["faults"])
+
+
+@pytest.mark.slow
+def test_producer_killed_between_spooling_an_abort_and_closing_its_run(tmp_path: Path) -> None:
+    """An ABORT's run is closed in the transaction that spools the ABORT: a producer killed
+    right after it must not come back with the run running for ever."""
+    broken = tmp_path / "broken.json"
+    broken.write_text("this is not JSON\n")
+    c = LocalCluster(tmp_path / "cluster")
+    try:
+        c.consumer.start()
+        # Frame 1 is the BEGIN, frame 2 the ABORT of a source that cannot be read.
+        c.producer = _with_env(c._producer(), INFRAETL_CRASH_AT="after_spool:2").start()
+        c.producer_control = c.producer.endpoints["control"]
+        run_id = ctl(c, "start-run", "--users", "100", "--source", f"file:{broken}", "--no-wait").stdout.strip()
+        _killed_itself(c.producer)
+        c.start_producer()
+        done = ctl(c, "wait", run_id, "--timeout", "20", check=False)
+        assert done.returncode == 1 and "not finished" not in done.stderr, done.stderr
+        assert "failed" in done.stderr and "holds only 0 valid users" in done.stderr
+    finally:
+        c.stop()

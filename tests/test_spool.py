@@ -72,3 +72,23 @@ def test_a_spool_from_before_the_ack_counts_is_upgraded_in_place(tmp_path: Path)
     assert _frames(spool, "going") == [(1, 1), (2, 0)]
     spool.close()
     assert {r.run_id: (r.acked_batches, r.acked_users) for r in Spool(path).runs()} == counts
+
+
+def test_an_abort_closes_its_run_as_it_is_spooled_and_an_older_stuck_run_is_closed(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.sqlite3")
+    spool.create_run("cancelled", {})
+    spool.add_frame("cancelled", -1, "abort", 0, b"sealed", finish=("cancelled", "by operator"))
+    row = spool.run("cancelled")
+    assert row is not None and (row.state, row.reason, row.ended) == ("cancelled", "by operator", True)
+    # What a producer killed between the two steps of older code left: ABORT spooled, run running.
+    spool.create_run("stuck", {})
+    spool.add_frame("stuck", -1, "abort", 0, b"sealed")
+    spool.create_run("ending", {})
+    spool.add_frame("ending", -1, "end", 0, b"sealed")  # waiting for the consumer: stays running
+    spool.close()
+    spool = Spool(tmp_path / "spool.sqlite3")
+    assert spool.close_aborted() == ["stuck"]
+    stuck = spool.run("stuck")
+    assert stuck is not None and stuck.state == "failed" and "restart" in (stuck.reason or "")
+    assert [r.run_id for r in spool.unfinished_runs()] == ["ending"]
+    assert spool.close_aborted() == []
