@@ -23,6 +23,7 @@ import os
 import pickle
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -101,6 +102,9 @@ class Scorer:
             return False
         finally:
             theirs.close()
+        # A helper that stops reading must not block the main thread in a send once the pipe
+        # is full (only take() polls with a timeout): such a send fails, and the helper with it.
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", int(TAKE_TIMEOUT), 0))
         self._conn, self._proc = Connection(ours.detach()), proc
         return True
 

@@ -78,6 +78,33 @@ def test_a_hung_helper_is_given_up_on_within_the_timeout(helper: tuple[Scorer, l
             pass  # killed by the scorer, as it should be
 
 
+def test_a_helper_that_stops_reading_cannot_block_the_sender(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The consumer hands over up to four batches before it takes the first answer; a helper that
+    # stops reading fills the pipe, and the next send must fail within the timeout, not hang.
+    import random
+    import string
+    import threading
+
+    monkeypatch.setattr(scorer, "TAKE_TIMEOUT", 1.0)
+    failures: list[str] = []
+    s = Scorer(1, on_failure=failures.append)
+    try:
+        assert s.take(s.prefetch(["warm-up-3"]))
+        pid = s.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        rng = random.Random(5)
+        batches = [["".join(rng.choices(string.ascii_letters, k=12)) for _ in range(5000)] for _ in range(6)]
+        sender = threading.Thread(target=lambda: [s.prefetch(b) for b in batches], daemon=True)
+        sender.start()
+        sender.join(20)
+        assert not sender.is_alive(), "prefetch blocked on a helper that stopped reading"
+        assert failures and "stopped taking work" in failures[0]
+        assert not os.path.exists(f"/proc/{pid}/status") or s.pid is None  # killed and forgotten
+    finally:
+        s.close()
+
+
 def test_disabled_scorer_starts_nothing() -> None:
     s = Scorer(0)
     assert s.prefetch(["anything"]) is None and s.pid is None
