@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,7 @@ def check_run_args(args: dict[str, Any]) -> dict[str, Any]:
 class RunWorker(threading.Thread):
     """Pulls one run's users from its source and hands sealed frames to the main loop."""
 
-    def __init__(self, ctx: zmq.Context, settings: ProducerSettings, sealer: wire.Sealer,
+    def __init__(self, ctx: zmq.Context, settings: ProducerSettings, sealer: Callable[[], wire.Sealer],
                  run_id: str, spec: dict[str, Any], *, skip_batches: int, producer_id: str) -> None:
         super().__init__(name=f"run-{run_id}", daemon=True)
         self.run_id = run_id
@@ -165,7 +166,7 @@ class RunWorker(threading.Thread):
         quarantine = dict(batch.quarantine)
         msg = wire.make("data", self.run_id, seq, producer=self._producer, n=len(batch.users),
                         cols=cols, quarantine=quarantine)
-        frame = self._sealer.seal(msg)
+        frame = self._sealer().seal(msg)
         t_seal = time.perf_counter() - t
         self._push(out, {"run": self.run_id, "seq": seq, "kind": "data", "users": len(batch.users),
                          "quarantine": quarantine, "frame": frame,
@@ -183,7 +184,7 @@ class RunWorker(threading.Thread):
         msg = wire.make(kind, self.run_id, seq, producer=self._producer, **fields)
         self._push(out, {"run": self.run_id, "seq": seq, "kind": kind, "users": users,
                          "reason": fields.get("reason"), "cancelled": cancelled,
-                         "frame": self._sealer.seal(msg)}, always=kind == "abort")
+                         "frame": self._sealer().seal(msg)}, always=kind == "abort")
 
     def _push(self, out: zmq.Socket, item: dict[str, Any], always: bool = False) -> None:
         data = msgpack.packb(item, use_bin_type=True)
@@ -218,6 +219,7 @@ class Producer:
         self.in_flight: dict[tuple[str, int], list[Any]] = {}
         self.workers: dict[str, RunWorker] = {}
         self.stages: dict[str, float] = defaultdict(float)   # seconds per stage, for the benchmark
+        self.failed_here: set[str] = set()   # runs this producer failed: their late work is dropped
 
     # -- set-up --
     def _open_sockets(self) -> None:
@@ -257,9 +259,16 @@ class Producer:
                 self._start_worker(run.run_id, run.spec, skip=run.batches)
         if self.in_flight:
             logger.info("re-sending %d unACKed frame(s) from the spool", len(self.in_flight))
+        foreign = sum(not self.sealer.holds_key_of(e[0]) for e in self.in_flight.values())
+        if foreign:
+            logger.warning("%d spooled frame(s) are sealed with a key this producer no longer holds: they "
+                           "are sent as they are while the consumer may still hold it; past half the token "
+                           "TTL (%g s) they cannot be re-sealed and their runs fail", foreign,
+                           self.s.token_ttl)
 
     def _start_worker(self, run_id: str, spec: dict[str, Any], skip: int = 0) -> None:
-        worker = RunWorker(self.ctx, self.s, self.sealer, run_id, spec, skip_batches=skip,
+        # The worker seals with whatever keys the producer holds now (SIGHUP swaps them).
+        worker = RunWorker(self.ctx, self.s, lambda: self.sealer, run_id, spec, skip_batches=skip,
                            producer_id=self.producer_id)
         self.workers[run_id] = worker
         worker.start()
@@ -317,6 +326,8 @@ class Producer:
     def _on_work(self, data: bytes) -> None:
         item = msgpack.unpackb(data, raw=False)
         run_id, seq, kind = item["run"], item["seq"], item["kind"]
+        if run_id in self.failed_here:
+            return  # the run failed under its worker (see _fail_run): nothing more of it goes out
         self.stages["read"] += item.get("t_read", 0.0)
         self.stages["seal"] += item.get("t_seal", 0.0)
         finish = None
@@ -337,7 +348,11 @@ class Producer:
         now = time.monotonic()
         if time.time() - self.sealer.sealed_at(entry[0]) > self.s.token_ttl / 2:
             # Re-seal before the consumer's replay window would refuse it.
-            entry[0] = self.sealer.reseal(entry[0])
+            try:
+                entry[0] = self.sealer.reseal(entry[0])
+            except WireError as e:
+                self._fail_run(run_id, f"its frame {seq} cannot be re-sealed ({e}); start the run again")
+                return
             self.spool.replace_frame(run_id, seq, entry[0])
         try:
             t = time.perf_counter()
@@ -349,6 +364,22 @@ class Producer:
             entry[3] = now - self.s.resend_after + 0.5
             self._warn.warning("no-consumer", "consumer at %s not reachable; frames stay spooled",
                                self.s.data_connect)
+
+    def _fail_run(self, run_id: str, why: str) -> None:
+        """Give up a run that can no longer complete: close it as failed, forget its frames, and
+        tell the consumer with an ABORT (sealed now, with the current key)."""
+        logger.error("run %s failed: %s", run_id, why)
+        self.failed_here.add(run_id)
+        worker = self.workers.get(run_id)
+        if worker is not None:
+            worker.cancel.set()
+        for key in [k for k in self.in_flight if k[0] == run_id]:
+            del self.in_flight[key]
+        self.spool.drop_unacked(run_id)
+        abort = self.sealer.seal(wire.make("abort", run_id, END_SEQ, producer=self.producer_id, reason=why))
+        self.spool.add_frame(run_id, END_SEQ, "abort", 0, abort, finish=("failed", why))
+        self.in_flight[(run_id, END_SEQ)] = [abort, "abort", 0, 0.0]
+        self._send(run_id, END_SEQ)
 
     def _resend_due(self) -> None:
         now = time.monotonic()
@@ -404,7 +435,17 @@ class Producer:
         from .config import reload_sealer
 
         self.signals.reload = False
-        self.sealer = reload_sealer(self.sealer, ttl=self.s.token_ttl, max_size=self.s.max_frame)
+        old, new = self.sealer, reload_sealer(self.sealer, ttl=self.s.token_ttl, max_size=self.s.max_frame)
+        # Frames waiting for an ACK are sealed again with the new key while the old keys can still
+        # open them: a rotation that drops the old key loses nothing in flight.
+        for (run_id, seq), entry in self.in_flight.items():
+            if not new.seals_like(entry[0]) and old.holds_key_of(entry[0]):
+                try:
+                    entry[0] = new.seal(old.open_raw(entry[0], check_age=False))
+                except WireError:
+                    continue  # it cannot be opened: the resend path fails its run in time
+                self.spool.replace_frame(run_id, seq, entry[0])
+        self.sealer = new
 
     def _status_line(self) -> str:
         return f"{len(self.workers)} run(s) active, {len(self.in_flight)} frame(s) awaiting ACK"

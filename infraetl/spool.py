@@ -155,6 +155,10 @@ class Spool:
                              "(SELECT state FROM runs WHERE run_id=?) IS NOT 'running'", (run_id, seq, run_id))
         return True
 
+    def drop_unacked(self, run_id: str) -> None:
+        """Forget a run's frames still waiting for an ACK (its run failed: nobody wants them)."""
+        self._db.execute("DELETE FROM frames WHERE run_id=? AND acked=0", (run_id,))
+
     def replace_frame(self, run_id: str, seq: int, frame: bytes) -> None:
         """Store a re-sealed frame in place of the old one."""
         self._db.execute("UPDATE frames SET frame=? WHERE run_id=? AND seq=? AND acked=0", (frame, run_id, seq))

@@ -165,6 +165,14 @@ class Sealer:
         except Exception as e:  # msgpack raises several unrelated types on bad input
             raise WireError("bad_msgpack", f"plaintext is not msgpack ({type(e).__name__})") from None
 
+    def holds_key_of(self, frame: bytes) -> bool:
+        """Whether the key a frame names is in this sealer's ring (unauthenticated)."""
+        return frame[:KID_LEN] in self._ring
+
+    def seals_like(self, frame: bytes) -> bool:
+        """Whether a frame names this sealer's sealing key (unauthenticated)."""
+        return frame[:KID_LEN] == self._seal_kid
+
     def sealed_at(self, frame: bytes) -> float:
         """When a frame of ours was sealed (unauthenticated: only for re-seal decisions)."""
         return float(struct.unpack(">Q", base64.urlsafe_b64decode(frame[KID_LEN:KID_LEN + 16])[1:9])[0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -198,5 +199,57 @@ def test_producer_killed_between_spooling_an_abort_and_closing_its_run(tmp_path:
         done = ctl(c, "wait", run_id, "--timeout", "20", check=False)
         assert done.returncode == 1 and "not finished" not in done.stderr, done.stderr
         assert "failed" in done.stderr and "holds only 0 valid users" in done.stderr
+    finally:
+        c.stop()
+
+
+@pytest.mark.slow
+def test_a_frame_the_producer_cannot_reseal_fails_its_run_not_the_daemon(tmp_path: Path) -> None:
+    """A spooled frame sealed with a key the producer no longer holds (new key only after a leak),
+    old enough to need a new seal: the run fails with the reason; the producer keeps serving."""
+    from infraetl import config, wire
+    from infraetl.spool import Spool
+
+    c = LocalCluster(tmp_path / "cluster")  # a key of its own: the spooled frame's is gone
+    spool = Spool(c.root / "producer" / "spool.sqlite3")
+    spool.create_run("r-old-key", {"users": 10, "nat": [], "seed": "s", "source": "synthetic"})
+    old = wire.Sealer((config.new_key().encode(),), ttl=config.TOKEN_TTL, max_size=config.MAX_FRAME)
+    end = old.seal(wire.make("end", "r-old-key", -1, producer="p", batches=1, delivered=10, quarantine={}),
+                   at=time.time() - 0.6 * config.TOKEN_TTL)
+    spool.add_frame("r-old-key", -1, "end", 0, end)
+    spool.close()
+    try:
+        c.start()
+        done = ctl(c, "wait", "r-old-key", "--timeout", "30", check=False)
+        assert done.returncode == 1 and "cannot be re-sealed" in done.stderr, done.stderr
+        assert c.producer is not None and c.producer.alive() and c.consumer.alive()
+        assert "no longer holds" in c.producer.log()
+        # The daemon carries on: the next run is exact.
+        ctl(c, "start-run", "--users", "500")
+        assert get_json(c.url + "api/stats.json")["last_run"]["total_users"] == 500
+    finally:
+        c.stop()
+
+
+@pytest.mark.slow
+def test_a_key_rotation_that_drops_the_old_key_loses_nothing_in_flight(tmp_path: Path, reference: dict) -> None:
+    """Rotation to the new key alone (after a leak), with frames in flight: SIGHUP re-seals them."""
+    from infraetl import config
+    from infraetl.localcluster import write_key_file
+
+    key_file = write_key_file(tmp_path / "etl-key", reference["key_file"].read_text().strip())
+    c = LocalCluster(tmp_path / "cluster", key_file=key_file, producer_args=["--resend-after", "1"])
+    try:
+        run_id, _ = _mid_run(c, "consumer")
+        c.consumer.signal(signal.SIGSTOP)  # frames pile up unACKed, sealed with the old key
+        assert c.producer is not None
+        producer_log = c.producer.log_path
+        wait_for(lambda: json.loads(ctl(c, "status", "--json").stdout)["in_flight"] > 4, 30, "frames in flight")
+        write_key_file(key_file, config.new_key())
+        c.producer.signal(signal.SIGHUP)
+        wait_for(lambda: "re-read 1 key(s)" in producer_log.read_text(), 10, "the producer's reload")
+        c.consumer.signal(signal.SIGHUP)
+        c.consumer.signal(signal.SIGCONT)
+        _finish_and_compare(c, run_id, reference)
     finally:
         c.stop()
