@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ import zmq
 from . import schema, wire
 from .config import ProducerSettings
 from .daemon import MALLOC, Notifier, RateLimitedLog, Signals
-from .exceptions import InfraETLError, SourceError, WireError
+from .exceptions import InfraETLError, SourceError, StoreError, WireError
 from .faults import crash_point
 from .sockets import bind, bound_endpoint, connect, make_socket
 from .sources import Batch, RunPlan, open_source
@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 BEGIN_SEQ = 0
 END_SEQ = -1        # the END (or ABORT) frame of a run; data batches are 1..N
+#: Seconds between attempts to spool what a full or read-only disk refused.
+SPOOL_RETRY_S = 1.0
 WORK_ENDPOINT = "inproc://infraetl-work"
 MAX_USERS = 10_000_000
 SOURCES = ("randomuser", "synthetic")
@@ -220,6 +222,9 @@ class Producer:
         self.workers: dict[str, RunWorker] = {}
         self.stages: dict[str, float] = defaultdict(float)   # seconds per stage, for the benchmark
         self.failed_here: set[str] = set()   # runs this producer failed: their late work is dropped
+        # Work the spool refused (disk full, read-only): held in order, retried, and no more taken.
+        self.unspooled: deque[bytes] = deque()
+        self._spool_retry_at = 0.0
 
     # -- set-up --
     def _open_sockets(self) -> None:
@@ -287,7 +292,9 @@ class Producer:
             poller.register(self.acks, zmq.POLLIN)
             work_registered = False
             while not self.signals.stop:
-                want_work = len(self.in_flight) < self.s.window
+                if self.unspooled and time.monotonic() >= self._spool_retry_at:
+                    self._spool_held()
+                want_work = len(self.in_flight) < self.s.window and not self.unspooled
                 if want_work != work_registered:
                     (poller.register(self.work, zmq.POLLIN) if want_work else poller.unregister(self.work))
                     work_registered = want_work
@@ -324,6 +331,32 @@ class Producer:
             handle(msg)
 
     def _on_work(self, data: bytes) -> None:
+        if self.unspooled:
+            self.unspooled.append(data)  # behind what the spool refused: in order
+            return
+        try:
+            self._take_work(data)
+        except StoreError as e:
+            self._hold(data, e)
+
+    def _hold(self, data: bytes, e: StoreError) -> None:
+        """Keep a work item the spool refused; the workers wait (back-pressure) until it takes it."""
+        self.unspooled.appendleft(data)
+        self._spool_retry_at = time.monotonic() + SPOOL_RETRY_S
+        self._warn.warning("spool", "cannot spool: %s; holding %d frame(s), taking no more work until "
+                           "the spool takes them", e, len(self.unspooled))
+
+    def _spool_held(self) -> None:
+        while self.unspooled:
+            data = self.unspooled.popleft()
+            try:
+                self._take_work(data)
+            except StoreError as e:
+                self._hold(data, e)
+                return
+        logger.info("the spool takes frames again")
+
+    def _take_work(self, data: bytes) -> None:
         item = msgpack.unpackb(data, raw=False)
         run_id, seq, kind = item["run"], item["seq"], item["kind"]
         if run_id in self.failed_here:
@@ -353,7 +386,10 @@ class Producer:
             except WireError as e:
                 self._fail_run(run_id, f"its frame {seq} cannot be re-sealed ({e}); start the run again")
                 return
-            self.spool.replace_frame(run_id, seq, entry[0])
+            try:
+                self.spool.replace_frame(run_id, seq, entry[0])
+            except StoreError as e:  # the old seal stays spooled: a restart re-seals it again
+                self._warn.warning("spool", "cannot store a re-sealed frame: %s", e)
         try:
             t = time.perf_counter()
             self.data.send(entry[0], zmq.NOBLOCK)
@@ -400,14 +436,22 @@ class Producer:
         if msg["kind"] != "ack":
             return
         run_id, seq = msg["run"], msg["seq"]
-        if (run_id, seq) in self.in_flight and msg["status"] != "pending":
-            self.in_flight.pop((run_id, seq))
-            self.spool.ack(run_id, seq)
-            MALLOC.tick()
-        if msg["of"] == "end" and msg["status"] == "complete":
-            self.spool.finish(run_id, "complete", url=msg.get("url"))
-            logger.info("run %s complete: %s users on %s", run_id, msg.get("applied"), msg.get("url"))
-            MALLOC.release()
+        entry = self.in_flight.get((run_id, seq))
+        try:
+            if entry is not None and msg["status"] != "pending":
+                self.in_flight.pop((run_id, seq))
+                self.spool.ack(run_id, seq)
+                MALLOC.tick()
+            if msg["of"] == "end" and msg["status"] == "complete":
+                self.spool.finish(run_id, "complete", url=msg.get("url"))
+                logger.info("run %s complete: %s users on %s", run_id, msg.get("applied"), msg.get("url"))
+                MALLOC.release()
+        except StoreError as e:
+            # Not recorded: the frame is sent again, and its ACK (the consumer ACKs a duplicate
+            # again) records it once the spool takes writes.
+            if entry is not None:
+                self.in_flight[(run_id, seq)] = entry
+            self._warn.warning("spool", "cannot record an ACK: %s", e)
 
     def _on_control(self, parts: list[bytes]) -> None:
         from .control import handle_control

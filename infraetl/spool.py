@@ -106,10 +106,11 @@ class Spool:
     # -- runs --
     def create_run(self, run_id: str, spec: dict[str, Any]) -> None:
         """Record a new run (state running)."""
-        self._db.execute(
-            "INSERT INTO runs (run_id, spec, state, created_at) VALUES (?, ?, 'running', ?)",
-            (run_id, json.dumps(spec), time.time()),
-        )
+        with self._tx():
+            self._db.execute(
+                "INSERT INTO runs (run_id, spec, state, created_at) VALUES (?, ?, 'running', ?)",
+                (run_id, json.dumps(spec), time.time()),
+            )
 
     def add_frame(self, run_id: str, seq: int, kind: str, users: int, frame: bytes,
                   quarantine: dict[str, int] | None = None, *,
@@ -157,11 +158,14 @@ class Spool:
 
     def drop_unacked(self, run_id: str) -> None:
         """Forget a run's frames still waiting for an ACK (its run failed: nobody wants them)."""
-        self._db.execute("DELETE FROM frames WHERE run_id=? AND acked=0", (run_id,))
+        with self._tx():
+            self._db.execute("DELETE FROM frames WHERE run_id=? AND acked=0", (run_id,))
 
     def replace_frame(self, run_id: str, seq: int, frame: bytes) -> None:
         """Store a re-sealed frame in place of the old one."""
-        self._db.execute("UPDATE frames SET frame=? WHERE run_id=? AND seq=? AND acked=0", (frame, run_id, seq))
+        with self._tx():
+            self._db.execute("UPDATE frames SET frame=? WHERE run_id=? AND seq=? AND acked=0",
+                             (frame, run_id, seq))
 
     def finish(self, run_id: str, state: str, *, reason: str | None = None, url: str | None = None) -> None:
         """Close a run as complete, failed or cancelled.
