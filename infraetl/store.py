@@ -86,6 +86,8 @@ ALIVE_EVERY = 64
 #: a run holds at most this many partials (~26 KB each), however long it is, and an END after a
 #: restart merges at most this many.
 CHECKPOINT_EVERY = 512
+#: Runs whose aggregate so far is kept in memory (the most recently updated ones).
+LIVE_RUNS = 8
 
 RUN_COLUMNS = ("run_id", "producer", "source", "requested", "meta", "state", "reason", "started_at",
                "finished_at", "expected", "applied", "delivered", "kept", "quarantined")
@@ -210,6 +212,10 @@ class Store:
         else:
             return
         self._live[run_id] = live
+        while len(self._live) > LIVE_RUNS:
+            # The run updated longest ago (a run whose producer never came back, or one of too
+            # many at once): should it go on, its aggregate is rebuilt from disk, as after a restart.
+            del self._live[next(iter(self._live))]
         if seq % CHECKPOINT_EVERY == 0:
             # The aggregate of batches 1..seq goes to disk and their partials are dropped, in
             # this batch's transaction: the run's partials stay bounded however long it is.

@@ -194,6 +194,27 @@ def test_checkpoints_bound_a_run_and_give_the_same_figures(tmp_path: Path, monke
     assert store._db.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0] == 0
 
 
+def test_live_aggregates_are_kept_for_a_bounded_number_of_runs(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # A run whose producer never comes back must not hold its aggregate in memory for ever; a
+    # run dropped from memory that goes on is rebuilt from disk, with the very same figures.
+    import infraetl.store
+
+    batches = 11
+    reference = _run_figures(_applied_in_order(tmp_path / "ref.sqlite3", batches), "r1", batches)
+    monkeypatch.setattr(infraetl.store, "CHECKPOINT_EVERY", 4)
+    monkeypatch.setattr(infraetl.store, "LIVE_RUNS", 2)
+    store = Store(tmp_path / "c.sqlite3")
+    runs = ["r1", "r2", "r3"]
+    for seq in range(1, batches + 1):
+        for run in runs:  # three at once, round robin: each batch finds its run dropped
+            assert _apply(store, seq, run)
+            assert len(store._live) <= 2
+    for run in runs:
+        assert _run_figures(store, run, batches) == reference
+    assert not store._live
+
+
 def _applied_in_order(path: Path, batches: int) -> Store:
     store = Store(path)
     for seq in range(1, batches + 1):
