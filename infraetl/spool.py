@@ -203,7 +203,7 @@ class Spool:
 
     def unfinished_runs(self) -> list[RunRow]:
         """Runs a restarted producer must carry on."""
-        return [r for r in self.runs(limit=1000) if r.state == "running"]
+        return self._runs("WHERE r.state='running' ORDER BY r.created_at", ())
 
     def run(self, run_id: str) -> RunRow | None:
         """One run, or None."""

@@ -92,3 +92,12 @@ def test_an_abort_closes_its_run_as_it_is_spooled_and_an_older_stuck_run_is_clos
     assert stuck is not None and stuck.state == "failed" and "restart" in (stuck.reason or "")
     assert [r.run_id for r in spool.unfinished_runs()] == ["ending"]
     assert spool.close_aborted() == []
+
+
+def test_a_run_still_running_behind_a_thousand_newer_ones_is_resumed(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.sqlite3")
+    spool.create_run("long", {})
+    for i in range(1005):
+        spool.create_run(f"short-{i}", {})
+        spool.finish(f"short-{i}", "complete")
+    assert [r.run_id for r in spool.unfinished_runs()] == ["long"]
