@@ -90,45 +90,45 @@ def test_read_only_state_dir_at_start_is_one_clear_error(tmp_path: Path, small_d
     assert "cannot open the state database" in proc.stderr
 
 
-def test_a_full_disk_under_the_producer_refuses_a_run_in_one_sentence_and_the_daemon_lives(
-        tmp_path: Path, small_disk: Path) -> None:
+@pytest.fixture
+def producer_on_small_disk(tmp_path: Path, small_disk: Path) -> Iterator[LocalCluster]:
+    """Both daemons, the producer's state directory (its spool) on the small tmpfs."""
     (small_disk / "producer").mkdir()
     c = LocalCluster(tmp_path / "cluster")
     (c.root / "producer").symlink_to(small_disk / "producer")
     try:
-        c.start()
-        ctl(c, "start-run", "--users", "300")
-        _fill(small_disk / "filler")
-        refused = ctl(c, "start-run", "--users", "300", check=False)
-        assert refused.returncode != 0
-        assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
-        assert "state database" in refused.stderr
-        assert c.producer is not None and c.producer.alive()
-        (small_disk / "filler").unlink()
-        ctl(c, "start-run", "--users", "300")
-        assert get_json(c.url + "api/stats.json")["cumulative"]["total_users"] == 600
+        yield c.start()
     finally:
         c.stop()
+
+
+def test_a_full_disk_under_the_producer_refuses_a_run_in_one_sentence_and_the_daemon_lives(
+        producer_on_small_disk: LocalCluster, small_disk: Path) -> None:
+    c = producer_on_small_disk
+    ctl(c, "start-run", "--users", "300")
+    _fill(small_disk / "filler")
+    refused = ctl(c, "start-run", "--users", "300", check=False)
+    assert refused.returncode != 0
+    assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "state database" in refused.stderr
+    assert c.producer is not None and c.producer.alive()
+    (small_disk / "filler").unlink()
+    ctl(c, "start-run", "--users", "300")
+    assert get_json(c.url + "api/stats.json")["cumulative"]["total_users"] == 600
 
 
 def test_a_producer_whose_disk_fills_mid_run_holds_its_work_and_finishes_when_space_is_back(
-        tmp_path: Path, small_disk: Path) -> None:
-    (small_disk / "producer").mkdir()
-    c = LocalCluster(tmp_path / "cluster")
-    (c.root / "producer").symlink_to(small_disk / "producer")
-    try:
-        c.start()
-        # Room for the run's first frames, not for its window of them (~26 x 130 KB): the spool
-        # runs out mid-run (once ACKed frames free pages, it stops growing).
-        _fill(small_disk / "filler")
-        os.truncate(small_disk / "filler", (small_disk / "filler").stat().st_size - (1 << 20))
-        run_id = ctl(c, "start-run", "--users", "40000", "--no-wait").stdout.strip()
-        assert c.producer is not None
-        wait_for(lambda: "cannot spool" in c.producer.log(), 60, "the producer to hold its work")
-        assert c.producer.alive()
-        assert ctl(c, "status").returncode == 0  # still answering its operator
-        (small_disk / "filler").unlink()
-        ctl(c, "wait", run_id, "--timeout", "120")
-        assert get_json(c.url + "api/stats.json")["cumulative"]["total_users"] == 40000
-    finally:
-        c.stop()
+        producer_on_small_disk: LocalCluster, small_disk: Path) -> None:
+    c = producer_on_small_disk
+    # Room for the run's first frames, not for its window of them (~26 x 130 KB): the spool
+    # runs out mid-run (once ACKed frames free pages, it stops growing).
+    _fill(small_disk / "filler")
+    os.truncate(small_disk / "filler", (small_disk / "filler").stat().st_size - (1 << 20))
+    run_id = ctl(c, "start-run", "--users", "40000", "--no-wait").stdout.strip()
+    assert c.producer is not None
+    wait_for(lambda: "cannot spool" in c.producer.log(), 60, "the producer to hold its work")
+    assert c.producer.alive()
+    assert ctl(c, "status").returncode == 0  # still answering its operator
+    (small_disk / "filler").unlink()
+    ctl(c, "wait", run_id, "--timeout", "120")
+    assert get_json(c.url + "api/stats.json")["cumulative"]["total_users"] == 40000
