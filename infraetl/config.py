@@ -104,10 +104,11 @@ class ProducerSettings:
 def split_bind(bind: str) -> tuple[str, int]:
     """Split ``HOST:PORT`` (IPv6 in brackets allowed) for the HTTP server."""
     host, sep, port = bind.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not port.isdigit() or int(port) > 65535:
         from .exceptions import ConfigError
 
-        raise ConfigError(f"bad HTTP address {bind!r}: expected HOST:PORT, e.g. 0.0.0.0:8000")
+        raise ConfigError(f"bad HTTP address {bind!r}: expected HOST:PORT with a port of 0-65535, "
+                          "e.g. 0.0.0.0:8000")
     return host.strip("[]") or "0.0.0.0", int(port)
 
 

@@ -27,7 +27,7 @@ from . import wire
 from .audit import AuditSummary, fingerprint_key
 from .config import ConsumerSettings, split_bind
 from .daemon import MALLOC, Notifier, RateLimitedLog, Signals
-from .exceptions import StoreError, WireError
+from .exceptions import ConfigError, StoreError, WireError
 from .faults import crash_point
 from .metrics import ConsumerMetrics
 from .pwinfo import add_strengths
@@ -53,7 +53,10 @@ class Consumer:
         self.s = settings
         self.sealer = wire.Sealer(settings.keys, ttl=settings.token_ttl, max_size=settings.max_frame)
         self.fp_key = fingerprint_key(settings.keys[0])
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            settings.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create the state directory {settings.state_dir}: {e.strerror or e}") from None
         self.notifier = Notifier()
         self.store = Store(settings.state_dir / "consumer.sqlite3", alive=self.notifier.ping)
         self.site_dir = settings.state_dir / "www"

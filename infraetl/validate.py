@@ -62,6 +62,9 @@ from .schema import FIELDS, MAY_BE_EMPTY, Columns, Field
 # ---------------------------------------------------------------- producer side
 
 _SPLIT = {f.path: tuple(f.path.split(".")) for f in FIELDS}
+#: The integers a batch can carry (msgpack's signed 64 bits, as the typed decoder takes them);
+#: beyond them a whole-document JSON file's integer is a type error, as orjson's float is.
+INT_MIN, INT_MAX = -(1 << 63), (1 << 63) - 1
 _OPTIONAL_DEFAULTS: dict[str, Any] = {"id.name": "", "id.value": None}
 
 
@@ -75,9 +78,9 @@ def _fast_check_source(name: str, *, row: bool) -> str:
     conds: list[str] = []
     for f, v in zip(FIELDS, leaves, strict=True):
         if f.kind == "int":
-            conds.append(f"type({v}) is int")
+            conds.append(f"(type({v}) is int and {INT_MIN} <= {v} <= {INT_MAX})")
         elif f.kind == "str|int":
-            conds.append(f"((type({v}) is str and {v} != '') or type({v}) is int)")
+            conds.append(f"((type({v}) is str and {v} != '') or (type({v}) is int and {INT_MIN} <= {v} <= {INT_MAX}))")
         elif f.path == "id.value":
             conds.append(f"({v} is None or type({v}) is str)")
         elif f.path in MAY_BE_EMPTY:
@@ -131,6 +134,8 @@ def record_problem(user: Any) -> str | None:
                 return f"missing:{f.path}"
             continue
         if type(node) not in _TYPES[f.kind]:  # exact types: True is not an age
+            return f"type:{f.path}"
+        if type(node) is int and not INT_MIN <= node <= INT_MAX:  # msgpack carries 64 bits
             return f"type:{f.path}"
         if node == "" and f.path not in MAY_BE_EMPTY:
             return f"empty:{f.path}"

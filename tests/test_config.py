@@ -66,3 +66,34 @@ def test_daemon_without_key_exits_2_with_one_sentence(role: str, tmp_path: Path)
     assert "Traceback" not in proc.stderr
     assert bad not in proc.stderr + proc.stdout
     assert "ETL_ENCRYPTION_KEY" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("case", ["busy dashboard port", "port out of range", "state dir under a file"])
+def test_consumer_start_up_mistakes_are_one_sentence_not_a_traceback(case: str, tmp_path: Path) -> None:
+    import socket
+
+    key_file = write_key_file(tmp_path / "etl-key")
+    (tmp_path / "a-file").write_text("")
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    state, http = {
+        "busy dashboard port": (tmp_path / "c", f"127.0.0.1:{holder.getsockname()[1]}"),
+        "port out of range": (tmp_path / "c", "127.0.0.1:99999"),
+        "state dir under a file": (tmp_path / "a-file" / "c", "127.0.0.1:0"),
+    }[case]
+    env = {"PATH": "/usr/bin:/bin", "ETL_ENCRYPTION_KEY_FILE": str(key_file), "HOME": str(tmp_path)}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "infraetl.consumer", "--state-dir", str(state),
+                               "--data-bind", "tcp://127.0.0.1:*", "--ack-bind", "tcp://127.0.0.1:*",
+                               "--http-bind", http, "--zxcvbn-workers", "0"],
+                              env=env, capture_output=True, text=True, timeout=30)
+    finally:
+        holder.close()
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: ") and {
+        "busy dashboard port": "cannot serve the dashboard",
+        "port out of range": "bad HTTP address",
+        "state dir under a file": "cannot create the state directory",
+    }[case] in last

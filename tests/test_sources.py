@@ -555,3 +555,66 @@ def test_replay_with_the_row_checker_uses_the_typed_path_and_matches_the_general
             [(rows_to_columns(b.users), b.quarantine) for b in general(users)]
         assert sum(len(b.users) for b in typed) == users
         assert sum(quarantine_of(typed).values()) > 100
+
+
+# -- records that used to escape the checks and fail a whole run (found by a review) --
+
+def _jsonl(tmp_path: Path, lines: list[bytes]) -> Path:
+    path = tmp_path / "users.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+@pytest.mark.parametrize("where", ["a field the pipeline keeps", "a field the fast decoder skips"])
+def test_a_line_that_is_not_utf8_is_refused_as_a_whole_whatever_field_holds_the_byte(
+        tmp_path: Path, where: str) -> None:
+    from userfactory import make_users
+
+    from infraetl.validate import check_rows
+
+    users = make_users(20, seed=2)
+    lines = [json.dumps(u, ensure_ascii=False).encode() for u in users]
+    if where == "a field the pipeline keeps":
+        lines[5] = lines[5].replace(json.dumps(users[5]["name"]["first"]).encode(), b'"Jo\xffn"', 1)
+    else:  # as the API's picture URLs or hashes
+        lines[5] = lines[5][:-1] + b', "picture": {"large": "Jo\xffn"}}'
+    batches = run(ReplaySource(_jsonl(tmp_path, lines)), check_rows, users=19, batch_size=50)
+    assert len(users_of(batches)) == 19 and quarantine_of(batches) == {"parse:line": 1}
+
+
+def test_an_integer_beyond_64_bits_is_a_type_error_in_a_whole_document_file(tmp_path: Path) -> None:
+    from userfactory import make_users
+
+    from infraetl.validate import check_rows
+
+    users = make_users(10, seed=4)
+    users[3]["location"]["street"]["number"] = 10**20  # the standard parser keeps it an int
+    path = tmp_path / "users.json"
+    path.write_text(json.dumps(users))
+    batches = run(ReplaySource(path), check_rows, users=9, batch_size=50)
+    assert len(users_of(batches)) == 9
+    assert quarantine_of(batches) == {"type:location.street.number": 1}
+
+
+def test_json_nested_too_deeply_is_a_broken_line_not_a_failed_run(tmp_path: Path) -> None:
+    from userfactory import make_users
+
+    from infraetl.sources.replay import parse_json
+    from infraetl.validate import check_rows
+
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(ValueError):
+        parse_json(deep)  # what the RandomUser source retries as a broken page
+    lines = [json.dumps(u).encode() for u in make_users(5, seed=6)]
+    batches = run(ReplaySource(_jsonl(tmp_path, [*lines[:2], deep, *lines[2:]])), check_rows,
+                  users=5, batch_size=50)
+    assert len(users_of(batches)) == 5 and quarantine_of(batches) == {"parse:line": 1}
+
+
+@pytest.mark.parametrize("url", ["http://exa mple.com/api/", "http://[::1/api/"])
+def test_an_api_address_no_retry_can_mend_fails_the_run_at_once(url: str) -> None:
+    source = RandomUserSource(api_url=url, retry_budget=50, backoff_base=1.0, backoff_cap=5.0)
+    t = time.monotonic()
+    with pytest.raises(SourceError, match="not retried"):
+        run(source, users=10)
+    assert time.monotonic() - t < 5

@@ -233,7 +233,13 @@ class DashboardServer:
     def start(self) -> None:
         """Bind and serve in a background thread; return once bound."""
         cls = _HTTPServer6 if ":" in self.host else _HTTPServer
-        self._httpd = cls((self.host, self._port), self._handler)
+        try:
+            self._httpd = cls((self.host, self._port), self._handler)
+        except OSError as e:
+            from ..exceptions import ConfigError
+
+            raise ConfigError(f"cannot serve the dashboard on {self.host}:{self._port}: "
+                              f"{e.strerror or e} (--http-bind)") from None
         self._httpd.dashboard = self
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="dashboard-http", daemon=True)

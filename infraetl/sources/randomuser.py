@@ -330,6 +330,10 @@ class RandomUserSource:
                 resp = session.get(self.api_url, params=params, timeout=run.request_timeout(self.timeout))
             except requests.Timeout:
                 reason = f"no answer within {self.timeout:g}s"
+            except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+                    requests.exceptions.InvalidSchema) as e:
+                # No retry can mend the address itself.
+                raise run.fail(f"RandomUser API address {self.api_url!r} is not usable: {e} (not retried)") from None
             except requests.RequestException as e:
                 if run.stop.is_set():
                     raise _Stopped from None

@@ -303,7 +303,7 @@ def _is_json_lines(f: BinaryIO) -> bool:
     f.seek(0)
     for line in lines:
         try:
-            if isinstance(json.loads(line), dict):
+            if isinstance(parse_json(line), dict):
                 return True
         except ValueError:
             continue
@@ -321,13 +321,27 @@ def parse_json(text: bytes) -> Any:
     try:
         return orjson.loads(text)
     except ValueError:
+        pass
+    try:
         return json.loads(text)
+    except RecursionError:  # nested deeper than the standard parser goes: broken JSON all the same
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _valid_utf8(line: bytes) -> bool:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _json_lines(f: BinaryIO, *, typed: bool = False) -> Iterator[Any]:
     """Each line's record(s); with ``typed``, a well-formed user comes as its row already."""
     for line in f:
-        if typed:
+        # The typed decoder does not look at the fields it skips: a line that is not UTF-8 all
+        # through goes the general way, which refuses it as a whole (as for any broken line).
+        if typed and (line.isascii() or _valid_utf8(line)):
             try:
                 yield decode_row(line)
                 continue
@@ -352,7 +366,7 @@ def _json_lines(f: BinaryIO, *, typed: bool = False) -> Iterator[Any]:
 def _whole_document(f: BinaryIO, path: Path) -> list[Any]:
     try:
         data = json.load(f)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise SourceError(f"file {path} is not valid JSON: {e}") from None
     if isinstance(data, list):
         return data
