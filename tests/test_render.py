@@ -360,3 +360,34 @@ def test_operator_opt_in_shows_passwords_and_says_so() -> None:
     assert "trustno1" in html and "trustno1" in docs["api/stats.json"].decode()
     assert "Passwords shown in plaintext (operator opt-in)" in html
     assert "Top 10 passwords (masked)" not in html
+
+
+def test_quarantine_and_warning_shares_are_of_all_of_them_not_of_the_ten_shown() -> None:
+    from infraetl.audit import AuditSummary
+    from infraetl.stream_stats import StatsSummary
+
+    s = StatsSummary.empty()
+    s.add_counts(quarantine={f"missing:field{i:02d}": 1 for i in range(20)},
+                 warnings={f"whitespace:field{i:02d}": 3 for i in range(40)})
+    f = {**s.figures(), "audit": AuditSummary.empty().figures()}
+    ctx = render.build_context({"last_run": {**f, "run_id": "r1", "state": "complete"}, "cumulative": f,
+                                "runs": []}, generated_at=GENERATED_AT)
+    panels = {p["id"]: p for p in ctx["views"]["last"]["panels"]}
+    for pid, share in (("quarantine", 5.0), ("warnings", 2.5)):
+        rows = panels[pid]["rows"]
+        assert len(rows) == 10 and all(r["cells"][2][1] == share for r in rows), pid
+
+
+def test_a_run_whose_every_user_was_quarantined_shows_its_quarantine() -> None:
+    from infraetl.audit import AuditSummary
+    from infraetl.stream_stats import StatsSummary
+
+    s = StatsSummary.empty()
+    s.add_counts(quarantine={"mojibake:name.last": 500})
+    f = {**s.figures(), "audit": AuditSummary.empty().figures()}
+    ctx = render.build_context({"last_run": {**f, "run_id": "r1", "state": "complete"}, "cumulative": f,
+                                "runs": []}, generated_at=GENERATED_AT)
+    view = ctx["views"]["last"]
+    assert not view["empty"]
+    quarantine = next(p for p in view["panels"] if p["id"] == "quarantine")
+    assert [r["cells"][1][1] for r in quarantine["rows"]] == [500]

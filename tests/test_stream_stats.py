@@ -285,3 +285,22 @@ def test_from_bytes_rejects_garbage() -> None:
                  msgpack.packb(short_hll, use_bin_type=True)):
         with pytest.raises(ValueError):
             StatsSummary.from_bytes(blob)
+
+
+def test_registration_years_are_read_right_when_dates_of_other_lengths_add_up_to_the_apis() -> None:
+    import copy
+
+    from infraetl.validate import validate_columns
+
+    users = userfactory.make_users(500, seed=3)
+    users[10]["registered"]["date"] = "2012-05-06T07:08:09.12Z"     # 23 characters, valid ISO
+    users[400]["registered"]["date"] = "2013-05-06T07:08:09+00:00"  # 25: together, 24 apiece
+
+    def years(part: list[dict[str, Any]]) -> StatsSummary:
+        checked = validate_columns(schema.to_columns(copy.deepcopy(part)))
+        assert not checked.quarantine
+        return StatsSummary.from_columns(checked.cols)
+
+    truth = Counter(u["registered"]["date"][:4] for u in users)
+    assert years(users).figures()["registration_years"] == {k: truth[k] for k in sorted(truth)}
+    assert years(users[:200]).merge(years(users[200:])).figures() == years(users).figures()

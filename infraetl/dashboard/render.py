@@ -279,9 +279,9 @@ def _panels(f: dict[str, Any], masked: bool) -> list[dict[str, Any]]:
                _top(_counts(audit.get("personal_info"))), charts.hbar_chart, "Kind"),
         _weak_panel(audit),
         _panel("quarantine", "quarantine", "Quarantined, by reason", _top(_counts(f.get("quarantine"))),
-               charts.hbar_chart, "Reason"),
+               charts.hbar_chart, "Reason", total=sum(v for _, v in _counts(f.get("quarantine")))),
         _panel("warnings", "warnings", "Warnings, by reason", _top(_counts(f.get("warnings"))),
-               charts.hbar_chart, "Reason"),
+               charts.hbar_chart, "Reason", total=sum(v for _, v in _counts(f.get("warnings")))),
         panel("first_names", "top_first_names", "Top 10 first names", _top_values(f.get("top_first_names")),
                charts.hbar_chart, "First name"),
         panel("cities", "top_cities", "Top 10 cities", _top_values(f.get("top_cities")), charts.hbar_chart, "City"),
@@ -391,7 +391,8 @@ def _cards(f: dict[str, Any], masked: bool) -> list[dict[str, Any]]:
 
 def _view(vid: str, title: str, figures: Any, subtitle: str, masked: bool) -> dict[str, Any]:
     f = _map(figures)
-    empty = not f or not _num(f.get("total_users"))
+    # A run whose every user was quarantined has figures to show: its quarantine.
+    empty = not f or (not _num(f.get("total_users")) and not _counts(f.get("quarantine")))
     return {"id": vid, "title": title, "subtitle": subtitle, "empty": empty,
             "cards": [] if empty else _cards(f, masked), "panels": [] if empty else _panels(f, masked)}
 
