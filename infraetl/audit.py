@@ -21,8 +21,9 @@ entropies in milli-bits), except the three bounded tallies (``fptally``:
 passwords and reuse, hashcat masks, base words). Each is exact while it
 holds at most its cap of distinct keys (``reuse.exact`` and
 ``masks_exact`` in :meth:`AuditSummary.figures`); past it the rarest keys
-are evicted, the top entries stay right in practice, and
-``users_sharing``/``largest_group``/``distinct`` become lower bounds.
+are evicted, the top entries stay right in practice,
+``users_sharing``/``largest_group`` become lower bounds and ``distinct`` an
+upper bound (a password evicted and seen again is counted again).
 """
 
 from __future__ import annotations
@@ -57,7 +58,10 @@ __all__ = ["AuditSummary", "PasswordInfo", "fingerprint", "fingerprint_key", "ma
 REUSE_CAP = 200_000
 MASK_CAP = 4096
 BASE_CAP = 4096
-NAT_CAP = 64
+#: Nationalities with a row of their own; the rest share "other". Validation takes two capital
+#: letters (676 codes) and "unknown" stands for none: every valid code fits, so the table cannot
+#: depend on the order of merges. The cap is for what validation would let through otherwise.
+NAT_CAP = 26 * 26 + 1
 TOP = 10
 _VERSION = 1
 _USER_FIELDS = ("name.first", "name.last", "login.username", "dob.date", "email",

@@ -8,9 +8,10 @@ re-masked on merge and the eviction bookkeeping behind ``users_sharing``.
 While a tally holds at most ``cap`` keys every count is exact and merging
 is exact (associative and commutative). Past the cap the rarest keys are
 evicted down to half of it and ``exact`` turns False for good: frequent keys
-keep (nearly) right counts, ``evicted_keys`` and ``evicted_sharing`` (the
-users in evicted groups of two or more) keep distinct and sharing counts as
-lower bounds, and an evicted key seen again starts from zero.
+keep (nearly) right counts, and an evicted key seen again starts from zero.
+``evicted_sharing`` (the users in evicted groups of two or more) keeps the
+sharing count a lower bound; ``evicted_keys`` makes the distinct count an
+upper bound (a key evicted and seen again is counted in both).
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from itertools import chain, compress, count, repeat
-from operator import add, contains, eq, itemgetter, le, not_
+from operator import add, and_, contains, eq, itemgetter, le, not_
 from typing import Any
 
 from infraetl.pwshape import LEET, deleet, digit_runs
@@ -222,10 +222,12 @@ def suspects(
                 c = compact(names[i])
                 if c in pwls[i] or c[::-1] in pwls[i] or c in leet_forms[i]:
                     look.add(i)
-    # An e-mail first.last@ has the names for parts (tested above); only the others
+    # An e-mail first.last@ has the names for parts (tested above) when the names hold no
+    # separator of their own ("jean-luc.picard@" has "luc" for a part); only the others
     # are split (a third of the users: transliterated or shortened names).
     expected = map(add, map(add, fl, repeat(".")), map(add, ll, repeat("@")))
-    odd = list(compress(count(), map(not_, map(str.startswith, emails, expected))))
+    plain = map(and_, map(str.startswith, emails, expected), map(and_, map(str.isalnum, fl), map(str.isalnum, ll)))
+    odd = list(compress(count(), map(not_, plain)))
     if odd:
         sub = _email_hits([pwls[i] for i in odd], [emails[i] for i in odd])
         look.update(odd[j] for j in sub)

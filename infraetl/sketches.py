@@ -377,10 +377,13 @@ class HashMemo:
 
     def __call__(self, values: list[str]) -> np.ndarray:
         """The hashes of ``values`` (as hash64 would give them)."""
-        fresh = list(set(values).difference(self.known))
+        distinct = set(values)
+        fresh = list(distinct.difference(self.known))
         if fresh:
             if len(self.known) + len(fresh) > self.limit:
+                # Start afresh: then every value of this batch is fresh (not only the new ones).
                 self.known.clear()
+                fresh = list(distinct)
             # Held as int64: numpy converts Python ints above 2**63 to uint64 slowly.
             self.known.update(zip(fresh, hash64(fresh).view(np.int64).tolist(), strict=True))
         return np.fromiter(map(self.known.__getitem__, values), dtype=np.int64, count=len(values)).view(_U64)

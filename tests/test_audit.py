@@ -143,6 +143,11 @@ def test_by_nationality_shares_of_weak_passwords() -> None:
     ({"login.password": "3dw4rd"}, {"leet"}),
     ({"login.password": "y3llowm33rk4t830"}, {"leet"}),
     ({"login.password": "kat1", "email": "kat.lambert@example.com"}, {"email_local"}),
+    # A name with a separator of its own: its e-mail's parts are pieces of it.
+    ({"login.password": "luc1234!", "name.first": "Jean-Luc", "name.last": "Picard",
+      "email": "jean-luc.picard@example.com"}, {"email_local"}),
+    ({"login.password": "jones77", "name.last": "Smith-Jones", "email": "edward.smith-jones@example.com"},
+     {"email_local"}),
     ({"login.password": "olive", "name.first": "Li"}, set()),  # under 3 characters
     ({"login.password": "", "name.first": ""}, set()),
 ])
@@ -296,18 +301,22 @@ def test_reveal_keeps_plaintext_only_when_every_part_opted_in() -> None:
     assert merged["most_secure_password"]["password"] in ("s****t", "s****r")
 
 
-def test_tally_past_its_cap_is_flagged_and_a_lower_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tally_past_its_cap_is_flagged_and_its_bounds_hold(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(audit, "REUSE_CAP", 8)
-    rows = [{"login.password": f"pw{i}"} for i in range(20)] + [{"login.password": "pw0"}] * 5
+    # 20 distinct passwords, each seen twice (a second time after it may have been evicted),
+    # and pw0 five times more: 6 + 19 * 2 = 44 users share, 20 distinct.
+    rows = [{"login.password": f"pw{i}"} for i in range(20)] * 2 + [{"login.password": "pw0"}] * 5
     total = AuditSummary.empty()
     for i in range(0, len(rows), 5):
         total.merge(AuditSummary.from_columns(cols(*rows[i:i + 5]), KEY))
     f = total.figures()
     assert f["reuse"]["exact"] is False
-    assert f["reuse"]["users_sharing"] <= 6
-    assert f["reuse"]["largest_group"] <= 6
+    assert f["reuse"]["users_sharing"] <= 44
+    assert f["reuse"]["largest_group"] <= 7
+    # An evicted password seen again is counted again: distinct is an upper bound past the cap.
+    assert f["reuse"]["distinct"] >= 20
     assert len(total.passwords.counts) <= 8
-    assert f["users"] == 25  # the plain counts stay exact
+    assert f["users"] == 45  # the plain counts stay exact
 
 
 class _NoWalk(dict):  # type: ignore[type-arg]
@@ -425,3 +434,13 @@ def test_figures_contract_keys() -> None:
     assert set(f["zxcvbn_score"]) == {"0", "1", "2", "3", "4"}
     assert set(f["reuse"]) >= {"users_sharing", "largest_group"}
     json.dumps(AuditSummary.empty().figures())
+
+
+def test_weak_by_nationality_does_not_depend_on_the_order_of_merges() -> None:
+    codes = [a + b for a in "ABCDEFGHIJ" for b in "ABCDEFGH"]  # 80 valid codes
+    a = AuditSummary.from_columns(cols(*({"nat": c} for c in codes[:40])), KEY)
+    b = AuditSummary.from_columns(cols(*({"nat": c} for c in codes[40:])), KEY)
+    ab = AuditSummary.from_bytes(a.to_bytes()).merge(AuditSummary.from_bytes(b.to_bytes())).figures()
+    ba = AuditSummary.from_bytes(b.to_bytes()).merge(AuditSummary.from_bytes(a.to_bytes())).figures()
+    assert ab["by_nationality"] == ba["by_nationality"]
+    assert set(ab["by_nationality"]) == set(codes)

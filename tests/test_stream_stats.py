@@ -304,3 +304,12 @@ def test_registration_years_are_read_right_when_dates_of_other_lengths_add_up_to
     truth = Counter(u["registered"]["date"][:4] for u in users)
     assert years(users).figures()["registration_years"] == {k: truth[k] for k in sorted(truth)}
     assert years(users[:200]).merge(years(users[200:])).figures() == years(users).figures()
+
+
+def test_hash_memo_starting_afresh_still_hashes_the_values_it_knew() -> None:
+    memo = HashMemo(limit=4)
+    assert memo(["Oslo", "Bergen"]).tolist() == hash64(["Oslo", "Bergen"]).tolist()
+    # Over the limit: the table starts afresh, and "Oslo", known before, is still answered.
+    batch = ["Oslo", "Tromsø", "Bodø", "Molde"]
+    assert memo(batch).tolist() == hash64(batch).tolist()
+    assert len(memo.known) <= 4
