@@ -199,6 +199,16 @@ def test_uninstall_keeps_config_and_purge_removes_it(copy: Path) -> None:
     assert not (copy / "etc/infraetl").exists() and not (copy / "var/lib/private/infraetl-consumer").exists()
 
 
+def test_purging_one_role_removes_its_curve_secret_and_keeps_the_others(copy: Path) -> None:
+    install(copy, "consumer", "--curve")
+    install(copy, "producer", "--curve", "--peer", "10.0.0.2")
+    curve = copy / "etc/infraetl/curve"
+    assert (curve / "producer.key_secret").exists() and (curve / "consumer.key_secret").exists()
+    run([str(INSTALL), "--uninstall", "producer", "--purge", "--root", str(copy)])
+    assert not (curve / "producer.key_secret").exists() and not (curve / "producer.key").exists()
+    assert (curve / "consumer.key_secret").exists() and (copy / "etc/infraetl/etl-key").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     ([], "name the role"),
     (["consumer", "--bogus"], "unknown argument"),

@@ -337,3 +337,50 @@ def test_close_hangs_up_event_streams(tmp_path: pathlib.Path) -> None:
 def test_event_name_must_be_one_line(server: DashboardServer) -> None:
     with pytest.raises(ValueError):
         server.publish("progress\ndata: injected", {})
+
+
+def test_connections_past_the_cap_are_closed_at_once_and_the_server_recovers(tmp_path: pathlib.Path) -> None:
+    # Clients that connect and send nothing (or trickle) each hold a thread and a descriptor:
+    # past the cap (the subscriber cap + 64) they are refused, so they cannot take them all.
+    srv = make_server(tmp_path, max_subscribers=1)
+    idle = []
+    try:
+        for _ in range(65):
+            s = socket.create_connection(("127.0.0.1", srv.port))
+            idle.append(s)
+        extra = socket.create_connection(("127.0.0.1", srv.port))
+        extra.settimeout(DEADLINE_S)
+        assert extra.recv(1) == b""  # closed at once, not left waiting
+        extra.close()
+    finally:
+        for s in idle:
+            s.close()
+    try:
+        wait_until(lambda: _answers(srv))
+    finally:
+        srv.close()
+
+
+def _answers(srv: DashboardServer) -> bool:
+    try:
+        return request(srv, "/healthz")[0] == 200
+    except OSError:
+        return False
+
+
+def test_clients_that_reset_mid_answer_print_no_tracebacks(tmp_path: pathlib.Path,
+                                                           capfd: pytest.CaptureFixture[str]) -> None:
+    import struct
+
+    srv = make_server(tmp_path)
+    threads = threading.active_count()
+    try:
+        for _ in range(30):
+            s = socket.create_connection(("127.0.0.1", srv.port))
+            s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\n\r\n" + b"x" * 70_000)  # answered 501
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()  # reset, before the answer could be read
+        wait_until(lambda: threading.active_count() <= threads)  # every one of them handled
+    finally:
+        srv.close()
+    assert "Traceback" not in capfd.readouterr().err

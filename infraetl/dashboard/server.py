@@ -16,6 +16,7 @@ import pathlib
 import queue
 import select
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -78,6 +79,38 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
     dashboard: DashboardServer
+    #: Connections served at once (a thread and a descriptor each); past it one is closed at
+    #: once. Without a cap, clients that trickle bytes could take every file descriptor of
+    #: the daemon, and then the store could not sync and nothing was ACKed. (Set per server
+    #: from its subscriber cap, see DashboardServer.start.)
+    max_connections = 320
+
+    def server_activate(self) -> None:
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+        self._held: set[Any] = set()
+        super().server_activate()
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        if not self._slots.acquire(blocking=False):
+            logger.warning("dashboard: %d connections open, refusing %s", self.max_connections,
+                           client_address[0])
+            return False
+        self._held.add(request)
+        return True
+
+    def shutdown_request(self, request: Any) -> None:
+        if request in self._held:
+            self._held.discard(request)
+            self._slots.release()
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that went away in the middle of an answer (the standard library's own
+        # 400/501 replies included) is routine; anything else is logged once, not printed.
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            logger.debug("client %s went away", client_address[0])
+        else:
+            logger.exception("dashboard request from %s failed", client_address[0])
 
 
 class _HTTPServer6(_HTTPServer):
@@ -232,7 +265,9 @@ class DashboardServer:
 
     def start(self) -> None:
         """Bind and serve in a background thread; return once bound."""
-        cls = _HTTPServer6 if ":" in self.host else _HTTPServer
+        base = _HTTPServer6 if ":" in self.host else _HTTPServer
+        # Room for every event stream and as many page loads besides.
+        cls = type("HTTPServer", (base,), {"max_connections": self.max_subscribers + 64})
         try:
             self._httpd = cls((self.host, self._port), self._handler)
         except OSError as e:
