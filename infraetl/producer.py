@@ -222,6 +222,7 @@ class Producer:
         self.workers: dict[str, RunWorker] = {}
         self.stages: dict[str, float] = defaultdict(float)   # seconds per stage, for the benchmark
         self.failed_here: set[str] = set()   # runs this producer failed: their late work is dropped
+        self._retired: wire.Sealer | None = None   # the keys before the last SIGHUP, to re-seal with
         # Work the spool refused (disk full, read-only): held in order, retried, and no more taken.
         self.unspooled: deque[bytes] = deque()
         self._spool_retry_at = 0.0
@@ -379,17 +380,14 @@ class Producer:
     def _send(self, run_id: str, seq: int) -> None:
         entry = self.in_flight[(run_id, seq)]
         now = time.monotonic()
-        if time.time() - self.sealer.sealed_at(entry[0]) > self.s.token_ttl / 2:
-            # Re-seal before the consumer's replay window would refuse it.
-            try:
-                entry[0] = self.sealer.reseal(entry[0])
-            except WireError as e:
-                self._fail_run(run_id, f"its frame {seq} cannot be re-sealed ({e}); start the run again")
-                return
-            try:
-                self.spool.replace_frame(run_id, seq, entry[0])
-            except StoreError as e:  # the old seal stays spooled: a restart re-seals it again
-                self._warn.warning("spool", "cannot store a re-sealed frame: %s", e)
+        frame = entry[0]
+        # Seal again a frame near the end of the consumer's replay window, or one under a key
+        # this producer no longer seals with while a key it holds still opens it (a worker
+        # sealed it just before a SIGHUP, say): the consumer may have dropped that key.
+        stale = time.time() - self.sealer.sealed_at(frame) > self.s.token_ttl / 2
+        if (stale or (not self.sealer.seals_like(frame) and self._opener(frame) is not None)) \
+                and not self._reseal(run_id, seq, entry):
+            return
         try:
             t = time.perf_counter()
             self.data.send(entry[0], zmq.NOBLOCK)
@@ -400,6 +398,27 @@ class Producer:
             entry[3] = now - self.s.resend_after + 0.5
             self._warn.warning("no-consumer", "consumer at %s not reachable; frames stay spooled",
                                self.s.data_connect)
+
+    def _opener(self, frame: bytes) -> wire.Sealer | None:
+        """Our sealer that holds the key ``frame`` names: the current one, else the one a SIGHUP retired."""
+        for sealer in (self.sealer, self._retired):
+            if sealer is not None and sealer.holds_key_of(frame):
+                return sealer
+        return None
+
+    def _reseal(self, run_id: str, seq: int, entry: list[Any]) -> bool:
+        """Seal an in-flight frame again with the current key; False if no key of ours opens it
+        (its run is then failed: see :meth:`_fail_run`)."""
+        try:
+            entry[0] = self.sealer.seal((self._opener(entry[0]) or self.sealer).open_raw(entry[0], check_age=False))
+        except WireError as e:
+            self._fail_run(run_id, f"its frame {seq} cannot be re-sealed ({e}); start the run again")
+            return False
+        try:
+            self.spool.replace_frame(run_id, seq, entry[0])
+        except StoreError as e:  # the old seal stays spooled: a restart re-seals it again
+            self._warn.warning("spool", "cannot store a re-sealed frame: %s", e)
+        return True
 
     def _fail_run(self, run_id: str, why: str) -> None:
         """Give up a run that can no longer complete: close it as failed, forget its frames, and
@@ -479,17 +498,17 @@ class Producer:
         from .config import reload_sealer
 
         self.signals.reload = False
-        old, new = self.sealer, reload_sealer(self.sealer, ttl=self.s.token_ttl, max_size=self.s.max_frame)
+        old = self.sealer
+        self.sealer = reload_sealer(old, ttl=self.s.token_ttl, max_size=self.s.max_frame)
+        if self.sealer is old:
+            return
         # Frames waiting for an ACK are sealed again with the new key while the old keys can still
-        # open them: a rotation that drops the old key loses nothing in flight.
-        for (run_id, seq), entry in self.in_flight.items():
-            if not new.seals_like(entry[0]) and old.holds_key_of(entry[0]):
-                try:
-                    entry[0] = new.seal(old.open_raw(entry[0], check_age=False))
-                except WireError:
-                    continue  # it cannot be opened: the resend path fails its run in time
-                self.spool.replace_frame(run_id, seq, entry[0])
-        self.sealer = new
+        # open them, now, and any a worker sealed before the swap when they are sent: a rotation
+        # that drops the old key loses nothing in flight.
+        self._retired = old
+        for (run_id, seq), entry in list(self.in_flight.items()):
+            if not self.sealer.seals_like(entry[0]) and self._opener(entry[0]) is not None:
+                self._reseal(run_id, seq, entry)
 
     def _status_line(self) -> str:
         return f"{len(self.workers)} run(s) active, {len(self.in_flight)} frame(s) awaiting ACK"
