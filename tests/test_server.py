@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import pathlib
+import select
 import socket
 import threading
 import time
@@ -384,3 +385,30 @@ def test_clients_that_reset_mid_answer_print_no_tracebacks(tmp_path: pathlib.Pat
     finally:
         srv.close()
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_client_trickling_its_request_head_is_cut_off_at_the_head_deadline(tmp_path: pathlib.Path) -> None:
+    # The per-read timeout alone never fires for a byte every half second; the head has one
+    # deadline in all, so such a client cannot hold its connection slot for ever.
+    srv = DashboardServer("127.0.0.1", 0, site_dir=tmp_path, metrics=lambda: (b"", "text/plain"),
+                          health=lambda: (200, {"status": "ok"}), head_timeout_s=1.0)
+    srv.start()
+    s = socket.create_connection(("127.0.0.1", srv.port))
+    try:
+        s.sendall(b"GET / HTTP/1.1\r\n")
+        deadline = time.monotonic() + DEADLINE_S
+        while time.monotonic() < deadline:
+            try:
+                s.sendall(b"X")  # a header that never ends
+            except OSError:
+                break  # cut off
+            readable, _, _ = select.select([s], [], [], 0.5)
+            if readable and s.recv(1024) == b"":
+                break  # cut off
+        else:
+            pytest.fail("the trickling client was never cut off")
+        # The page still answers others.
+        assert request(srv, "/healthz")[0] == 200
+    finally:
+        s.close()
+        srv.close()

@@ -117,10 +117,52 @@ class _HTTPServer6(_HTTPServer):
     address_family = socket.AF_INET6
 
 
+class _HeadReader:
+    """The request's reader while its head (request line and headers) is read: each read may
+    wait only for what is left of one deadline for the whole head, so a client trickling a
+    byte at a time cannot hold its connection for ever."""
+
+    def __init__(self, raw: Any, conn: socket.socket, deadline: float, per_read: float) -> None:
+        self._raw, self._conn, self._deadline, self._per_read = raw, conn, deadline, per_read
+
+    def readline(self, limit: int = -1) -> bytes:
+        # One receive at a time, each given only what is left: a buffered readline would wait
+        # afresh for every byte that trickles in.
+        line = bytearray()
+        while limit < 0 or len(line) < limit:
+            left = self._deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the request head took too long")
+            self._conn.settimeout(min(left, self._per_read))  # silence, or the whole head, too long
+            chunk = self._raw.peek(1)  # what is buffered, else one receive
+            if not chunk:
+                break  # the client closed
+            want = len(chunk) if limit < 0 else min(len(chunk), limit - len(line))
+            end = chunk.find(b"\n", 0, want)
+            line += self._raw.read(end + 1 if end >= 0 else want)
+            if end >= 0:
+                break
+        return bytes(line)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _HTTPServer
     server_version = "infraetl"
     sys_version = ""
+    head_timeout = 10.0
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile = _HeadReader(self.rfile, self.connection,  # type: ignore[assignment]
+                                 time.monotonic() + self.head_timeout, self.timeout or self.head_timeout)
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        self.connection.settimeout(self.timeout)  # the head is in: back to the per-write timeout
+        return ok
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s " + format, self.client_address[0], *args)
@@ -227,13 +269,14 @@ class DashboardServer:
     def __init__(self, host: str, port: int, *, site_dir: pathlib.Path,
                  metrics: Callable[[], tuple[bytes, str]], health: Callable[[], tuple[int, dict[str, Any]]],
                  keepalive_s: float = 15.0, max_subscribers: int = 256, queue_size: int = 64,
-                 client_timeout_s: float = 30.0) -> None:
+                 client_timeout_s: float = 30.0, head_timeout_s: float = 10.0) -> None:
         self.host, self._port = host, port
         self.site_dir = pathlib.Path(site_dir)
         self._metrics, self._health = metrics, health
         self.keepalive_s, self.max_subscribers, self.queue_size = keepalive_s, max_subscribers, queue_size
         # A client that stops reading or writing frees its thread after this many seconds.
-        self._handler = type("Handler", (_Handler,), {"timeout": client_timeout_s})
+        self._handler = type("Handler", (_Handler,), {"timeout": client_timeout_s,
+                                                      "head_timeout": head_timeout_s})
         self._static = {name: ((STATIC_DIR / name).read_bytes(), ctype) for name, ctype in STATIC_FILES.items()}
         self._subs: set[_Subscriber] = set()
         self._lock = threading.Lock()
