@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import pathlib
 import queue
 import select
@@ -88,12 +89,16 @@ class _HTTPServer(ThreadingHTTPServer):
     def server_activate(self) -> None:
         self._slots = threading.BoundedSemaphore(self.max_connections)
         self._held: set[Any] = set()
+        self._refused, self._refused_logged = 0, -math.inf
         super().server_activate()
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         if not self._slots.acquire(blocking=False):
-            logger.warning("dashboard: %d connections open, refusing %s", self.max_connections,
-                           client_address[0])
+            self._refused += 1
+            if time.monotonic() - self._refused_logged >= 60:  # a flood must not flood the log too
+                logger.warning("dashboard: %d connections open; refused %d more (last from %s)",
+                               self.max_connections, self._refused, client_address[0])
+                self._refused, self._refused_logged = 0, time.monotonic()
             return False
         self._held.add(request)
         return True
