@@ -9,6 +9,7 @@ key error (with one sentence saying what to fix).
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -50,13 +51,27 @@ def _serve(make: Callable[[], Any]) -> None:
     sys.exit(code)
 
 
+class Seconds(click.FloatRange):
+    """A number of seconds within bounds, and a number: click's ranges let NaN through, and a
+    NaN timeout never fires (a NaN token TTL would turn the replay window off)."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return rv
+
+
 STATE_HELP = "State directory (default: $STATE_DIRECTORY, else ${XDG_STATE_HOME:-~/.local/state}/infraetl/ROLE)."
 PATH = click.Path(path_type=Path)
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 state_dir_option = env_option("--state-dir", type=PATH, default=None, help=STATE_HELP, show_default=False)
-token_ttl_option = env_option("--token-ttl", type=float, default=config.TOKEN_TTL,
+token_ttl_option = env_option("--token-ttl", type=Seconds(1, 10_000_000), default=config.TOKEN_TTL,
                               help="Seconds a sealed frame stays acceptable.")
-max_frame_option = env_option("--max-frame", type=int, default=config.MAX_FRAME, help="Largest frame, in bytes.")
+max_frame_option = env_option("--max-frame", type=click.IntRange(1 << 16, 1 << 31), default=config.MAX_FRAME,
+                              help="Largest frame, in bytes.")
 curve_secret_option = env_option("--curve-secret", type=PATH, default=None,
                                  help="CURVE: this host's .key_secret file (turns CURVE on).")
 log_level_option = env_option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
@@ -108,10 +123,10 @@ def consumer_cli(state_dir: Path | None, log_level: str, **opts: Any) -> None:
 @token_ttl_option
 @max_frame_option
 @env_option("--batch-size", type=click.IntRange(1, 5000), default=config.BATCH_SIZE, help="Users per batch.")
-@env_option("--resend-after", type=click.FloatRange(0.05), default=config.RESEND_AFTER,
+@env_option("--resend-after", type=Seconds(0.05, 3600), default=config.RESEND_AFTER,
             help="Seconds without an ACK before a batch is sent again.")
 @env_option("--window", type=click.IntRange(1, 100000), default=config.WINDOW, help="UnACKed batches in flight.")
-@env_option("--run-deadline", type=click.FloatRange(1), default=config.RUN_DEADLINE,
+@env_option("--run-deadline", type=Seconds(1, 10_000_000), default=config.RUN_DEADLINE,
             help="Seconds a run may take to fetch its users before it fails.")
 @curve_secret_option
 @env_option("--curve-server-key", type=PATH, default=None, help="CURVE: the consumer's public .key file.")

@@ -277,6 +277,12 @@ class Store:
         ).fetchone()
         if expected is None or applied < expected:
             return False
+        # Batches 1..expected, every one: a batch numbered outside them (a producer's bug) must
+        # not stand in for one still on its way, which would then be taken for a duplicate.
+        held = self._db.execute("SELECT COUNT(*) FROM batches WHERE run_id=? AND seq BETWEEN 1 AND ?",
+                                (run_id, expected)).fetchone()[0]
+        if held < expected:
+            return False
         live = self._live.pop(run_id, None)
         stats, audit = live[1:] if live is not None and live[0] == expected else self._merge_from_db(run_id)
         self._db.execute(

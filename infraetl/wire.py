@@ -49,8 +49,16 @@ def key_id(key: bytes) -> bytes:
 
 # --- schemas --------------------------------------------------------------
 
+#: Beyond any real count, and within SQLite's 64-bit integers with room to add.
+MAX_INT = 1 << 62
+
+
 def _is_int(v: Any) -> bool:
-    return type(v) is int
+    return type(v) is int and -MAX_INT <= v <= MAX_INT
+
+
+def _is_count(v: Any) -> bool:
+    return type(v) is int and 0 <= v <= MAX_INT
 
 
 def _is_str(v: Any) -> bool:
@@ -58,7 +66,7 @@ def _is_str(v: Any) -> bool:
 
 
 def _is_counts(v: Any) -> bool:
-    return type(v) is dict and all(type(k) is str and type(n) is int and n >= 0 for k, n in v.items())
+    return type(v) is dict and all(type(k) is str and _is_count(n) for k, n in v.items())
 
 
 MAX_BATCH = 100_000
@@ -80,7 +88,7 @@ Check = Callable[[Any], bool]
 SCHEMAS: dict[str, dict[str, Check]] = {
     "begin": {"producer": _is_str, "requested": _is_int, "source": _is_str},
     "data": {"producer": _is_str, "n": _is_int, "quarantine": _is_counts},
-    "end": {"producer": _is_str, "batches": _is_int, "delivered": _is_int, "quarantine": _is_counts},
+    "end": {"producer": _is_str, "batches": _is_count, "delivered": _is_count, "quarantine": _is_counts},
     "abort": {"producer": _is_str, "reason": _is_str},
     "ack": {"producer": _is_str, "of": _is_str, "status": _is_str},
     "control": {"cmd": _is_str, "args": lambda v: type(v) is dict},
@@ -103,6 +111,8 @@ def check_schema(msg: Any) -> Message:
             raise WireError("bad_schema", f"{kind} message has a bad {name!r}")
     if kind == "data" and not _is_cols(msg):
         raise WireError("bad_schema", "data message columns do not match n")
+    if kind == "data" and msg["seq"] < 1:
+        raise WireError("bad_schema", "data batches are numbered from 1")
     return msg
 
 

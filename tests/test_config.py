@@ -97,3 +97,20 @@ def test_consumer_start_up_mistakes_are_one_sentence_not_a_traceback(case: str, 
         "port out of range": "bad HTTP address",
         "state dir under a file": "cannot create the state directory",
     }[case] in last
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("--token-ttl", "nan"),      # would turn the replay window off
+    ("--token-ttl", "0"),        # would refuse every frame
+    ("--max-frame", "0"),
+    ("--max-frame", str(1 << 63)),
+    ("--resend-after", "nan"),   # would never re-send
+    ("--run-deadline", "inf"),
+])
+def test_producer_refuses_option_values_it_could_not_work_with(option: str, value: str, tmp_path: Path) -> None:
+    key_file = write_key_file(tmp_path / "etl-key")
+    env = {"PATH": "/usr/bin:/bin", "ETL_ENCRYPTION_KEY_FILE": str(key_file), "HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "infraetl.producer", "--state-dir", str(tmp_path / "p"),
+                           option, value], env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert option in proc.stderr and "Invalid value" in proc.stderr

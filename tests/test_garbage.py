@@ -43,7 +43,7 @@ def _garbage(key: bytes, old_frame: bytes) -> tuple[list[bytes | list[bytes]], d
     add("malformed_token", [rnd.randbytes(rnd.randint(1, 3000)) for _ in range(2000)])
     add("empty", [b""] * 50)
     add("multipart", [[b"a", b"b"], [good, good]] * 25)
-    add("unknown_key", [other.seal(wire.make("data", "w", i, producer="x", n=0, cols=EMPTY, quarantine={}))
+    add("unknown_key", [other.seal(wire.make("data", "w", i + 1, producer="x", n=0, cols=EMPTY, quarantine={}))
                         for i in range(100)])
     add("bad_signature", [good[:len(good) // 2] for _ in range(50)] + [good[:-3] + b"AAA"] * 50)
     expired = wire.Sealer((key,), ttl=3600, max_size=16 << 20, clock=lambda: time.time() - 7200)

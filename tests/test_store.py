@@ -243,3 +243,14 @@ def test_a_complete_run_leaves_no_batch_rows_and_its_batches_stay_applied_once(t
     assert not _apply(store, 3)  # and is a duplicate if it gets this far
     assert store.cumulative()[1].to_bytes() == before
     assert store.run("r1")["kept"] == 120
+
+
+def test_a_batch_numbered_outside_the_run_does_not_stand_in_for_a_missing_one(tmp_path: Path) -> None:
+    # A producer's bug sends seq 3 of a two-batch run; batch 2 is still on its way. The run must
+    # not complete on the wrong batch, nor take batch 2 for a duplicate when it lands.
+    store = Store(tmp_path / "c.sqlite3")
+    assert _apply(store, 1) and _apply(store, 3)
+    assert not store.end_run("r1", producer="p", batches=2, requested=40).run_complete
+    assert _apply(store, 2)  # applied, not a duplicate
+    row = store.run("r1")
+    assert row is not None and row["state"] == "complete"

@@ -163,3 +163,21 @@ def test_fernet_refuses_what_cryptography_refuses_and_only_non_canonical_tokens_
                 warnings.simplefilter("ignore", FutureWarning)  # Python's own warning about such input
                 assert base64.urlsafe_b64encode(base64.urlsafe_b64decode(bad)) != bad, bad[:60]
     assert refused >= 25 and stricter >= 3  # junk chars, +/, data after the padding
+
+
+@pytest.mark.parametrize(("kind", "fields"), [
+    ("data", {"seq": 0}),             # batches are numbered from 1
+    ("data", {"seq": -4}),
+    ("data", {"seq": 1 << 63}),       # beyond SQLite's integers
+    ("end", {"batches": -1}),
+    ("end", {"batches": 1 << 63}),
+    ("data", {"quarantine": {"type:email": 1 << 64}}),
+])
+def test_numbers_no_real_message_carries_are_a_schema_error(kind: str, fields: dict) -> None:
+    base = {"data": {"seq": 1, "producer": "p", "n": 0, "cols": {p: [] for p in schema.FIELD_PATHS},
+                     "quarantine": {}},
+            "end": {"seq": -1, "producer": "p", "batches": 1, "delivered": 0, "quarantine": {}}}[kind]
+    msg = {"v": wire.PROTOCOL_VERSION, "kind": kind, "run": "r", **base, **fields}
+    with pytest.raises(wire.WireError) as e:
+        wire.check_schema(msg)
+    assert e.value.reason == "bad_schema"
