@@ -110,7 +110,7 @@ def _stats(cluster: LocalCluster) -> dict[str, Any]:
         return json.loads(r.read())  # type: ignore[no-any-return]
 
 
-def _helper_pid(consumer: Daemon) -> int | None:
+def helper_pid(consumer: Daemon) -> int | None:
     """The consumer's zxcvbn helper: a child process running ``infraetl.scorer``."""
     if not consumer.alive():
         return None
@@ -133,7 +133,7 @@ class _Injector:
     def apply(self, kind: str) -> str:
         verb, role = kind.rsplit(" ", 1)
         if role == "helper":
-            pid = _helper_pid(self.c.consumer)
+            pid = helper_pid(self.c.consumer)
             if pid is None:
                 return "no helper running (it is started on demand, and after a failure within 10 s)"
             os.kill(pid, signal.SIGKILL)

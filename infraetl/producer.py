@@ -430,9 +430,8 @@ class Producer:
             worker.cancel.set()
         for key in [k for k in self.in_flight if k[0] == run_id]:
             del self.in_flight[key]
-        self.spool.drop_unacked(run_id)
         abort = self.sealer.seal(wire.make("abort", run_id, END_SEQ, producer=self.producer_id, reason=why))
-        self.spool.add_frame(run_id, END_SEQ, "abort", 0, abort, finish=("failed", why))
+        self.spool.fail_run(run_id, END_SEQ, abort, why)
         self.in_flight[(run_id, END_SEQ)] = [abort, "abort", 0, 0.0]
         self._send(run_id, END_SEQ)
 

@@ -156,10 +156,15 @@ class Spool:
                              "(SELECT state FROM runs WHERE run_id=?) IS NOT 'running'", (run_id, seq, run_id))
         return True
 
-    def drop_unacked(self, run_id: str) -> None:
-        """Forget a run's frames still waiting for an ACK (its run failed: nobody wants them)."""
+    def fail_run(self, run_id: str, seq: int, abort: bytes, reason: str) -> None:
+        """Give a run up, in one transaction: forget its frames still waiting for an ACK (nobody
+        wants them now), spool the ABORT that tells the consumer, and close the run as failed."""
         with self._tx():
             self._db.execute("DELETE FROM frames WHERE run_id=? AND acked=0", (run_id,))
+            self._db.execute("INSERT OR IGNORE INTO frames (run_id, seq, kind, users, frame) "
+                             "VALUES (?, ?, 'abort', 0, ?)", (run_id, seq, abort))
+            self._db.execute("UPDATE runs SET ended=1 WHERE run_id=?", (run_id,))
+            self._finish(run_id, "failed", reason=reason)
 
     def replace_frame(self, run_id: str, seq: int, frame: bytes) -> None:
         """Store a re-sealed frame in place of the old one."""

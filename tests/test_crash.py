@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from helpers import ctl, figures_without_times, get_json, metric, wait_for
 
+from infraetl.crash import helper_pid
 from infraetl.localcluster import Daemon, LocalCluster
-from infraetl.soak import children
 
 USERS = 12000
 SEED = "crash"
@@ -122,25 +122,12 @@ def test_sigterm_mid_run_exits_clean_and_loses_nothing(faulty: LocalCluster, ref
     _finish_and_compare(faulty, run_id, reference)
 
 
-def _helper_pid(consumer: Daemon) -> int | None:
-    """The consumer's zxcvbn helper, a child process running ``infraetl.scorer``."""
-    assert consumer.proc is not None
-    for child in children(consumer.proc.pid):
-        try:
-            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"infraetl.scorer" in cmdline:
-            return child
-    return None
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSTOP])
 def test_zxcvbn_helper_killed_or_hung_mid_run(faulty: LocalCluster, reference: dict, sig: int) -> None:
     """The helper only saves time: without it the consumer scores in-process, same figures."""
     run_id, _ = _mid_run(faulty, "consumer")
-    pid = wait_for(lambda: _helper_pid(faulty.consumer), 30, "the zxcvbn helper")
+    pid = wait_for(lambda: helper_pid(faulty.consumer), 30, "the zxcvbn helper")
     os.kill(pid, sig)
     _finish_and_compare(faulty, run_id, reference)
     # The run may end before the consumer next needs its helper; the next run certainly does.
@@ -148,7 +135,7 @@ def test_zxcvbn_helper_killed_or_hung_mid_run(faulty: LocalCluster, reference: d
     assert metric(faulty, "infraetl_zxcvbn_helper_failures_total") == 1
     assert faulty.consumer.alive()
     # Killed (or found hung and killed) and not yet replaced: at most one restart per 10 s.
-    assert not Path(f"/proc/{pid}").exists() or _helper_pid(faulty.consumer) != pid
+    assert not Path(f"/proc/{pid}").exists() or helper_pid(faulty.consumer) != pid
 
 
 @pytest.mark.slow
@@ -156,7 +143,7 @@ def test_consumer_without_the_helper_gives_the_same_figures(tmp_path: Path, refe
     with LocalCluster(tmp_path / "cluster", key_file=reference["key_file"],
                       consumer_args=["--zxcvbn-workers", "0"]) as c:
         _finish_and_compare(c, _start(c), reference)
-        assert _helper_pid(c.consumer) is None
+        assert helper_pid(c.consumer) is None
 
 
 @pytest.mark.slow
