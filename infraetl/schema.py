@@ -71,6 +71,8 @@ FIELDS: tuple[Field, ...] = (
 )
 
 FIELD_PATHS: tuple[str, ...] = tuple(f.path for f in FIELDS)
+#: The integers a batch carries: msgpack's signed 64 bits. Beyond them a value is a type error.
+INT_MIN, INT_MAX = -(1 << 63), (1 << 63) - 1
 #: Fields that may legitimately be empty strings.
 MAY_BE_EMPTY: frozenset[str] = frozenset({"login.password", "id.name", "id.value"})
 

@@ -57,14 +57,13 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import schema
-from .schema import FIELDS, MAY_BE_EMPTY, Columns, Field
+from .schema import FIELDS, INT_MAX, INT_MIN, MAY_BE_EMPTY, Columns, Field
 
 # ---------------------------------------------------------------- producer side
 
 _SPLIT = {f.path: tuple(f.path.split(".")) for f in FIELDS}
-#: The integers a batch can carry (msgpack's signed 64 bits, as the typed decoder takes them);
-#: beyond them a whole-document JSON file's integer is a type error, as orjson's float is.
-INT_MIN, INT_MAX = -(1 << 63), (1 << 63) - 1
+# Beyond schema.INT_MIN..INT_MAX a whole-document JSON file's integer is a type error, as
+# orjson's float is, and as the typed decoder refuses it.
 _OPTIONAL_DEFAULTS: dict[str, Any] = {"id.name": "", "id.value": None}
 
 

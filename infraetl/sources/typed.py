@@ -21,11 +21,11 @@ from typing import Annotated, Any
 
 import msgspec
 
-from ..schema import FIELDS, MAY_BE_EMPTY, Field, Row
+from ..schema import FIELDS, INT_MAX, INT_MIN, MAY_BE_EMPTY, Field, Row
 
 #: orjson reads integers beyond 64 bits as floats (quarantined as ``type:``); an integer
 #: outside int64 is left to the general path, which then decides as it always did.
-_INT = Annotated[int, msgspec.Meta(ge=-(1 << 63), le=(1 << 63) - 1)]
+_INT = Annotated[int, msgspec.Meta(ge=INT_MIN, le=INT_MAX)]
 _TEXT = Annotated[str, msgspec.Meta(min_length=1)]
 
 
