@@ -4,6 +4,12 @@ Requests and replies are sealed like every other frame, so without the key
 nobody can start or cancel a run. A request the producer cannot open gets
 the fixed, unsealed answer :data:`NOT_AUTHORISED` (it reveals nothing and
 costs nothing), which the client turns into "not authorised".
+
+Each request carries a fresh random nonce, and the producer takes a nonce
+once: a request sealed more than :data:`CONTROL_WINDOW` seconds ago, or seen
+before within it, gets the same answer. So a ``start-run`` frame captured on
+the wire (without CURVE the traffic is readable) cannot be sent again to
+start more runs.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -26,6 +33,41 @@ logger = logging.getLogger(__name__)
 
 NOT_AUTHORISED = b"infraetl: not authorised"
 COMMANDS = ("start-run", "status", "cancel", "ping")
+#: Seconds a control request stays acceptable, and its nonce remembered. A ctl whose clock is
+#: further behind the producer's than this is refused ("not authorised").
+CONTROL_WINDOW = 300.0
+
+
+class ReplayGuard:
+    """The control nonces taken within the window: each request is taken once.
+
+    Only requests that opened under the key are remembered, so the set holds at most the
+    window's legitimate requests (``infraetl-ctl wait`` polls five a second).
+    """
+
+    def __init__(self, window: float = CONTROL_WINDOW, clock: Callable[[], float] = time.time) -> None:
+        self._window = window
+        self._clock = clock
+        self._seen: dict[str, float] = {}  # nonce -> sealed at, in the order taken
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def take(self, nonce: str, sealed_at: float) -> None:
+        """Take a request's nonce, or raise WireError (``expired`` or ``replay``)."""
+        now = self._clock()
+        if now - sealed_at > self._window:
+            raise WireError("expired", f"control request sealed {now - sealed_at:.0f}s ago, "
+                                       f"beyond the {self._window:.0f}s window")
+        # A nonce sealed before the window would be refused as expired anyway: forget it.
+        while self._seen:
+            oldest = next(iter(self._seen))
+            if now - self._seen[oldest] <= self._window:
+                break
+            del self._seen[oldest]
+        if nonce in self._seen:
+            raise WireError("replay", "control request seen before (replayed)")
+        self._seen[nonce] = sealed_at
 
 
 # --- producer side --------------------------------------------------------
@@ -36,6 +78,7 @@ def handle_control(producer: Producer, frame: bytes) -> bytes:
         msg = producer.sealer.open(frame)
         if msg["kind"] != "control":
             raise WireError("bad_schema", "not a control message")
+        producer.control_nonces.take(msg["run"], producer.sealer.sealed_at(frame))
     except WireError as e:
         producer.rejects[e.reason] += 1
         producer._warn.warning("control-" + e.reason, "rejected control frame: %s", e)
@@ -142,7 +185,8 @@ class ControlClient:
             if frame == NOT_AUTHORISED:
                 raise NotAuthorised(
                     f"not authorised: the producer at {self.endpoint} could not open our command "
-                    "(different encryption key?)"
+                    "(different encryption key, or a clock more than "
+                    f"{CONTROL_WINDOW / 60:.0f} minutes behind the producer's?)"
                 )
             try:
                 reply = self._sealer.open(frame)

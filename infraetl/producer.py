@@ -29,6 +29,7 @@ import zmq
 
 from . import schema, wire
 from .config import ProducerSettings
+from .control import ReplayGuard
 from .daemon import MALLOC, Notifier, RateLimitedLog, Signals
 from .exceptions import InfraETLError, SourceError, StoreError, WireError
 from .faults import crash_point
@@ -216,6 +217,7 @@ class Producer:
         self.notifier = Notifier()
         self.notifier.summary = self._status_line
         self.rejects: Counter[str] = Counter()
+        self.control_nonces = ReplayGuard()
         self._warn = RateLimitedLog(logger)
         # (run, seq) -> [frame, kind, users, last send attempt]
         self.in_flight: dict[tuple[str, int], list[Any]] = {}

@@ -35,7 +35,7 @@ CLOCK_SKEW = 60.0  # seconds a token may come from the future (hosts' clocks dif
 #: Every reason a frame can be rejected for (metrics label values).
 REASONS = (
     "empty", "multipart", "oversize", "malformed_token", "unknown_key", "bad_signature",
-    "expired", "from_future", "bad_msgpack", "bad_schema", "bad_version", "internal_error",
+    "expired", "from_future", "replay", "bad_msgpack", "bad_schema", "bad_version", "internal_error",
 )
 
 Message = dict[str, Any]

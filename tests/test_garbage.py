@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
@@ -128,3 +129,31 @@ def test_producer_control_port_survives_garbage(cluster: LocalCluster) -> None:
     assert get_json(cluster.url + "api/stats.json")["cumulative"]["total_users"] == 50
     status, _, _ = get_text(cluster.url + "healthz")
     assert status == 200
+
+
+def test_a_captured_control_request_is_taken_once(cluster: LocalCluster) -> None:
+    """Without CURVE the control traffic is readable: a start-run frame seen on the wire must not
+    start more runs when it is sent again, nor may one sealed beyond the window."""
+    sealer = cluster_sealer(cluster)
+    start = sealer.seal(wire.make("control", os.urandom(6).hex(), 1, cmd="start-run",
+                                  args={"users": 40, "seed": "captured"}))
+    stale = sealer.seal(wire.make("control", os.urandom(6).hex(), 1, cmd="start-run",
+                                  args={"users": 40, "seed": "stale"}), at=time.time() - 400)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(cluster.control)
+    answers = []
+    for frame in (start, start, start, stale):
+        sock.send(frame)
+        assert sock.poll(10_000), "no answer from the producer"
+        answers.append(sock.recv())
+    sock.close()
+    ctx.term()
+    first = sealer.open(answers[0])
+    assert first["ok"], first
+    assert answers[1:] == [b"infraetl: not authorised"] * 3
+    status = json.loads(ctl(cluster, "status", "--json").stdout)
+    assert [r["run_id"] for r in status["runs"]] == [first["result"]["run_id"]]
+    assert status["rejected"]["replay"] == 2
+    assert status["rejected"]["expired"] == 1

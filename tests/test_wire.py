@@ -181,3 +181,23 @@ def test_numbers_no_real_message_carries_are_a_schema_error(kind: str, fields: d
     with pytest.raises(wire.WireError) as e:
         wire.check_schema(msg)
     assert e.value.reason == "bad_schema"
+
+
+def test_replay_guard_takes_each_control_nonce_once_and_forgets_expired_ones() -> None:
+    from infraetl.control import ReplayGuard
+
+    now = [1000.0]
+    guard = ReplayGuard(window=300, clock=lambda: now[0])
+    guard.take("a", 1000)
+    with pytest.raises(WireError) as e:
+        guard.take("a", 1000)
+    assert e.value.reason == "replay"
+    with pytest.raises(WireError) as e:
+        guard.take("b", 1000 - 301)
+    assert e.value.reason == "expired"
+    for i in range(100):
+        now[0] += 10
+        guard.take(f"n{i}", now[0])
+    assert len(guard) <= 31  # only the window's nonces are kept
+    with pytest.raises(WireError):
+        guard.take("n99", now[0])  # still remembered within the window
