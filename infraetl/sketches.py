@@ -283,7 +283,9 @@ class TopK:
 
     def merge(self, other: TopK) -> TopK:
         """A new summary of both streams (within the bound; see the class doc)."""
-        out = TopK(min(self.k, other.k), self.counts, self.n + other.n, self.error + other.error)
+        # The larger k: a summary stored with a smaller one (an older release) does not shrink
+        # what merges into it. The bound holds either way, as ``error`` is tracked, not assumed.
+        out = TopK(max(self.k, other.k), self.counts, self.n + other.n, self.error + other.error)
         for x, c in other.counts.items():
             out.counts[x] = out.counts.get(x, 0) + c
         out._reduce()

@@ -8,8 +8,10 @@ ends. The contract is ``merge(summary(A), summary(B)) == summary(A + B)``:
   (ages, lengths, years), exact integer moments, categorical counts and
   HyperLogLog registers all merge without loss, so the *figures* of merged
   partials are bit for bit those of the whole;
-* **within a stated bound** for ``top_first_names`` and ``top_cities``
-  (Misra-Gries, see :class:`~infraetl.sketches.TopK`);
+* ``top_first_names`` and ``top_cities`` are exact while a summary has seen at most
+  :data:`TOP_K` distinct names (cities); past that, **within a stated bound** (Misra-Gries,
+  see :class:`~infraetl.sketches.TopK`): each entry's ``count`` is then a lower bound and
+  ``max_count`` an upper one, and the dashboard says so;
 * ``distinct`` figures are estimates (±1.6 % standard error) but their
   merge is exact, so they do not depend on how a run was batched.
 
@@ -39,7 +41,10 @@ from .schema import Columns, column_length
 from .sketches import Categorical, HashMemo, HyperLogLog, IntHistogram, Moments, TopK, hash64
 
 WIRE_VERSION = 1
-TOP_K = 128            # counters per top-k sketch: error <= users / 129
+#: Counters per top-k sketch. First names and cities are thinly spread (a 500-user batch holds
+#: ~440 distinct first names), so a small sketch undercounts every entry by hundreds: exact up to
+#: this many distinct values (the API's lists hold a few thousand), error <= users / (k + 1) past it.
+TOP_K = 8192
 TOP_SHOWN = 10         # entries per top-k list in the figures
 SHORT_PASSWORD = 8     # a password shorter than this is "short" (short_pct)
 

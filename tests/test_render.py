@@ -391,3 +391,36 @@ def test_a_run_whose_every_user_was_quarantined_shows_its_quarantine() -> None:
     assert not view["empty"]
     quarantine = next(p for p in view["panels"] if p["id"] == "quarantine")
     assert [r["cells"][1][1] for r in quarantine["rows"]] == [500]
+
+
+def _panels_of(figs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    ctx = render.build_context({"last_run": {**figs, "run_id": "r1", "state": "complete"}, "cumulative": figs,
+                                "runs": []}, generated_at=GENERATED_AT)
+    return {p["id"]: p for p in ctx["views"]["last"]["panels"]}
+
+
+def test_top_names_say_when_their_counts_are_estimates() -> None:
+    from infraetl.audit import AuditSummary
+    from infraetl.sketches import TopK
+    from infraetl.stream_stats import StatsSummary
+
+    s = StatsSummary.empty()
+    s.n = 12
+    s.top["first_names"] = TopK(k=2).merge(TopK.from_counter({"Ann": 5, "Bo": 3, "Cy": 1, "Di": 1}, k=2))
+    s.top["cities"] = TopK.from_counter({"Oslo": 5, "Rome": 3})
+    panels = _panels_of({**s.figures(), "audit": AuditSummary.empty().figures()})
+    assert "at most 1 more" in (panels["first_names"]["note"] or "")
+    assert panels["cities"]["note"] is None  # exact: nothing to say
+    assert [r["cells"][1][1] for r in panels["cities"]["rows"]] == [5, 3]
+
+
+def test_personal_information_shows_every_kind() -> None:
+    from infraetl.audit import AuditSummary
+    from infraetl.stream_stats import StatsSummary
+
+    audit = AuditSummary.empty().figures()
+    kinds = {f"kind{i:02d}": 20 - i for i in range(11)}
+    s = StatsSummary.empty()
+    s.n = 30
+    panels = _panels_of({**s.figures(), "audit": {**audit, "personal_info": kinds}})
+    assert len(panels["personal_info"]["rows"]) == 11

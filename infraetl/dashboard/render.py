@@ -239,6 +239,16 @@ def _top_values(value: Any) -> list[tuple[str, float]]:
     return [(str(r.get("value")), n) for r in _rows(value) if (n := _num(r.get("count"))) is not None][:TOP_N]
 
 
+def _top_note(value: Any) -> str | None:
+    """What a top-k list's counts mean once its sketch is past exact (see ``sketches.TopK``)."""
+    slack = max((m - n for r in _rows(value) if (n := _num(r.get("count"))) is not None
+                 and (m := _num(r.get("max_count"))) is not None), default=0.0)
+    if slack <= 0:
+        return None
+    return f"estimates (too many distinct values to count each): every count is at least the one shown, " \
+           f"and at most {fmt_int(slack)} more"
+
+
 def _panels(f: dict[str, Any], masked: bool) -> list[dict[str, Any]]:
     audit = _map(f.get("audit"))
     gender = _top(_counts(f.get("gender")))
@@ -276,15 +286,16 @@ def _panels(f: dict[str, Any], masked: bool) -> list[dict[str, Any]]:
                note=(f"mean {fmt_num(m)} bits" if (m := _num(_map(audit.get("entropy_bits")).get("mean")))
                      is not None else None)),
         panel("personal_info", "audit.personal_info", "Personal information in passwords",
-               _top(_counts(audit.get("personal_info"))), charts.hbar_chart, "Kind"),
+               _top(_counts(audit.get("personal_info")), n=64), charts.hbar_chart, "Kind"),  # every kind
         _weak_panel(audit),
         _panel("quarantine", "quarantine", "Quarantined, by reason", _top(_counts(f.get("quarantine"))),
                charts.hbar_chart, "Reason", total=sum(v for _, v in _counts(f.get("quarantine")))),
         _panel("warnings", "warnings", "Warnings, by reason", _top(_counts(f.get("warnings"))),
                charts.hbar_chart, "Reason", total=sum(v for _, v in _counts(f.get("warnings")))),
         panel("first_names", "top_first_names", "Top 10 first names", _top_values(f.get("top_first_names")),
-               charts.hbar_chart, "First name"),
-        panel("cities", "top_cities", "Top 10 cities", _top_values(f.get("top_cities")), charts.hbar_chart, "City"),
+               charts.hbar_chart, "First name", note=_top_note(f.get("top_first_names"))),
+        panel("cities", "top_cities", "Top 10 cities", _top_values(f.get("top_cities")), charts.hbar_chart, "City",
+               note=_top_note(f.get("top_cities"))),
         _password_table("top_passwords", "audit.top_passwords",
                         "Top 10 passwords" + (" (masked)" if masked else " (plaintext: operator opt-in)"),
                         audit.get("top_passwords")),
