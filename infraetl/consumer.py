@@ -52,13 +52,13 @@ class Consumer:
     def __init__(self, settings: ConsumerSettings) -> None:
         self.s = settings
         self.sealer = wire.Sealer(settings.keys, ttl=settings.token_ttl, max_size=settings.max_frame)
-        self.fp_key = fingerprint_key(settings.keys[0])
         try:
             settings.state_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"cannot create the state directory {settings.state_dir}: {e.strerror or e}") from None
         self.notifier = Notifier()
         self.store = Store(settings.state_dir / "consumer.sqlite3", alive=self.notifier.ping)
+        self.fp_key = fingerprint_secret(self.store, settings.keys)
         self.site_dir = settings.state_dir / "www"
         self.ctx = zmq.Context()
         self.signals = Signals()
@@ -388,7 +388,50 @@ class Consumer:
         from .config import reload_sealer
 
         self.signals.reload = False
-        self.sealer = reload_sealer(self.sealer, ttl=self.s.token_ttl, max_size=self.s.max_frame)
+        sealer = reload_sealer(self.sealer, ttl=self.s.token_ttl, max_size=self.s.max_frame)
+        if sealer is not self.sealer:
+            try:
+                fp_key = fingerprint_secret(self.store, sealer.keys)
+            except StoreError as e:
+                logger.warning("SIGHUP: the password fingerprint secret stays sealed as it was: %s", e)
+            else:
+                if fp_key != self.fp_key:
+                    self.fp_key = fp_key
+        self.sealer = sealer
+
+
+#: The name of the password fingerprint secret in the store.
+FP_SECRET = "password fingerprints"
+
+
+def fingerprint_secret(store: Store, keys: tuple[bytes, ...]) -> bytes:
+    """The key of the password fingerprints: the same across key rotations.
+
+    Fingerprints of the same password must stay equal for as long as the figures that hold them
+    (reuse, top passwords, base words) are merged. The secret is first derived from the sealing
+    key, then kept in the store, sealed under the current sealing key: a rotation re-seals it
+    (any key of the ring opens it), so the figures do not split in two. Only when no key opens
+    it (the old key dropped at once, as after a leak) does a new one begin, and the log says so.
+    """
+    from cryptography.fernet import Fernet, InvalidToken
+
+    sealing = Fernet(keys[0])
+    sealed = store.secret(FP_SECRET)
+    if sealed is not None:
+        for i, key in enumerate(keys):
+            try:
+                secret = Fernet(key).decrypt(sealed)
+            except InvalidToken:
+                continue
+            if i:
+                store.set_secret(FP_SECRET, sealing.encrypt(secret))
+            return secret
+        logger.warning("no key this consumer holds opens the password fingerprint secret (its key was "
+                       "dropped): password reuse, top passwords and base words count afresh from here, "
+                       "apart from the figures so far")
+    secret = fingerprint_key(keys[0])
+    store.set_secret(FP_SECRET, sealing.encrypt(secret))
+    return secret
 
 
 def main(argv: list[str] | None = None) -> None:

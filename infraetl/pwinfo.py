@@ -9,7 +9,8 @@ memory only; nothing here is written anywhere.
 :func:`fingerprint` is the only form in which a password (or a base word)
 leaves the process: HMAC-SHA256 under a sub-key of the Fernet key,
 truncated to 12 bytes. Without the key it cannot be reversed or even
-checked against a guess.
+checked against a guess. The consumer keeps that sub-key across key
+rotations (``consumer.fingerprint_secret``).
 """
 
 from __future__ import annotations

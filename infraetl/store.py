@@ -72,6 +72,10 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     audit   BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, filler BLOB);
+CREATE TABLE IF NOT EXISTS secrets (
+    name    TEXT PRIMARY KEY,
+    sealed  BLOB NOT NULL           -- a Fernet token under the consumer's sealing key
+);
 CREATE TABLE IF NOT EXISTS cumulative (
     id     INTEGER PRIMARY KEY CHECK (id = 1),
     runs   INTEGER NOT NULL,
@@ -151,6 +155,20 @@ class Store:
         except (OSError, sqlite3.Error) as e:
             raise StoreError(f"state database sync failed: {getattr(e, 'strerror', None) or e}") from None
         self._synced = True
+
+    # -- secrets --
+    def secret(self, name: str) -> bytes | None:
+        """The sealed secret ``name``, or None."""
+        try:
+            row = self._db.execute("SELECT sealed FROM secrets WHERE name=?", (name,)).fetchone()
+        except sqlite3.Error as e:
+            raise StoreError(f"state database unavailable: {e}") from None
+        return None if row is None else bytes(row[0])
+
+    def set_secret(self, name: str, sealed: bytes) -> None:
+        """Store the sealed secret ``name`` (in place of any earlier one)."""
+        with self._tx():
+            self._db.execute("INSERT OR REPLACE INTO secrets (name, sealed) VALUES (?, ?)", (name, sealed))
 
     # -- writes --
     def begin_run(self, run_id: str, *, producer: str, source: str, requested: int | None,

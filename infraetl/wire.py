@@ -130,6 +130,7 @@ class Sealer:
                  clock: Callable[[], float] = time.time) -> None:
         if not keys:
             raise ValueError("a Sealer needs at least one key")
+        self.keys = keys
         self._ttl = ttl
         self._max = max_size
         self._clock = clock

@@ -254,3 +254,25 @@ def test_a_batch_numbered_outside_the_run_does_not_stand_in_for_a_missing_one(tm
     assert _apply(store, 2)  # applied, not a duplicate
     row = store.run("r1")
     assert row is not None and row["state"] == "complete"
+
+
+def test_the_fingerprint_secret_outlives_a_key_rotation(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from cryptography.fernet import Fernet
+
+    from infraetl.audit import fingerprint_key
+    from infraetl.consumer import FP_SECRET, fingerprint_secret
+
+    k1, k2, k3 = (Fernet.generate_key() for _ in range(3))
+    store = Store(tmp_path / "c.sqlite3")
+    first = fingerprint_secret(store, (k1,))
+    assert first == fingerprint_key(k1)  # what fingerprints were made with before it was kept
+    assert fingerprint_secret(store, (k1, k2)) == first
+    assert fingerprint_secret(store, (k2, k1)) == first
+    Fernet(k2).decrypt(store.secret(FP_SECRET) or b"")  # re-sealed under the new sealing key
+    store.close()
+    store = Store(tmp_path / "c.sqlite3")
+    assert fingerprint_secret(store, (k2,)) == first
+    assert b"first" not in (store.secret(FP_SECRET) or b"") and first not in (store.secret(FP_SECRET) or b"")
+    with caplog.at_level("WARNING"):
+        assert fingerprint_secret(store, (k3,)) == fingerprint_key(k3)  # the old key dropped at once
+    assert "count afresh" in caplog.text
