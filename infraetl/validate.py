@@ -50,8 +50,8 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import compress, filterfalse
-from operator import is_not
+from itertools import compress, filterfalse, repeat
+from operator import contains, is_not
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -386,9 +386,13 @@ def _format_suspect(path: str, values: list[str]) -> bool:
     if path in ("dob.date", "registered.date"):
         return not _api_dates_ok(values)
     if path == "email":
+        # [^@\s]+@[^@\s]+ for every value: each holds an "@" and together they hold one each;
+        # nothing is empty around one; no whitespace (besides " ", every character \s matches is
+        # one isprintable() refuses: a tab, a no-break space...). Any doubt: the pattern decides.
         joined = "\n".join(values)
-        return (joined.count("@") != len(values) or "\n@" in joined or "@\n" in joined
-                or joined.startswith("@") or joined.endswith("@") or " " in joined)
+        return (not all(map(contains, values, repeat("@"))) or joined.count("@") != len(values)
+                or "\n@" in joined or "@\n" in joined or joined.startswith("@") or joined.endswith("@")
+                or " " in joined or not "".join(values).isprintable())
     pattern = _FORMATS[path]
     return not all(pattern.fullmatch(v) for v in set(values))
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import re
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -357,3 +359,30 @@ def test_column_pass_agrees_with_judging_each_value(path: str, values: list[str]
             expected_w[f"{w}:{path}"] = expected_w.get(f"{w}:{path}", 0) + 1
     assert v.quarantine == expected_q and v.warnings == expected_w
     assert v.cols[path] == kept
+
+
+@pytest.mark.parametrize("emails", [
+    ["no-at-sign.example.com", "two@at@example.com"],    # the "@"s add up to one each
+    ["a@b.com", "nbsp\u00a0here@example.com"],            # whitespace other than " "
+    ["tab\there@example.com", "c@d.com"],
+    ["line\nbreak@example.com", "e@f.com"],
+    ["@example.com", "g@h.com"],
+    ["i@", "j@k.com"],
+])
+def test_an_email_is_judged_by_itself_not_by_its_batch(emails: list[str]) -> None:
+    """The e-mail column's quick pre-check looked at the batch as a whole: an address without an
+    "@" and one with two passed together, and a no-break space passed unless a neighbour sent
+    the column to the pattern."""
+    users = copy.deepcopy(userfactory.sample_users())
+    for u, email in zip(users, emails, strict=False):  # two of the four users
+        u["email"] = email
+    pattern = re.compile(r"[^@\s]+@[^@\s]+")
+    alone: Counter[str] = Counter()
+    for email in emails:
+        batch = copy.deepcopy(userfactory.sample_users())
+        batch[0]["email"] = email
+        q = validate_columns(schema.to_columns(batch)).quarantine
+        assert sum(q.values()) == (0 if pattern.fullmatch(email) else 1), (email, q)
+        alone.update(q)
+    assert sum(alone.values()) == sum(not pattern.fullmatch(e) for e in emails) > 0
+    assert validate_columns(schema.to_columns(users)).quarantine == alone  # together, the same
