@@ -61,10 +61,17 @@ _NOT_DIGIT_BYTES = bytes(b for b in range(256) if not 48 <= b <= 57)
 
 
 def compact(lowered: str) -> str:
-    """Drop the spaces, apostrophes and hyphens people leave out of a typed name."""
+    """Drop the spaces, apostrophes and hyphens people leave out of a typed name, and the
+    zero-width (non-)joiners: a Persian name's ZWNJ is rarely typed into a password."""
     if lowered.isalnum():
         return lowered
-    return lowered.replace(" ", "").replace("'", "").replace("-", "").replace("\u2019", "")
+    return (lowered.replace(" ", "").replace("'", "").replace("-", "").replace("\u2019", "")
+            .replace("\u200c", "").replace("\u200d", ""))
+
+
+def compact_city(lowered: str) -> str:
+    """A city as typed into a password: no spaces, hyphens or zero-width (non-)joiners."""
+    return lowered.replace(" ", "").replace("-", "").replace("\u200c", "").replace("\u200d", "")
 
 
 def phone_digits(phone: str) -> bytes:
@@ -136,7 +143,7 @@ def find_personal(
                 found |= EMAIL
                 break
     cl = city.lower()
-    if len(cl) >= MIN_TOKEN and (cl in pwl or cl.replace(" ", "").replace("-", "") in pwl):
+    if len(cl) >= MIN_TOKEN and (cl in pwl or compact_city(cl) in pwl):
         found |= CITY
     for name in (fc, lc):
         rev = name[::-1]
@@ -234,7 +241,7 @@ def suspects(
     cl = _tokens(cities)
     look |= _hits(map(contains, pwls, cl))
     for i in compress(count(), map(not_, map(str.isalnum, cl))):
-        if cl[i].replace(" ", "").replace("-", "") in pwls[i]:
+        if compact_city(cl[i]) in pwls[i]:
             look.add(i)
     digit_users = list(compress(count(), long_runs))
     if digit_users:

@@ -148,6 +148,11 @@ def test_by_nationality_shares_of_weak_passwords() -> None:
       "email": "jean-luc.picard@example.com"}, {"email_local"}),
     ({"login.password": "jones77", "name.last": "Smith-Jones", "email": "edward.smith-jones@example.com"},
      {"email_local"}),
+    # A Persian name or city is written with a zero-width non-joiner, rarely typed with it.
+    ({"login.password": "\u0639\u0644\u06cc\u0632\u0627\u062f\u0647!",
+      "name.last": "\u0639\u0644\u06cc\u200c\u0632\u0627\u062f\u0647"}, {"last_name"}),
+    ({"login.password": "\u062e\u0631\u0627\u0633\u0627\u0646\u0631\u0636\u0648\u06cc7",
+      "location.city": "\u062e\u0631\u0627\u0633\u0627\u0646\u200c\u0631\u0636\u0648\u06cc"}, {"city"}),
     ({"login.password": "olive", "name.first": "Li"}, set()),  # under 3 characters
     ({"login.password": "", "name.first": ""}, set()),
 ])
@@ -199,16 +204,19 @@ def test_sample_api_users_through_schema_columns() -> None:
 
 # --- fast path equals the per-user definitions ------------------------------
 
-NAMES = ["Ann", "Anna", "Bo", "Li", "O'Brien", "Mary Jane", "Zoë", "", "Edward", "Nik"]
+NAMES = ["Ann", "Anna", "Bo", "Li", "O'Brien", "Mary Jane", "Zoë", "", "Edward", "Nik",
+         "\u0639\u0644\u06cc\u200c\u0632\u0627\u062f\u0647"]
 USERNAMES = ["ann1961", "bo", "", "lazyelephant964", "edward", "nik12345"]
 DOBS = ["1961-11-06T04:41:49.630Z", "1994-12-24T21:13:11.895Z", "2001-01-02T00:00:00Z", "",
         "19x1-01-01", "1961"]
-CITIES = ["New York", "Lyon", "San-Remo", "O'Fallon", "", "Bo", "Kawawhanga"]
+CITIES = ["New York", "Lyon", "San-Remo", "O'Fallon", "", "Bo", "Kawawhanga",
+          "\u062e\u0631\u0627\u0633\u0627\u0646\u200c\u0631\u0636\u0648\u06cc"]
 PHONES = ["(272) 948-3945", "+64201618260", "", "0612", "272 9483"]
 PIECES = ["ann", "anna", "nna", "obrien", "o'brien", "3dw4rd", "edward", "drawde", "1961", "61",
           "94", "2412", "1224", "0102", "9483945", "newyork", "lyon", "!", "A", "x", "123456",
           "lazyelephant964", "l4zyel3ph4nt964", "p@ss", "zoë", "mary jane", "maryjane", "nik1",
-          "n1k", "li", "bo", "", "san-remo", "sanremo", "ofallon"]
+          "n1k", "li", "bo", "", "san-remo", "sanremo", "ofallon",
+          "\u0639\u0644\u06cc\u0632\u0627\u062f\u0647", "\u062e\u0631\u0627\u0633\u0627\u0646\u0631\u0636\u0648\u06cc"]
 
 
 @st.composite
