@@ -424,3 +424,16 @@ def test_personal_information_shows_every_kind() -> None:
     s.n = 30
     panels = _panels_of({**s.figures(), "audit": {**audit, "personal_info": kinds}})
     assert len(panels["personal_info"]["rows"]) == 11
+
+
+def test_password_reuse_says_when_its_counts_are_lower_bounds() -> None:
+    from infraetl.audit import AuditSummary
+    from infraetl.stream_stats import StatsSummary
+
+    s = StatsSummary.empty()
+    s.n = 30
+    audit = AuditSummary.empty().figures()
+    for exact, words in ((True, "5 users share"), (False, "At least 5 users share")):
+        reuse = {**audit["reuse"], "users_sharing": 5, "largest_group": 3, "exact": exact}
+        note = _panels_of({**s.figures(), "audit": {**audit, "reuse": reuse}})["reuse"]["note"]
+        assert note.startswith(words), note
