@@ -412,3 +412,50 @@ def test_a_client_trickling_its_request_head_is_cut_off_at_the_head_deadline(tmp
     finally:
         s.close()
         srv.close()
+
+
+def test_a_request_head_past_its_byte_budget_is_answered_431(tmp_path: pathlib.Path) -> None:
+    # The standard library alone takes 100 header lines of 64 KB each: ~6.5 MB held for each of
+    # hundreds of connections, ~1.4 GB for one client (found by a review).
+    srv = make_server(tmp_path)
+    try:
+        s = socket.create_connection(("127.0.0.1", srv.port))
+        s.settimeout(DEADLINE_S)
+        try:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            for i in range(40):
+                s.sendall(b"X-Filler-%d: %s\r\n" % (i, b"y" * 4000))
+        except OSError:
+            pass  # the server may hang up while we still send
+        answer = b""
+        try:
+            while chunk := s.recv(4096):
+                answer += chunk
+        except OSError:
+            pass
+        s.close()
+        assert answer.startswith(b"HTTP/1.0 431"), answer[:80]
+        assert request(srv, "/", "GET")[0] == 200  # an ordinary head still passes
+    finally:
+        srv.close()
+
+
+def test_one_client_cannot_take_every_connection(tmp_path: pathlib.Path) -> None:
+    # 256 event streams never read and 64 heads never finished, all from one address, locked
+    # everyone out of the dashboard (found by a review). One address now holds at most its share.
+    srv = make_server(tmp_path, max_subscribers=8, trusted=frozenset())  # 72 slots, 9 a client
+    held = []
+    try:
+        for _ in range(9):
+            held.append(socket.create_connection(("127.0.0.1", srv.port)))
+        extra = socket.create_connection(("127.0.0.1", srv.port))
+        extra.settimeout(DEADLINE_S)
+        assert extra.recv(1) == b""  # refused at once: this address has its share
+        extra.close()
+        for s in held[:3]:
+            s.close()
+        wait_until(lambda: _answers(srv))  # its freed slots serve it again
+    finally:
+        for s in held:
+            s.close()
+        srv.close()

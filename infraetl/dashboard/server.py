@@ -10,6 +10,7 @@ table is a 404; static files come from a fixed whitelist, never from a path.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import math
@@ -43,6 +44,9 @@ _ROUTES = {
     "/api/sections.json": ("api/sections.json", JSON),
 }
 _CLOSE = object()  # queue sentinel: the subscriber must hang up
+#: Bytes a request head may hold: the standard library's longest request line (64 KB, 414
+#: past it) and 32 KB of headers, where a browser sends one or two.
+MAX_HEAD = 96 * 1024
 _HANGUP_CHECK_S = 1.0
 
 
@@ -85,28 +89,49 @@ class _HTTPServer(ThreadingHTTPServer):
     #: the daemon, and then the store could not sync and nothing was ACKed. (Set per server
     #: from its subscriber cap, see DashboardServer.start.)
     max_connections = 320
+    #: Connections one client address may hold: one client alone cannot take every slot (event
+    #: streams it never reads and request heads it never finishes), locking everyone else out.
+    max_per_client = 40
+    #: Addresses the per-client cap does not apply to: a reverse proxy on the host (whose
+    #: clients all arrive from it) limits per client itself (docs/operations.md).
+    trusted: frozenset[str] = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
 
     def server_activate(self) -> None:
         self._slots = threading.BoundedSemaphore(self.max_connections)
-        self._held: set[Any] = set()
+        self._held: dict[Any, str] = {}  # request -> its client's address
+        self._per_client: dict[str, int] = {}
+        self._count_lock = threading.Lock()  # held slots are freed from the handler threads
         self._refused, self._refused_logged = 0, -math.inf
         super().server_activate()
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        if not self._slots.acquire(blocking=False):
-            self._refused += 1
-            if time.monotonic() - self._refused_logged >= 60:  # a flood must not flood the log too
-                logger.warning("dashboard: %d connections open; refused %d more (last from %s)",
-                               self.max_connections, self._refused, client_address[0])
-                self._refused, self._refused_logged = 0, time.monotonic()
-            return False
-        self._held.add(request)
+        client = str(client_address[0])
+        with self._count_lock:
+            if client not in self.trusted and self._per_client.get(client, 0) >= self.max_per_client:
+                return self._refuse(f"{self.max_per_client} connections open from {client}")
+            if not self._slots.acquire(blocking=False):
+                return self._refuse(f"{self.max_connections} connections open")
+            self._held[request] = client
+            self._per_client[client] = self._per_client.get(client, 0) + 1
         return True
 
+    def _refuse(self, why: str) -> bool:
+        self._refused += 1
+        if time.monotonic() - self._refused_logged >= 60:  # a flood must not flood the log too
+            logger.warning("dashboard: %s; refused %d connection(s)", why, self._refused)
+            self._refused, self._refused_logged = 0, time.monotonic()
+        return False
+
     def shutdown_request(self, request: Any) -> None:
-        if request in self._held:
-            self._held.discard(request)
-            self._slots.release()
+        with self._count_lock:
+            client = self._held.pop(request, None)
+            if client is not None:
+                self._slots.release()
+                left = self._per_client[client] - 1
+                if left:
+                    self._per_client[client] = left
+                else:
+                    del self._per_client[client]
         super().shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -125,16 +150,28 @@ class _HTTPServer6(_HTTPServer):
 class _HeadReader:
     """The request's reader while its head (request line and headers) is read: each read may
     wait only for what is left of one deadline for the whole head, so a client trickling a
-    byte at a time cannot hold its connection for ever."""
+    byte at a time cannot hold its connection for ever; and the head may hold at most
+    :data:`MAX_HEAD` bytes (431), where the standard library allows 100 lines of 64 KB each:
+    ~6.5 MB held for every connection."""
 
     def __init__(self, raw: Any, conn: socket.socket, deadline: float, per_read: float) -> None:
         self._raw, self._conn, self._deadline, self._per_read = raw, conn, deadline, per_read
+        self._budget = MAX_HEAD
 
     def readline(self, limit: int = -1) -> bytes:
+        if self._budget <= 0:
+            # Raised while the headers are parsed: the standard library answers 431.
+            raise http.client.HTTPException(f"request head over {MAX_HEAD} bytes")
+        limit = self._budget if limit < 0 else min(limit, self._budget)
+        line = self._readline(limit)
+        self._budget -= len(line)
+        return line
+
+    def _readline(self, limit: int) -> bytes:
         # One receive at a time, each given only what is left: a buffered readline would wait
         # afresh for every byte that trickles in.
         line = bytearray()
-        while limit < 0 or len(line) < limit:
+        while len(line) < limit:
             left = self._deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError("the request head took too long")
@@ -142,7 +179,7 @@ class _HeadReader:
             chunk = self._raw.peek(1)  # what is buffered, else one receive
             if not chunk:
                 break  # the client closed
-            want = len(chunk) if limit < 0 else min(len(chunk), limit - len(line))
+            want = min(len(chunk), limit - len(line))
             end = chunk.find(b"\n", 0, want)
             line += self._raw.read(end + 1 if end >= 0 else want)
             if end >= 0:
@@ -274,7 +311,8 @@ class DashboardServer:
     def __init__(self, host: str, port: int, *, site_dir: pathlib.Path,
                  metrics: Callable[[], tuple[bytes, str]], health: Callable[[], tuple[int, dict[str, Any]]],
                  keepalive_s: float = 15.0, max_subscribers: int = 256, queue_size: int = 64,
-                 client_timeout_s: float = 30.0, head_timeout_s: float = 10.0) -> None:
+                 client_timeout_s: float = 30.0, head_timeout_s: float = 10.0,
+                 trusted: frozenset[str] | None = None) -> None:
         self.host, self._port = host, port
         self.site_dir = pathlib.Path(site_dir)
         self._metrics, self._health = metrics, health
@@ -282,6 +320,7 @@ class DashboardServer:
         # A client that stops reading or writing frees its thread after this many seconds.
         self._handler = type("Handler", (_Handler,), {"timeout": client_timeout_s,
                                                       "head_timeout": head_timeout_s})
+        self._trusted = _HTTPServer.trusted if trusted is None else trusted
         self._static = {name: ((STATIC_DIR / name).read_bytes(), ctype) for name, ctype in STATIC_FILES.items()}
         self._subs: set[_Subscriber] = set()
         self._lock = threading.Lock()
@@ -315,7 +354,9 @@ class DashboardServer:
         """Bind and serve in a background thread; return once bound."""
         base = _HTTPServer6 if ":" in self.host else _HTTPServer
         # Room for every event stream and as many page loads besides.
-        cls = type("HTTPServer", (base,), {"max_connections": self.max_subscribers + 64})
+        slots = self.max_subscribers + 64
+        cls = type("HTTPServer", (base,), {"max_connections": slots, "max_per_client": max(8, slots // 8),
+                                           "trusted": self._trusted})
         try:
             self._httpd = cls((self.host, self._port), self._handler)
         except OSError as e:
