@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from . import config, wire
-from .cli_daemons import env_option
+from .cli_daemons import Seconds, env_option
 from .cli_output import Progress, emit_json, runs_table
 from .control import ControlClient, wait_run
 from .exceptions import InfraETLError
@@ -58,7 +58,7 @@ class Group(click.Group):
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @env_option("--producer", default=config.PRODUCER, help="The producer's control endpoint.")
-@env_option("--call-timeout", type=click.FloatRange(0.1), default=5.0,
+@env_option("--call-timeout", type=Seconds(0.1, 86_400), default=5.0,
             help="Seconds to wait for each answer from the producer.")
 @env_option("--curve-secret", type=PATH, default=None, help="CURVE: this client's .key_secret file.")
 @env_option("--curve-server-key", type=PATH, default=None, help="CURVE: the producer's public .key file.")
@@ -97,10 +97,10 @@ def _nat(value: str | None) -> list[str]:
 @click.option("--seed", default=None, help="Seed for reproducible users (default: random).")
 @click.option("--source", default="synthetic", show_default=True,
               help="randomuser (the API), synthetic (offline) or file:PATH (on the producer's host).")
-@click.option("--deadline", type=click.FloatRange(1), default=None,
+@click.option("--deadline", type=Seconds(1, 10_000_000), default=None,
               help="Seconds the producer may spend fetching before the run fails (default: its --run-deadline).")
 @click.option("--no-wait", is_flag=True, help="Return as soon as the run is accepted.")
-@click.option("--timeout", type=click.FloatRange(0.1), default=900.0, show_default=True,
+@click.option("--timeout", type=Seconds(0.1, 10_000_000), default=900.0, show_default=True,
               help="Seconds to wait for the dashboard to show the run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
@@ -137,7 +137,7 @@ def _follow(client: ControlClient, run_id: str, requested: int, timeout: float, 
 
 @cli.command()
 @click.argument("run_id")
-@click.option("--timeout", type=click.FloatRange(0.1), default=900.0, show_default=True,
+@click.option("--timeout", type=Seconds(0.1, 10_000_000), default=900.0, show_default=True,
               help="Seconds to wait.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
@@ -245,7 +245,7 @@ def bench(users: int, repeat: int, batch_size: int, no_peer: bool, as_json: bool
 @cli.command()
 @click.option("--users", type=click.IntRange(10_000, 100_000_000), default=1_000_000, show_default=True,
               help="Users to push through both daemons.")
-@click.option("--interval", type=click.FloatRange(0.1), default=1.0, show_default=True,
+@click.option("--interval", type=Seconds(0.1, 3600), default=1.0, show_default=True,
               help="Seconds between samples of progress and memory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def soak(users: int, interval: float, as_json: bool) -> None:
@@ -266,7 +266,7 @@ def soak(users: int, interval: float, as_json: bool) -> None:
               help="Users of the run, once without faults and once under them.")
 @click.option("--faults", type=click.IntRange(1, 10_000), default=20, show_default=True,
               help="Faults to inject while the run lasts.")
-@click.option("--every", type=click.FloatRange(0.1), default=2.0, show_default=True,
+@click.option("--every", type=Seconds(0.1, 3600), default=2.0, show_default=True,
               help="Mean seconds between faults (each pause is 0.5-1.5 times this).")
 @click.option("--random-seed", type=int, default=1, show_default=True,
               help="Seed of the fault sequence: the same seed draws the same faults.")

@@ -242,17 +242,22 @@ def create_keypair(directory: Path, name: str) -> tuple[Path, Path]:
     Refuses to overwrite an existing pair: a secret key in use is not
     something to lose to a repeated command.
     """
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise ConfigError(f"--name {name!r} is not a file name (no '/', not empty)")
     directory = Path(directory)
     public_path, secret_path = directory / f"{name}.key", directory / f"{name}.key_secret"
     for path in (public_path, secret_path):
         if path.exists():
             raise ConfigError(f"{path} exists; remove it first or choose another --name")
-    directory.mkdir(parents=True, exist_ok=True)
-    public, secret = zmq.curve_keypair()
-    fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(_certificate(_SECRET_NOTE, public, secret))
-    fd = os.open(public_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    with os.fdopen(fd, "w") as f:
-        f.write(_certificate(_PUBLIC_NOTE, public, None))
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        public, secret = zmq.curve_keypair()
+        fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(_certificate(_SECRET_NOTE, public, secret))
+        fd = os.open(public_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(_certificate(_PUBLIC_NOTE, public, None))
+    except OSError as e:
+        raise ConfigError(f"cannot write the key pair into {directory}: {e.strerror or e}") from None
     return public_path, secret_path

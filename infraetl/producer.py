@@ -89,8 +89,8 @@ def check_run_args(args: dict[str, Any]) -> dict[str, Any]:
     seed = args.get("seed")
     seed = str(seed) if seed not in (None, "") else uuid.uuid4().hex[:12]
     deadline = args.get("deadline")
-    if deadline is not None and (not isinstance(deadline, (int, float)) or deadline <= 0):
-        raise InfraETLError("--deadline must be a positive number of seconds")
+    if deadline is not None and (type(deadline) not in (int, float) or not 1 <= deadline <= 10_000_000):
+        raise InfraETLError("--deadline must be a number of seconds from 1 to 10,000,000")  # NaN too
     return {"users": users, "nat": sorted(set(nat)), "seed": seed, "source": source, "deadline": deadline}
 
 

@@ -50,11 +50,27 @@ def test_ctl_with_wrong_key_is_not_authorised(cluster: LocalCluster) -> None:
     (["start-run", "--users", "5", "--source", "ftp"], "unknown source"),
     (["start-run", "--users", "5", "--source", "file:/nonexistent.json"], "no such file"),
     (["cancel", "r-nope"], "no run r-nope"),
+    (["--call-timeout", "nan", "status"], "--call-timeout"),
+    (["--call-timeout", "1e300", "status"], "--call-timeout"),
+    (["start-run", "--users", "5", "--deadline", "inf"], "--deadline"),
+    (["wait", "r-nope", "--timeout", "nan"], "--timeout"),
+    (["keygen", "--curve", "{root}/etl-key"], "cannot write the key pair"),
+    (["keygen", "--curve", "{root}/curve", "--name", "a/b"], "not a file name"),
 ])
 def test_bad_arguments_one_line_no_traceback(cluster: LocalCluster, args: list[str], message: str) -> None:
-    proc = ctl(cluster, *args, check=False)
+    proc = ctl(cluster, *(a.format(root=cluster.root) for a in args), check=False)
     assert proc.returncode in (1, 2)
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("deadline", [float("nan"), float("inf"), 0, 1e12, "60"])
+def test_a_run_deadline_must_be_a_number_of_seconds(deadline: object) -> None:
+    from infraetl.exceptions import InfraETLError
+    from infraetl.producer import check_run_args
+
+    with pytest.raises(InfraETLError, match="--deadline"):
+        check_run_args({"users": 5, "deadline": deadline})
+    assert check_run_args({"users": 5, "deadline": 60})["deadline"] == 60
 
 
 def _start(cluster: LocalCluster, users: int, seed: str) -> str:
