@@ -33,6 +33,7 @@ from .metrics import ConsumerMetrics
 from .pwinfo import add_strengths
 from .scorer import Scorer
 from .sockets import bind, bound_endpoint, make_socket
+from .sqlite import private_dir
 from .store import Store
 from .stream_stats import StatsSummary
 from .validate import validate_columns
@@ -53,7 +54,7 @@ class Consumer:
         self.s = settings
         self.sealer = wire.Sealer(settings.keys, ttl=settings.token_ttl, max_size=settings.max_frame)
         try:
-            settings.state_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(settings.state_dir)
         except OSError as e:
             raise ConfigError(f"cannot create the state directory {settings.state_dir}: {e.strerror or e}") from None
         self.notifier = Notifier()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,10 @@ from .exceptions import StoreError
 def open_db(path: Path, schema: str, *, synchronous: str, what: str) -> sqlite3.Connection:
     """Open (and create) a WAL database in autocommit mode; errors become StoreError."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
+        # Created 0600 before SQLite opens it (its WAL and shared-memory files take its mode):
+        # the state is nobody else's business, whatever the umask.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
         db = sqlite3.connect(str(path), isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={synchronous}")
@@ -20,6 +24,12 @@ def open_db(path: Path, schema: str, *, synchronous: str, what: str) -> sqlite3.
     except (sqlite3.Error, OSError) as e:
         raise StoreError(f"cannot open {what} {path}: {e}") from None
     return db
+
+
+def private_dir(path: Path) -> None:
+    """Create ``path`` (and its parents) as ``0700`` if it does not exist; leave it as it is if it does."""
+    if not path.is_dir():
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
 class Tx:

@@ -76,3 +76,30 @@ def test_reveal_passwords_is_an_explicit_opt_in(tmp_path: Path) -> None:
         assert top == "Zq9!reusedSecretx7#Lp"  # reused by every 10th user: the operator asked to see it
         _, _, page = get_text(c.url)
         assert "plaintext" in page
+
+
+def test_state_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    """Started by hand under umask 022, the state was world-readable: with --reveal-passwords,
+    every tallied password (found by a review)."""
+    import os
+    import stat
+
+    from infraetl.spool import Spool
+    from infraetl.store import Store
+
+    old = os.umask(0o022)
+    try:
+        store = Store(tmp_path / "consumer" / "consumer.sqlite3")
+        store.set_secret("x", b"y")
+        spool = Spool(tmp_path / "producer" / "spool.sqlite3")
+        spool.create_run("r1", {"users": 1})
+        files = [tmp_path / "consumer" / "consumer.sqlite3", tmp_path / "consumer" / "consumer.sqlite3-wal",
+                 tmp_path / "producer" / "spool.sqlite3", tmp_path / "producer" / "spool.sqlite3-wal"]
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in files}
+        assert modes == dict.fromkeys(modes, 0o600), modes
+        for d in ("consumer", "producer"):
+            assert stat.S_IMODE((tmp_path / d).stat().st_mode) == 0o700
+        store.close()
+        spool.close()
+    finally:
+        os.umask(old)
