@@ -6,10 +6,13 @@ the fixed, unsealed answer :data:`NOT_AUTHORISED` (it reveals nothing and
 costs nothing), which the client turns into "not authorised".
 
 Each request carries a fresh random nonce, and the producer takes a nonce
-once: a request sealed more than :data:`CONTROL_WINDOW` seconds ago, or seen
-before within it, gets the same answer. So a ``start-run`` frame captured on
-the wire (without CURVE the traffic is readable) cannot be sent again to
-start more runs.
+once: a request sealed more than :data:`CONTROL_WINDOW` seconds away from the
+producer's clock (either way), or seen before within it, gets the same answer.
+So a ``start-run`` frame captured on the wire (without CURVE the traffic is
+readable) cannot be sent again to start more runs. A reply answers the
+request's nonce, so it is fresh whatever its time stamp says: the client
+opens it without checking the time, and clocks up to CONTROL_WINDOW apart
+work both ways.
 """
 
 from __future__ import annotations
@@ -54,11 +57,14 @@ class ReplayGuard:
         return len(self._seen)
 
     def take(self, nonce: str, sealed_at: float) -> None:
-        """Take a request's nonce, or raise WireError (``expired`` or ``replay``)."""
+        """Take a request's nonce, or raise WireError (``expired``, ``from_future`` or ``replay``)."""
         now = self._clock()
         if now - sealed_at > self._window:
             raise WireError("expired", f"control request sealed {now - sealed_at:.0f}s ago, "
                                        f"beyond the {self._window:.0f}s window")
+        if sealed_at - now > self._window:
+            raise WireError("from_future", f"control request sealed {sealed_at - now:.0f}s ahead of this "
+                                           "host's clock; check the hosts' clocks")
         # A nonce sealed before the window would be refused as expired anyway: forget it.
         while self._seen:
             oldest = next(iter(self._seen))
@@ -75,7 +81,7 @@ class ReplayGuard:
 def handle_control(producer: Producer, frame: bytes) -> bytes:
     """Open one control request, run it, and return the sealed reply frame."""
     try:
-        msg = producer.sealer.open(frame)
+        msg = producer.sealer.open(frame, check_time=False)  # the nonce's window instead
         if msg["kind"] != "control":
             raise WireError("bad_schema", "not a control message")
         producer.control_nonces.take(msg["run"], producer.sealer.sealed_at(frame))
@@ -189,7 +195,7 @@ class ControlClient:
                     f"{CONTROL_WINDOW / 60:.0f} minutes behind the producer's?)"
                 )
             try:
-                reply = self._sealer.open(frame)
+                reply = self._sealer.open(frame, check_time=False)  # fresh: it answers our nonce
             except WireError as e:
                 raise ControlError(f"unreadable reply from the producer ({e.reason})") from None
             if reply["kind"] != "reply" or reply["run"] != nonce:

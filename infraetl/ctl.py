@@ -161,6 +161,10 @@ def status(obj: Ctx, as_json: bool, limit: int) -> None:
     else:
         click.echo(runs_table(result["runs"]))
         click.echo(f"{result['in_flight']} frame(s) awaiting ACK")
+        rejected = result.get("rejected") or {}
+        if rejected:
+            click.echo("frames rejected since the producer started: "
+                       + ", ".join(f"{reason} {n:,}" for reason, n in sorted(rejected.items())))
 
 
 @cli.command()
@@ -243,7 +247,7 @@ def bench(users: int, repeat: int, batch_size: int, no_peer: bool, as_json: bool
 
 
 @cli.command()
-@click.option("--users", type=click.IntRange(10_000, 100_000_000), default=1_000_000, show_default=True,
+@click.option("--users", type=click.IntRange(10_000, 10_000_000), default=1_000_000, show_default=True,
               help="Users to push through both daemons.")
 @click.option("--interval", type=Seconds(0.1, 3600), default=1.0, show_default=True,
               help="Seconds between samples of progress and memory.")

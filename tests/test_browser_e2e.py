@@ -31,7 +31,7 @@ SAMPLE = json.loads(SAMPLE_FILE.read_text(encoding="utf-8"))["results"]
 CHARTS = {
     "gender": "all", "age_decades": "all", "countries": "top", "complexity": "all", "password_length": "all",
     "registration_years": "all", "timezones": "top", "strength": "all", "entropy": "all",
-    "personal_info": "top", "weak_by_nationality": "nationality", "quarantine": "top", "warnings": "top",
+    "personal_info": "all", "weak_by_nationality": "nationality", "quarantine": "top", "warnings": "top",
 }
 # Counts of reasons, not a partition of the users: their share column has no single obvious denominator.
 NO_USER_SHARE = {"quarantine", "warnings"}

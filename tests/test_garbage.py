@@ -8,6 +8,7 @@ import random
 import time
 
 import msgpack
+import pytest
 import zmq
 from cryptography.fernet import Fernet
 from helpers import cluster_sealer, ctl, get_json, get_text, metric, push_frames, wait_for
@@ -157,3 +158,33 @@ def test_a_captured_control_request_is_taken_once(cluster: LocalCluster) -> None
     assert [r["run_id"] for r in status["runs"]] == [first["result"]["run_id"]]
     assert status["rejected"]["replay"] == 2
     assert status["rejected"]["expired"] == 1
+    assert "expired 1, replay 2" in ctl(cluster, "status").stdout
+
+
+@pytest.mark.parametrize("offset", [-290.0, -90.0, 90.0, 290.0])
+def test_a_ctl_whose_clock_is_off_by_minutes_is_served(cluster: LocalCluster, offset: float) -> None:
+    """Clocks up to the control window apart work both ways: 90 s behind, the producer started the
+    run and the ctl called its answer unreadable ("from the future"), so a retry ran it twice."""
+    from infraetl.control import ControlClient
+
+    keys = config.parse_keys(cluster.key_file.read_text(), "test")
+    skewed = wire.Sealer(keys, ttl=3600, max_size=1 << 20, clock=lambda: time.time() + offset)
+    before = len(json.loads(ctl(cluster, "status", "--json").stdout)["runs"])
+    with ControlClient(cluster.control, skewed, timeout=10) as client:
+        started = client.call("start-run", users=20, seed=f"skew{offset}")
+        assert client.call("status", run_id=started["run_id"])["runs"][0]["run_id"] == started["run_id"]
+    assert len(json.loads(ctl(cluster, "status", "--json").stdout)["runs"]) == before + 1
+
+
+@pytest.mark.parametrize(("offset", "reason"), [(-400.0, "expired"), (400.0, "from_future")])
+def test_a_ctl_whose_clock_is_off_by_more_than_the_window_is_refused(cluster: LocalCluster, offset: float,
+                                                                    reason: str) -> None:
+    from infraetl.control import ControlClient
+    from infraetl.exceptions import NotAuthorised
+
+    keys = config.parse_keys(cluster.key_file.read_text(), "test")
+    skewed = wire.Sealer(keys, ttl=3600, max_size=1 << 20, clock=lambda: time.time() + offset)
+    with ControlClient(cluster.control, skewed, timeout=10) as client, \
+            pytest.raises(NotAuthorised, match="clock"):
+        client.call("status")
+    assert json.loads(ctl(cluster, "status", "--json").stdout)["rejected"][reason] >= 1
