@@ -393,8 +393,8 @@ class Consumer:
         if sealer is not self.sealer:
             try:
                 fp_key = fingerprint_secret(self.store, sealer.keys)
-            except StoreError as e:
-                logger.warning("SIGHUP: the password fingerprint secret stays sealed as it was: %s", e)
+            except StoreError as e:  # the store cannot even be read
+                logger.warning("SIGHUP: the password fingerprint secret stays as it was: %s", e)
             else:
                 if fp_key != self.fp_key:
                     self.fp_key = fp_key
@@ -413,10 +413,12 @@ def fingerprint_secret(store: Store, keys: tuple[bytes, ...]) -> bytes:
     key, then kept in the store, sealed under the current sealing key: a rotation re-seals it
     (any key of the ring opens it), so the figures do not split in two. Only when no key opens
     it (the old key dropped at once, as after a leak) does a new one begin, and the log says so.
+
+    A store that cannot be written (a full disk) does not stop the consumer: the secret is used
+    all the same, and stored (or re-sealed) at the next start or SIGHUP.
     """
     from cryptography.fernet import Fernet, InvalidToken
 
-    sealing = Fernet(keys[0])
     sealed = store.secret(FP_SECRET)
     if sealed is not None:
         for i, key in enumerate(keys):
@@ -425,14 +427,24 @@ def fingerprint_secret(store: Store, keys: tuple[bytes, ...]) -> bytes:
             except InvalidToken:
                 continue
             if i:
-                store.set_secret(FP_SECRET, sealing.encrypt(secret))
+                _store_secret(store, secret, keys[0])
             return secret
         logger.warning("no key this consumer holds opens the password fingerprint secret (its key was "
                        "dropped): password reuse, top passwords and base words count afresh from here, "
                        "apart from the figures so far")
     secret = fingerprint_key(keys[0])
-    store.set_secret(FP_SECRET, sealing.encrypt(secret))
+    _store_secret(store, secret, keys[0])
     return secret
+
+
+def _store_secret(store: Store, secret: bytes, sealing_key: bytes) -> None:
+    from cryptography.fernet import Fernet
+
+    try:
+        store.set_secret(FP_SECRET, Fernet(sealing_key).encrypt(secret))
+    except StoreError as e:
+        logger.warning("cannot store the password fingerprint secret now (%s); it is used all the same, "
+                       "and stored at the next start or SIGHUP", e)
 
 
 def main(argv: list[str] | None = None) -> None:

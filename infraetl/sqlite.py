@@ -15,8 +15,15 @@ def open_db(path: Path, schema: str, *, synchronous: str, what: str) -> sqlite3.
     try:
         private_dir(path.parent)
         # Created 0600 before SQLite opens it (its WAL and shared-memory files take its mode):
-        # the state is nobody else's business, whatever the umask.
+        # the state is nobody else's business, whatever the umask. A file an older release
+        # left readable by others is made private too.
         os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        for name in (str(path), f"{path}-wal", f"{path}-shm"):
+            try:
+                if os.stat(name).st_mode & 0o077:
+                    os.chmod(name, 0o600)
+            except FileNotFoundError:
+                pass
         db = sqlite3.connect(str(path), isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={synchronous}")

@@ -72,10 +72,6 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     audit   BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, filler BLOB);
-CREATE TABLE IF NOT EXISTS secrets (
-    name    TEXT PRIMARY KEY,
-    sealed  BLOB NOT NULL           -- a Fernet token under the consumer's sealing key
-);
 CREATE TABLE IF NOT EXISTS cumulative (
     id     INTEGER PRIMARY KEY CHECK (id = 1),
     runs   INTEGER NOT NULL,
@@ -157,9 +153,15 @@ class Store:
         self._synced = True
 
     # -- secrets --
+    # The table is made by the first write, not at open: a consumer upgraded on a full disk
+    # still starts (and runs degraded, as on any full disk) instead of failing on a CREATE.
+    _SECRETS = "CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, sealed BLOB NOT NULL)"
+
     def secret(self, name: str) -> bytes | None:
-        """The sealed secret ``name``, or None."""
+        """The sealed secret ``name`` (a Fernet token), or None."""
         try:
+            if not self._db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='secrets'").fetchone():
+                return None
             row = self._db.execute("SELECT sealed FROM secrets WHERE name=?", (name,)).fetchone()
         except sqlite3.Error as e:
             raise StoreError(f"state database unavailable: {e}") from None
@@ -168,6 +170,7 @@ class Store:
     def set_secret(self, name: str, sealed: bytes) -> None:
         """Store the sealed secret ``name`` (in place of any earlier one)."""
         with self._tx():
+            self._db.execute(self._SECRETS)
             self._db.execute("INSERT OR REPLACE INTO secrets (name, sealed) VALUES (?, ?)", (name, sealed))
 
     # -- writes --

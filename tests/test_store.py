@@ -272,7 +272,27 @@ def test_the_fingerprint_secret_outlives_a_key_rotation(tmp_path: Path, caplog: 
     store.close()
     store = Store(tmp_path / "c.sqlite3")
     assert fingerprint_secret(store, (k2,)) == first
-    assert b"first" not in (store.secret(FP_SECRET) or b"") and first not in (store.secret(FP_SECRET) or b"")
+    assert first not in (store.secret(FP_SECRET) or b"")  # sealed, not in the clear
     with caplog.at_level("WARNING"):
         assert fingerprint_secret(store, (k3,)) == fingerprint_key(k3)  # the old key dropped at once
     assert "count afresh" in caplog.text
+
+
+def test_a_full_disk_does_not_keep_the_consumer_from_its_fingerprint_secret(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Storing or re-sealing the secret is a write; a consumer on a full disk starts all the same
+    (and runs degraded, as on any full disk) instead of exiting, as before the secret was kept."""
+    from cryptography.fernet import Fernet
+
+    from infraetl.audit import fingerprint_key
+    from infraetl.consumer import fingerprint_secret
+
+    k1, k2 = Fernet.generate_key(), Fernet.generate_key()
+    store = Store(tmp_path / "c.sqlite3")
+    assert fingerprint_secret(store, (k1,)) == fingerprint_key(k1)
+    store.close()
+    store = Store(tmp_path / "c.sqlite3")
+    store._db.execute("PRAGMA query_only=ON")  # every write now fails, as on a full disk
+    with caplog.at_level("WARNING"):
+        assert fingerprint_secret(store, (k2, k1)) == fingerprint_key(k1)  # the re-seal fails
+    assert "used all the same" in caplog.text
