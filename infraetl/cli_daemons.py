@@ -51,6 +51,14 @@ def _serve(make: Callable[[], Any]) -> None:
     sys.exit(code)
 
 
+def _trusted(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        config.trusted_addresses(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    return value
+
+
 class Seconds(click.FloatRange):
     """A number of seconds within bounds, and a number: click's ranges let NaN through, and a
     NaN timeout never fires (a NaN token TTL would turn the replay window off)."""
@@ -96,6 +104,9 @@ def _run(role: str, settings_cls: Any, daemon_cls: Any, state_dir: Path | None, 
 @env_option("--ack-bind", default=config.ACK_BIND, help="ZeroMQ PUB endpoint for ACKs.")
 @env_option("--http-bind", default=config.HTTP_BIND, help="HOST:PORT of the dashboard (port 0: any free port).")
 @env_option("--public-url", default=None, help="Dashboard URL to report to operators (default: from --http-bind).")
+@env_option("--http-trusted", default=config.HTTP_TRUSTED, callback=_trusted,
+            help="Comma-separated client addresses the dashboard's per-client connection cap (an eighth of "
+                 "its connections) does not apply to: a reverse proxy's, whose clients all come from it.")
 @token_ttl_option
 @max_frame_option
 @env_option("--reveal-passwords/--no-reveal-passwords", default=False,

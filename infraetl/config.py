@@ -39,6 +39,8 @@ DATA_BIND = "tcp://*:5555"
 ACK_BIND = "tcp://*:5556"
 CONTROL_BIND = "tcp://*:5557"
 HTTP_BIND = "0.0.0.0:8000"
+#: Dashboard clients the per-client connection cap does not apply to (a reverse proxy there).
+HTTP_TRUSTED = "127.0.0.1,::1"
 DATA_CONNECT = "tcp://127.0.0.1:5555"
 ACK_CONNECT = "tcp://127.0.0.1:5556"
 PRODUCER = "tcp://127.0.0.1:5557"
@@ -71,6 +73,7 @@ class ConsumerSettings:
     ack_bind: str = ACK_BIND
     http_bind: str = HTTP_BIND
     public_url: str | None = None
+    http_trusted: str = HTTP_TRUSTED
     token_ttl: float = TOKEN_TTL
     max_frame: int = MAX_FRAME
     reveal_passwords: bool = False
@@ -190,3 +193,20 @@ def reload_sealer(current: Sealer, *, ttl: float, max_size: int) -> Sealer:
         return current
     log.info("SIGHUP: re-read %d key(s)", len(keys))
     return Sealer(keys, ttl=ttl, max_size=max_size)
+
+
+def trusted_addresses(value: str) -> frozenset[str]:
+    """The addresses of ``--http-trusted`` as clients show up (an IPv4 one in both forms an
+    IPv6 socket or an IPv4 one gives it); ValueError names a bad one."""
+    import ipaddress
+
+    out: set[str] = set()
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        try:
+            ip = ipaddress.ip_address(part)
+        except ValueError:
+            raise ValueError(f"{part!r} is not an IP address") from None
+        out.add(str(ip))
+        if ip.version == 4:
+            out.add(f"::ffff:{ip}")
+    return frozenset(out)

@@ -23,7 +23,7 @@ from typing import Any
 
 import zmq
 
-from . import wire
+from . import config, wire
 from .audit import AuditSummary, fingerprint_key
 from .config import ConsumerSettings, split_bind
 from .daemon import MALLOC, Notifier, RateLimitedLog, Signals
@@ -87,6 +87,7 @@ class Consumer:
         bind(self.acks, s.ack_bind)
         host, port = split_bind(s.http_bind)
         self.server = DashboardServer(host, port, site_dir=self.site_dir,
+                                      trusted=config.trusted_addresses(s.http_trusted),
                                       metrics=self.metrics.render, health=self._health)
         self.server.start()
         shown_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host

@@ -114,3 +114,17 @@ def test_producer_refuses_option_values_it_could_not_work_with(option: str, valu
                            option, value], env=env, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert option in proc.stderr and "Invalid value" in proc.stderr
+
+
+@pytest.mark.parametrize("value", ["proxy.example", "10.0.0.1,nope", "300.1.1.1"])
+def test_consumer_refuses_a_trusted_address_that_is_not_one(value: str, tmp_path: Path) -> None:
+    key_file = write_key_file(tmp_path / "etl-key")
+    env = {"PATH": "/usr/bin:/bin", "ETL_ENCRYPTION_KEY_FILE": str(key_file), "HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "infraetl.consumer", "--state-dir", str(tmp_path / "c"),
+                           "--http-trusted", value], env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--http-trusted" in proc.stderr and "is not an IP address" in proc.stderr
+
+
+def test_trusted_addresses_match_clients_on_either_socket_family() -> None:
+    assert config.trusted_addresses(" 10.0.0.5 , ::1,") == {"10.0.0.5", "::ffff:10.0.0.5", "::1"}
