@@ -459,3 +459,13 @@ def test_one_client_cannot_take_every_connection(tmp_path: pathlib.Path) -> None
         for s in held:
             s.close()
         srv.close()
+
+
+def test_the_per_client_cap_counts_an_ipv6_host_by_its_64() -> None:
+    from infraetl.dashboard.server import client_key
+
+    assert client_key("203.0.113.9") == "203.0.113.9"
+    assert client_key("::ffff:203.0.113.9") == "::ffff:203.0.113.9"
+    assert client_key("2001:db8:1:2::a") == client_key("2001:db8:1:2:ffff::1") == "2001:db8:1:2::/64"
+    assert client_key("2001:db8:1:3::a") != client_key("2001:db8:1:2::a")
+    assert client_key("fe80::1%eth0") == "fe80::/64"

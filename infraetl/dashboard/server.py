@@ -11,6 +11,7 @@ table is a 404; static files come from a fixed whitelist, never from a path.
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
 import logging
 import math
@@ -105,9 +106,10 @@ class _HTTPServer(ThreadingHTTPServer):
         super().server_activate()
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        client = str(client_address[0])
+        address = str(client_address[0])
+        client = "" if address in self.trusted else client_key(address)
         with self._count_lock:
-            if client not in self.trusted and self._per_client.get(client, 0) >= self.max_per_client:
+            if client and self._per_client.get(client, 0) >= self.max_per_client:
                 return self._refuse(f"{self.max_per_client} connections open from {client}")
             if not self._slots.acquire(blocking=False):
                 return self._refuse(f"{self.max_connections} connections open")
@@ -141,6 +143,17 @@ class _HTTPServer(ThreadingHTTPServer):
             logger.debug("client %s went away", client_address[0])
         else:
             logger.exception("dashboard request from %s failed", client_address[0])
+
+
+def client_key(address: str) -> str:
+    """What the per-client cap counts by: the address, or for IPv6 its /64, since one host
+    there commonly holds a whole /64 to pick addresses from."""
+    if ":" not in address or address.startswith("::ffff:"):
+        return address
+    try:
+        return str(ipaddress.IPv6Network(f"{address.split('%')[0]}/64", strict=False))
+    except ValueError:
+        return address
 
 
 class _HTTPServer6(_HTTPServer):
