@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from . import wire
-from .exceptions import ControlError, InfraETLError, NotAuthorised, WireError
+from .exceptions import ControlError, InfraETLError, NotAuthorised, StoreError, WireError
 from .sockets import connect, make_socket
 
 if TYPE_CHECKING:
@@ -85,19 +85,24 @@ def handle_control(producer: Producer, frame: bytes) -> bytes:
         if msg["kind"] != "control":
             raise WireError("bad_schema", "not a control message")
         producer.control_nonces.take(msg["run"], producer.sealer.sealed_at(frame))
+        if msg["cmd"] == "start-run" and producer.spool.started_by(msg["run"]):
+            # Kept with the run, so a restart of the producer does not open the window again.
+            raise WireError("replay", "start-run request seen before (replayed)")
     except WireError as e:
         producer.rejects[e.reason] += 1
         producer._warn.warning("control-" + e.reason, "rejected control frame: %s", e)
         return NOT_AUTHORISED
+    except StoreError as e:
+        return producer.sealer.seal(wire.make("reply", msg["run"], msg["seq"], ok=False, error=str(e)))
     try:
-        result = _dispatch(producer, msg["cmd"], msg["args"])
+        result = _dispatch(producer, msg["cmd"], msg["args"], msg["run"])
         reply = wire.make("reply", msg["run"], msg["seq"], ok=True, result=result)
     except InfraETLError as e:
         reply = wire.make("reply", msg["run"], msg["seq"], ok=False, error=str(e))
     return producer.sealer.seal(reply)
 
 
-def _dispatch(producer: Producer, cmd: str, args: dict[str, Any]) -> Any:
+def _dispatch(producer: Producer, cmd: str, args: dict[str, Any], nonce: str) -> Any:
     from .producer import check_run_args, new_run_id
 
     if cmd == "ping":
@@ -105,7 +110,7 @@ def _dispatch(producer: Producer, cmd: str, args: dict[str, Any]) -> Any:
     if cmd == "start-run":
         spec = check_run_args(args)
         run_id = new_run_id()
-        producer.spool.create_run(run_id, spec)
+        producer.spool.create_run(run_id, spec, nonce=nonce)
         producer._start_worker(run_id, spec)
         logger.info("run %s started: %d users from %s (nat %s, seed %s)", run_id, spec["users"],
                     spec["source"], ",".join(spec["nat"]) or "all", spec["seed"])

@@ -10,12 +10,14 @@ ACKed, a frame's bytes are dropped; its row goes too once its run is over
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .exceptions import StoreError
 from .sqlite import Tx, open_db
 
 SCHEMA = """
@@ -32,7 +34,8 @@ CREATE TABLE IF NOT EXISTS runs (
     created_at  REAL NOT NULL,
     finished_at REAL,
     acked_batches INTEGER NOT NULL DEFAULT 0,   -- data batches the consumer ACKed
-    acked_users   INTEGER NOT NULL DEFAULT 0    -- their users
+    acked_users   INTEGER NOT NULL DEFAULT 0,   -- their users
+    nonce       TEXT                 -- the start-run request's nonce (taken once, restarts too)
 );
 CREATE TABLE IF NOT EXISTS frames (
     run_id   TEXT NOT NULL,
@@ -86,6 +89,7 @@ class Spool:
         # key; FAST zeroes only what costs no extra write (ACK 0.35 -> 0.1 ms a frame).
         self._db.execute("PRAGMA secure_delete=FAST")
         self._add_ack_counts()
+        self._add_nonces()
 
     def _add_ack_counts(self) -> None:
         """A spool from before the runs kept their ACK counts: add them, counted from the frames."""
@@ -103,18 +107,35 @@ class Spool:
             self._db.execute("DELETE FROM frames WHERE acked=1 AND run_id IN "
                              "(SELECT run_id FROM runs WHERE state!='running')")
 
+    def _add_nonces(self) -> None:
+        """A spool from before the runs kept their start-run nonce: add the column (and its index)."""
+        if "nonce" not in {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}:
+            with self._tx():
+                self._db.execute("ALTER TABLE runs ADD COLUMN nonce TEXT")
+        if not self._db.execute("SELECT 1 FROM sqlite_master WHERE name='runs_nonce'").fetchone():
+            with self._tx():
+                self._db.execute("CREATE INDEX IF NOT EXISTS runs_nonce ON runs (nonce)")
+
     def close(self) -> None:
         """Close the database."""
         self._db.close()
 
     # -- runs --
-    def create_run(self, run_id: str, spec: dict[str, Any]) -> None:
-        """Record a new run (state running)."""
+    def create_run(self, run_id: str, spec: dict[str, Any], *, nonce: str | None = None) -> None:
+        """Record a new run (state running), started by the control request ``nonce``."""
         with self._tx():
             self._db.execute(
-                "INSERT INTO runs (run_id, spec, state, created_at) VALUES (?, ?, 'running', ?)",
-                (run_id, json.dumps(spec), time.time()),
+                "INSERT INTO runs (run_id, spec, state, created_at, nonce) VALUES (?, ?, 'running', ?, ?)",
+                (run_id, json.dumps(spec), time.time(), nonce),
             )
+
+    def started_by(self, nonce: str) -> str | None:
+        """The run a start-run request with this nonce started, if any."""
+        try:
+            row = self._db.execute("SELECT run_id FROM runs WHERE nonce=?", (nonce,)).fetchone()
+        except sqlite3.Error as e:
+            raise StoreError(f"state database unavailable: {e}") from None
+        return None if row is None else str(row[0])
 
     def add_frame(self, run_id: str, seq: int, kind: str, users: int, frame: bytes,
                   quarantine: dict[str, int] | None = None, *,

@@ -188,3 +188,33 @@ def test_a_ctl_whose_clock_is_off_by_more_than_the_window_is_refused(cluster: Lo
             pytest.raises(NotAuthorised, match="clock"):
         client.call("status")
     assert json.loads(ctl(cluster, "status", "--json").stdout)["rejected"][reason] >= 1
+
+
+def test_a_captured_start_run_stays_refused_after_a_producer_restart(cluster: LocalCluster) -> None:
+    """The nonces a producer took are in its memory; a start-run's is kept with its run too, so a
+    restart within the window does not let a captured frame start the run again."""
+    sealer = cluster_sealer(cluster)
+    start = sealer.seal(wire.make("control", os.urandom(6).hex(), 1, cmd="start-run",
+                                  args={"users": 30, "seed": "restart-replay"}))
+
+    def send(frame: bytes) -> bytes:
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(cluster.control)
+        try:
+            sock.send(frame)
+            assert sock.poll(10_000), "no answer from the producer"
+            return sock.recv()
+        finally:
+            sock.close()
+            ctx.term()
+
+    run_id = sealer.open(send(start))["result"]["run_id"]
+    ctl(cluster, "wait", run_id)
+    assert cluster.producer is not None
+    cluster.producer.stop()
+    cluster.start_producer()
+    assert send(start) == b"infraetl: not authorised"
+    runs = json.loads(ctl(cluster, "status", "--json").stdout)["runs"]
+    assert [r["run_id"] for r in runs].count(run_id) == 1 and len(runs) == 1

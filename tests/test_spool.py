@@ -53,7 +53,9 @@ def test_a_spool_from_before_the_ack_counts_is_upgraded_in_place(tmp_path: Path)
     path = tmp_path / "spool.sqlite3"
     old_schema = SCHEMA.replace(
         "    finished_at REAL,\n    acked_batches INTEGER NOT NULL DEFAULT 0,   -- data batches the consumer ACKed\n"
-        "    acked_users   INTEGER NOT NULL DEFAULT 0    -- their users\n", "    finished_at REAL\n")
+        "    acked_users   INTEGER NOT NULL DEFAULT 0,   -- their users\n"
+        "    nonce       TEXT                 -- the start-run request's nonce (taken once, restarts too)\n",
+        "    finished_at REAL\n")
     assert old_schema != SCHEMA
     db = sqlite3.connect(path)
     db.executescript(old_schema)
@@ -71,7 +73,10 @@ def test_a_spool_from_before_the_ack_counts_is_upgraded_in_place(tmp_path: Path)
     assert _frames(spool, "done") == []
     assert _frames(spool, "going") == [(1, 1), (2, 0)]
     spool.close()
-    assert {r.run_id: (r.acked_batches, r.acked_users) for r in Spool(path).runs()} == counts
+    spool = Spool(path)
+    assert {r.run_id: (r.acked_batches, r.acked_users) for r in spool.runs()} == counts
+    spool.create_run("new", {}, nonce="abc")  # and it keeps start-run nonces now
+    assert spool.started_by("abc") == "new" and spool.started_by("other") is None
 
 
 def test_an_abort_closes_its_run_as_it_is_spooled_and_an_older_stuck_run_is_closed(tmp_path: Path) -> None:
