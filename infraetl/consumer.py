@@ -217,7 +217,7 @@ class Consumer:
                 self.store.fail_run(msg["run"], producer=msg["producer"], reason=msg["reason"])
                 self._ack(msg, "abort", "applied")
                 logger.warning("run %s failed on the producer: %s", msg["run"], msg["reason"])
-                self.render()
+                self.render(run_id=msg["run"], state="failed")
             else:
                 self._reject("bad_schema", f"{kind} message on the data socket")
         except StoreError as e:
@@ -364,8 +364,9 @@ class Consumer:
 
         return build_stats(self.store, reveal=self.s.reveal_passwords)
 
-    def render(self) -> None:
-        """Re-render the site (files + the server's in-memory copy) and announce it."""
+    def render(self, *, run_id: str | None = None, state: str = "complete") -> None:
+        """Re-render the site (files + the server's in-memory copy) and announce it: after run
+        ``run_id`` ended in ``state`` (default: the last complete run)."""
         from .dashboard.render import write_site
 
         t = time.perf_counter()
@@ -377,8 +378,9 @@ class Consumer:
             self._warn.warning("render", "could not write the site files under %s: %s", self.site_dir, e)
         if self.server is not None:
             self.server.update(doc, now)
-            self.server.publish("run-complete", {"generated_at": now,
-                                                 "run_id": (doc.get("last_run") or {}).get("run_id")})
+            self.server.publish("run-complete", {
+                "generated_at": now, "state": state,
+                "run_id": run_id if run_id is not None else (doc.get("last_run") or {}).get("run_id")})
         self.metrics.stage("render", time.perf_counter() - t)
         self.notifier.status(self._status_line())
 

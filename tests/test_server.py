@@ -211,7 +211,7 @@ def test_events_stream_hello_progress_complete_and_keepalive(server: DashboardSe
         server.publish("run-complete", {"run_id": "r1", "state": "complete"})
         assert stream.event() == ("progress", {"run_id": "r1", "delivered": 100, "requested": 300})
         assert stream.event() == ("run-complete", {"run_id": "r1", "state": "complete"})
-        assert stream.block() == ": keep-alive"  # keepalive_s=0.2 in this fixture
+        assert stream.event() == ("ping", {})  # keepalive_s=0.2 in this fixture
     finally:
         stream.close()
     wait_until(lambda: server.subscribers == 0)

@@ -302,7 +302,9 @@ class _Handler(BaseHTTPRequestHandler):
                         break  # free the subscriber slot now, not at the next failed write
                     if time.monotonic() - last_write < dash.keepalive_s:
                         continue
-                    item = b": keep-alive\n\n"
+                    # A named event, not a comment: the page sees it, so it can tell a stream a
+                    # middlebox dropped without a word from a quiet one, and reconnect.
+                    item = b"event: ping\ndata: {}\n\n"
                 if item is _CLOSE:
                     break
                 self.wfile.write(item)

@@ -1,17 +1,25 @@
 // infraetl dashboard: view switch and live updates. The page is complete without this script.
 // Live: EventSource('events') -> on "run-complete" fetch api/sections.json and swap each
-// [data-section] in place; if the stream drops, poll api/stats.json every second instead.
+// [data-section] in place, keeping open "Numbers" tables open and the focus where it was.
+// While the stream is down (or absent: a static copy), poll api/stats.json instead. A hidden
+// tab holds no stream (a browser allows six connections to a host: six open tabs would take
+// them all) and catches up when shown. Every retry backs off, with jitter.
 (function () {
   'use strict';
 
-  var POLL_MS = 1000;
-  var RECONNECT_MS = 15000;
+  var POLL_MS = 2000;        // between polls that succeed (a static copy has no stream)
+  var MAX_BACKOFF_MS = 60000;
+  var SILENT_MS = 45000;     // the server pings every 15 s of silence: past this the stream is dead
   var body = document.body;
   var current = Number(body.getAttribute('data-generated-at') || 0);
   var progress = document.getElementById('progress');
   var source = null;
+  var lastEvent = 0;
+  var streamFailures = 0;
+  var pollFailures = 0;
   var pollTimer = null;
   var reconnectTimer = null;
+  var watchdog = null;
   var inFlight = false;
   var again = false;
 
@@ -37,12 +45,42 @@
   });
   setView(location.hash === '#all' ? 'all' : 'last');
 
+  // Up to twice the base delay per failure so far, capped, times 0.5-1.5: a hundred tabs that
+  // lost the same server do not come back in step.
+  function backoff(base, failures) {
+    return Math.min(MAX_BACKOFF_MS, base * Math.pow(2, Math.min(failures, 10))) * (0.5 + Math.random());
+  }
+
+  // Which "Numbers" tables are open, and where the focus is, by their place in the page.
+  function openTables(el) {
+    return Array.prototype.map.call(el.querySelectorAll('[data-chart] details[open]'), function (d) {
+      return d.closest('[data-chart]').getAttribute('data-chart');
+    });
+  }
+
+  function restore(el, open, focusChart) {
+    open.forEach(function (chart) {
+      var d = el.querySelector('[data-chart="' + chart + '"] details');
+      if (d) { d.open = true; }
+    });
+    if (focusChart) {
+      var summary = el.querySelector('[data-chart="' + focusChart + '"] summary');
+      if (summary) { summary.focus({ preventScroll: true }); }
+    }
+  }
+
   // The HTML comes from our own server's autoescaped render of the same state.
   function apply(payload) {
     if (!payload || !payload.sections || Number(payload.generated_at) === current) { return false; }
+    var focused = document.activeElement;
+    var focusChart = focused && focused.tagName === 'SUMMARY' && focused.closest('[data-chart]');
     Object.keys(payload.sections).forEach(function (id) {
-      var el = document.querySelector('[data-section="' + id + '"]');
-      if (el) { el.innerHTML = payload.sections[id]; }
+      var el = document.querySelector('[data-section="' + CSS.escape(id) + '"]');
+      if (!el) { return; }
+      var open = openTables(el);
+      var chart = focusChart && el.contains(focusChart) ? focusChart.getAttribute('data-chart') : null;
+      el.innerHTML = payload.sections[id];
+      restore(el, open, chart);
     });
     current = Number(payload.generated_at);
     body.setAttribute('data-generated-at', String(payload.generated_at));
@@ -50,8 +88,10 @@
     return true;
   }
 
-  // Fetch the fresh sections; retry briefly if the render has not landed yet.
-  function refresh(tries) {
+  // Fetch the fresh sections; retry if the render has not landed yet (``tries`` times) or the
+  // fetch failed (until it succeeds, backing off).
+  function refresh(tries, failures) {
+    failures = failures || 0;
     if (inFlight) { again = true; return; }
     inFlight = true;
     fetch('api/sections.json', { cache: 'no-store' })
@@ -61,7 +101,11 @@
         if (!apply(payload) && tries > 0) { setTimeout(function () { refresh(tries - 1); }, 250); }
         if (again) { again = false; refresh(0); }
       })
-      .catch(function () { inFlight = false; });
+      .catch(function () {
+        // Until it lands: the stream said there is something new, and will not say it again.
+        inFlight = false;
+        setTimeout(function () { refresh(Math.max(tries - 1, 0), failures + 1); }, backoff(500, failures));
+      });
   }
 
   function count(n) { return Number(n).toLocaleString('en-US'); }
@@ -87,32 +131,62 @@
     try { return JSON.parse(event.data) || {}; } catch (e) { return {}; }
   }
 
+  // Conditional requests where the server offers them (nginx: ETag), so an idle poll costs a 304.
   function poll() {
-    fetch('api/stats.json', { cache: 'no-store' })
-      .then(function (r) { return r.ok ? r.json() : null; })
-      .then(function (doc) { if (doc && Number(doc.generated_at) !== current) { refresh(2); } })
-      .catch(function () { /* server away: keep polling */ });
+    pollTimer = null;
+    fetch('api/stats.json', { cache: 'no-cache' })
+      .then(function (r) { if (!r.ok) { throw new Error('HTTP ' + r.status); } return r.json(); })
+      .then(function (doc) {
+        pollFailures = 0;
+        if (doc && Number(doc.generated_at) !== current) { refresh(2); }
+        schedulePoll(POLL_MS);
+      })
+      .catch(function () { pollFailures += 1; schedulePoll(backoff(1000, pollFailures)); });
   }
 
-  function startPolling() {
-    if (!pollTimer) { pollTimer = setInterval(poll, POLL_MS); poll(); }
+  function schedulePoll(delay) {
+    if (!pollTimer && !document.hidden && !(source && source.readyState === 1)) {
+      pollTimer = setTimeout(poll, delay);
+    }
   }
+
+  function startPolling() { schedulePoll(0); }
 
   function stopPolling() {
-    if (pollTimer) { clearInterval(pollTimer); pollTimer = null; }
+    if (pollTimer) { clearTimeout(pollTimer); pollTimer = null; }
+  }
+
+  function heard() { lastEvent = Date.now(); streamFailures = 0; }
+
+  function disconnect() {
+    if (source) { source.close(); source = null; }
+    if (reconnectTimer) { clearTimeout(reconnectTimer); reconnectTimer = null; }
+    if (watchdog) { clearInterval(watchdog); watchdog = null; }
+  }
+
+  function reconnectLater() {
+    disconnect();
+    streamFailures += 1;
+    reconnectTimer = setTimeout(connect, backoff(1000, streamFailures));
+    startPolling();
   }
 
   function connect() {
-    reconnectTimer = null;
+    disconnect();
+    if (document.hidden) { return; }
     if (!window.EventSource) { startPolling(); return; }
     source = new EventSource('events');
+    lastEvent = Date.now();
     source.addEventListener('hello', function (event) {
+      heard();
       stopPolling();
       var data = parse(event);
       if (data.generated_at !== undefined && Number(data.generated_at) !== current) { refresh(2); }
     });
-    source.addEventListener('progress', function (event) { showProgress(parse(event)); });
+    source.addEventListener('ping', heard);
+    source.addEventListener('progress', function (event) { heard(); showProgress(parse(event)); });
     source.addEventListener('run-complete', function (event) {
+      heard();
       var data = parse(event);
       if (progress) {
         progress.textContent = 'Run ' + (data.run_id || '') + ' ' + (data.state || 'complete') + '.';
@@ -120,15 +194,23 @@
       }
       refresh(8);
     });
-    source.onerror = function () {
-      startPolling();
-      // A stream that is CLOSED (e.g. a static copy without /events) is retried now and then.
-      if (source.readyState === 2 && !reconnectTimer) {
-        source = null;
-        reconnectTimer = setTimeout(connect, RECONNECT_MS);
-      }
-    };
+    // The browser's own reconnect would retry every second, for ever: back off instead.
+    source.onerror = reconnectLater;
+    // A stream a middlebox dropped without a word looks open: no ping for SILENT_MS says otherwise.
+    watchdog = setInterval(function () {
+      if (Date.now() - lastEvent > SILENT_MS) { reconnectLater(); }
+    }, 5000);
   }
+
+  document.addEventListener('visibilitychange', function () {
+    if (document.hidden) {
+      disconnect();
+      stopPolling();
+    } else {
+      streamFailures = 0;
+      connect();  // its hello says whether the page is behind
+    }
+  });
 
   connect();
 }());

@@ -1,0 +1,128 @@
+"""The open page's live updates in headless Chromium, against the real daemons: what it keeps
+across an update, how it recovers from a failed fetch or a consumer that went away, and what
+it costs the server while hidden or cut off."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from browser import CHROMIUM, Watched, launch, wait_until
+from helpers import ctl, metric
+
+from infraetl.localcluster import LocalCluster
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not pathlib.Path(CHROMIUM).exists(), reason=f"needs Debian chromium at {CHROMIUM}"),
+]
+
+LIVE_S = 5.0
+SHOWS = """(run) => document.querySelector(`#runs tr[data-run="${run}"]`) !== null"""
+HIDE = """() => { Object.defineProperty(document, 'hidden', {configurable: true, get: () => true});
+                  document.dispatchEvent(new Event('visibilitychange')); }"""
+SHOW = """() => { Object.defineProperty(document, 'hidden', {configurable: true, get: () => false});
+                  document.dispatchEvent(new Event('visibilitychange')); }"""
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with launch() as b:
+        yield b
+
+
+@pytest.fixture
+def watched(browser: Any, cluster: LocalCluster) -> Iterator[Watched]:
+    w = Watched(browser, cluster.url)
+    yield w
+    w.close()
+
+
+def open_live(watched: Watched) -> Any:
+    with watched.page.expect_response(watched.base + "/events", timeout=5000) as events:
+        page = watched.open("/")
+    assert events.value.status == 200
+    page.wait_for_function("() => document.readyState === 'complete'")
+    return page
+
+
+def start(cluster: LocalCluster, users: int, seed: str) -> str:
+    return ctl(cluster, "start-run", "--users", str(users), "--seed", seed, "--no-wait").stdout.strip()
+
+
+def test_an_open_numbers_table_and_the_focus_on_it_survive_a_live_update(watched: Watched,
+                                                                         cluster: LocalCluster) -> None:
+    ctl(cluster, "start-run", "--users", "50", "--seed", "keep-a")
+    page = open_live(watched)
+    page.locator('#last [data-chart="gender"] summary').click()  # opens it, and takes the focus
+    run_id = start(cluster, 70, "keep-b")
+    ctl(cluster, "wait", run_id)
+    page.wait_for_function(SHOWS, arg=run_id, timeout=LIVE_S * 1000)
+    kept = page.evaluate("""() => ({
+        open: [...document.querySelectorAll('details[open]')].map(d => d.closest('[data-chart]').dataset.chart),
+        focus: document.activeElement.closest('[data-chart]')?.dataset.chart })""")
+    assert kept == {"open": ["gender"], "focus": "gender"}
+    watched.assert_clean()
+
+
+def test_a_failed_sections_fetch_is_retried_until_it_lands(watched: Watched, cluster: LocalCluster) -> None:
+    """A failed fetch after a run was dropped: with the stream up, the page stayed a run behind."""
+    page = open_live(watched)
+    failures = [2]
+
+    def flaky(route: Any) -> None:
+        if failures[0] > 0:
+            failures[0] -= 1
+            route.abort()
+        else:
+            route.continue_()
+
+    page.route("**/api/sections.json", flaky)
+    run_id = start(cluster, 40, "flaky")
+    ctl(cluster, "wait", run_id)
+    page.wait_for_function(SHOWS, arg=run_id, timeout=15_000)
+    assert failures == [0]
+
+
+def test_a_cancelled_run_is_named_failed_on_the_open_page(watched: Watched, cluster: LocalCluster) -> None:
+    """The page said the previous run was "complete" when a run was cancelled."""
+    page = open_live(watched)
+    run_id = start(cluster, 2_000_000, "to-cancel")
+    wait_until(lambda: metric(cluster, "infraetl_batches_applied_total") >= 2, 60)
+    ctl(cluster, "cancel", run_id)
+    page.wait_for_function("(run) => document.getElementById('progress').textContent === `Run ${run} failed.`",
+                           arg=run_id, timeout=30_000)
+
+
+def test_a_hidden_page_asks_nothing_and_catches_up_when_shown(watched: Watched, cluster: LocalCluster) -> None:
+    """A browser allows six connections to a host: six tabs, each holding its stream, left none for
+    the fetch after a run (no tab updated) or for a seventh tab (it never loaded)."""
+    page = open_live(watched)
+    page.evaluate(HIDE)
+    asked = len(watched.requests)
+    run_id = start(cluster, 40, "hidden")
+    ctl(cluster, "wait", run_id)
+    page.wait_for_timeout(1500)  # not a synchronisation: the span in which a hidden page must ask nothing
+    assert watched.requests[asked:] == []
+    page.evaluate(SHOW)
+    page.wait_for_function(SHOWS, arg=run_id, timeout=LIVE_S * 1000)
+
+
+def test_a_page_backs_off_while_the_consumer_is_down_and_comes_back(watched: Watched,
+                                                                   cluster: LocalCluster) -> None:
+    """With the consumer down, each page asked twice a second (its stream's retry and a poll), in step
+    with every other page; now both back off, with jitter."""
+    page = open_live(watched)
+    cluster.consumer.stop()
+    asked = len(watched.requests)
+    # Not a synchronisation: the span over which the requests are counted (and the browser's events
+    # are delivered to the test only while it waits in Playwright, not in time.sleep).
+    page.wait_for_timeout(12_000)
+    during = watched.requests[asked:]
+    assert 2 <= len(during) <= 12, during  # was 24 (2 a second)
+    cluster.restart_consumer()
+    run_id = start(cluster, 30, "back")
+    ctl(cluster, "wait", run_id)
+    page.wait_for_function(SHOWS, arg=run_id, timeout=60_000)
