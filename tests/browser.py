@@ -78,6 +78,13 @@ class Watched:
         self.page.goto(self.base + path, wait_until="load")
         return self.page
 
+    def open_live(self) -> Any:
+        """Open the page and wait until its script holds the /events stream open."""
+        with self.page.expect_response(self.base + "/events", timeout=5000) as events:
+            page = self.open("/")
+        assert events.value.status == 200
+        return page
+
     def assert_clean(self) -> None:
         """No console or page error, no dialog, and every request went to this server on 127.0.0.1."""
         assert self.errors == []

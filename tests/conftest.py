@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,3 +68,22 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             report.sections.append(("consumer log", c.consumer.log()[-5000:]))
             if c.producer is not None:
                 report.sections.append(("producer log", c.producer.log()[-5000:]))
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Chromium for a module's browser tests (skips where playwright is missing)."""
+    import browser as browser_helpers
+
+    with browser_helpers.launch() as b:
+        yield b
+
+
+@pytest.fixture
+def watched(browser: Any, cluster: LocalCluster) -> Iterator[Any]:
+    """A watched page on the cluster's dashboard."""
+    from browser import Watched
+
+    w = Watched(browser, cluster.url)
+    yield w
+    w.close()

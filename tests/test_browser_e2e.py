@@ -7,11 +7,10 @@ import pathlib
 import random
 import re
 import string
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from browser import CHROMIUM, TABLES_JS, Watched, launch
+from browser import CHROMIUM, TABLES_JS, Watched
 from helpers import ctl, get_json, get_text
 from markupsafe import escape
 
@@ -45,19 +44,6 @@ CARDS_JS = """() => Object.fromEntries([...document.querySelectorAll('section.vi
 # The run history lists the run and the last-run view shows its users.
 RUN_SHOWN = """({run, users}) => document.querySelector(`#runs tr[data-run="${run}"]`) !== null
   && document.querySelector('#last [data-card="total_users"] .card-value').textContent === users"""
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with launch() as b:
-        yield b
-
-
-@pytest.fixture
-def watched(browser: Any, cluster: LocalCluster) -> Iterator[Watched]:
-    w = Watched(browser, cluster.url)
-    yield w
-    w.close()
 
 
 def lookup(doc: Any, dotted: str) -> Any:
@@ -159,14 +145,6 @@ def run_id_of(proc: Any) -> str:
     return match.group(1)
 
 
-def open_live(watched: Watched) -> Any:
-    """Open the page and wait until its script holds the /events stream open."""
-    with watched.page.expect_response(watched.base + "/events", timeout=5000) as events:
-        page = watched.open("/")
-    assert events.value.status == 200
-    return page
-
-
 def test_page_matches_the_api_after_a_300_user_run(watched: Watched, cluster: LocalCluster,
                                                    artifacts: pathlib.Path) -> None:
     ctl(cluster, "start-run", "--users", "300", "--seed", "browser-e2e")
@@ -181,7 +159,7 @@ def test_page_matches_the_api_after_a_300_user_run(watched: Watched, cluster: Lo
 
 def test_open_page_shows_the_next_run_without_a_reload(watched: Watched, cluster: LocalCluster) -> None:
     first = run_id_of(ctl(cluster, "start-run", "--users", "60", "--seed", "live-a"))
-    page = open_live(watched)
+    page = watched.open_live()
     assert page.locator(f'#runs tr[data-run="{first}"]').count() == 1
     page.evaluate("() => { window.__marker = 1; }")
     second = run_id_of(ctl(cluster, "start-run", "--users", "250", "--seed", "live-b"))
@@ -255,7 +233,7 @@ def test_hostile_users_stay_data_through_the_pipeline(watched: Watched, cluster:
                                                       tmp_path: pathlib.Path,
                                                       artifacts: pathlib.Path) -> None:
     path, count, secrets = hostile_users(tmp_path)
-    page = open_live(watched)
+    page = watched.open_live()
     run = run_id_of(ctl(cluster, "start-run", "--users", str(count), "--source", f"file:{path}"))
     # First through the live swap into the open page, then through a fresh load.
     page.wait_for_selector(f'#runs tr[data-run="{run}"]', state="attached", timeout=LIVE_MS)

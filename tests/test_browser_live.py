@@ -5,11 +5,10 @@ it costs the server while hidden or cut off."""
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from browser import CHROMIUM, Watched, launch, wait_until
+from browser import CHROMIUM, Watched, wait_until
 from helpers import ctl, metric
 
 from infraetl.localcluster import LocalCluster
@@ -27,27 +26,6 @@ SHOW = """() => { Object.defineProperty(document, 'hidden', {configurable: true,
                   document.dispatchEvent(new Event('visibilitychange')); }"""
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with launch() as b:
-        yield b
-
-
-@pytest.fixture
-def watched(browser: Any, cluster: LocalCluster) -> Iterator[Watched]:
-    w = Watched(browser, cluster.url)
-    yield w
-    w.close()
-
-
-def open_live(watched: Watched) -> Any:
-    with watched.page.expect_response(watched.base + "/events", timeout=5000) as events:
-        page = watched.open("/")
-    assert events.value.status == 200
-    page.wait_for_function("() => document.readyState === 'complete'")
-    return page
-
-
 def start(cluster: LocalCluster, users: int, seed: str) -> str:
     return ctl(cluster, "start-run", "--users", str(users), "--seed", seed, "--no-wait").stdout.strip()
 
@@ -55,7 +33,7 @@ def start(cluster: LocalCluster, users: int, seed: str) -> str:
 def test_an_open_numbers_table_and_the_focus_on_it_survive_a_live_update(watched: Watched,
                                                                          cluster: LocalCluster) -> None:
     ctl(cluster, "start-run", "--users", "50", "--seed", "keep-a")
-    page = open_live(watched)
+    page = watched.open_live()
     page.locator('#last [data-chart="gender"] summary').click()  # opens it, and takes the focus
     run_id = start(cluster, 70, "keep-b")
     ctl(cluster, "wait", run_id)
@@ -69,7 +47,7 @@ def test_an_open_numbers_table_and_the_focus_on_it_survive_a_live_update(watched
 
 def test_a_failed_sections_fetch_is_retried_until_it_lands(watched: Watched, cluster: LocalCluster) -> None:
     """A failed fetch after a run was dropped: with the stream up, the page stayed a run behind."""
-    page = open_live(watched)
+    page = watched.open_live()
     failures = [2]
 
     def flaky(route: Any) -> None:
@@ -88,7 +66,7 @@ def test_a_failed_sections_fetch_is_retried_until_it_lands(watched: Watched, clu
 
 def test_a_cancelled_run_is_named_failed_on_the_open_page(watched: Watched, cluster: LocalCluster) -> None:
     """The page said the previous run was "complete" when a run was cancelled."""
-    page = open_live(watched)
+    page = watched.open_live()
     run_id = start(cluster, 2_000_000, "to-cancel")
     wait_until(lambda: metric(cluster, "infraetl_batches_applied_total") >= 2, 60)
     ctl(cluster, "cancel", run_id)
@@ -99,7 +77,7 @@ def test_a_cancelled_run_is_named_failed_on_the_open_page(watched: Watched, clus
 def test_a_hidden_page_asks_nothing_and_catches_up_when_shown(watched: Watched, cluster: LocalCluster) -> None:
     """A browser allows six connections to a host: six tabs, each holding its stream, left none for
     the fetch after a run (no tab updated) or for a seventh tab (it never loaded)."""
-    page = open_live(watched)
+    page = watched.open_live()
     page.evaluate(HIDE)
     asked = len(watched.requests)
     run_id = start(cluster, 40, "hidden")
@@ -114,7 +92,7 @@ def test_a_page_backs_off_while_the_consumer_is_down_and_comes_back(watched: Wat
                                                                    cluster: LocalCluster) -> None:
     """With the consumer down, each page asked twice a second (its stream's retry and a poll), in step
     with every other page; now both back off, with jitter."""
-    page = open_live(watched)
+    page = watched.open_live()
     cluster.consumer.stop()
     asked = len(watched.requests)
     # Not a synchronisation: the span over which the requests are counted (and the browser's events

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from browser import ARGS, CHROMIUM, TABLES_JS, Watched, wait_until
+from browser import CHROMIUM, TABLES_JS, Watched, wait_until
 from sample_stats import GENERATED_AT, hostile_stats, sample_stats
 
 from infraetl.dashboard.server import DashboardServer
@@ -24,14 +24,6 @@ pytestmark = [
     pytest.mark.skipif(not pathlib.Path(CHROMIUM).exists(), reason="needs Debian chromium at /usr/bin/chromium"),
 ]
 playwright_api = pytest.importorskip("playwright.sync_api")
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with playwright_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
-
 
 @pytest.fixture
 def server(tmp_path: pathlib.Path) -> Iterator[DashboardServer]:
