@@ -231,9 +231,10 @@ class Categorical:
         """{label: count}, most frequent first (ties by label)."""
         return dict(sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
-    def to_wire(self) -> dict[str, int]:
-        """{label: count}, by label (canonical: equal summaries give equal bytes)."""
-        return dict(sorted(self.counts.items()))
+    def to_wire(self, *, canonical: bool = True) -> dict[str, int]:
+        """{label: count}, by label if ``canonical`` (equal summaries give equal bytes)."""
+        counts = self.counts
+        return {k: counts[k] for k in sorted(counts)} if canonical else counts
 
     @classmethod
     def from_wire(cls, w: Mapping[str, int], cap: int = 2048) -> Categorical:
@@ -285,9 +286,12 @@ class TopK:
         """A new summary of both streams (within the bound; see the class doc)."""
         # The larger k: a summary stored with a smaller one (an older release) does not shrink
         # what merges into it. The bound holds either way, as ``error`` is tracked, not assumed.
-        out = TopK(max(self.k, other.k), self.counts, self.n + other.n, self.error + other.error)
-        for x, c in other.counts.items():
-            out.counts[x] = out.counts.get(x, 0) + c
+        big, small = self.counts, other.counts
+        if len(big) < len(small):
+            big, small = small, big
+        out = TopK(max(self.k, other.k), big, self.n + other.n, self.error + other.error)  # copies big
+        get = out.counts.get
+        out.counts.update({x: get(x, 0) + c for x, c in small.items()})
         out._reduce()
         return out
 
@@ -296,9 +300,10 @@ class TopK:
         ranked = sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
         return [{"value": x, "count": c, "max_count": c + self.error} for x, c in ranked]
 
-    def to_wire(self) -> list[Any]:
-        """[k, n, error, {item: count}] (items sorted: canonical)."""
-        return [self.k, self.n, self.error, dict(sorted(self.counts.items()))]
+    def to_wire(self, *, canonical: bool = True) -> list[Any]:
+        """[k, n, error, {item: count}] (items sorted if ``canonical``)."""
+        counts = self.counts
+        return [self.k, self.n, self.error, {x: counts[x] for x in sorted(counts)} if canonical else counts]
 
     @classmethod
     def from_wire(cls, w: list[Any]) -> TopK:

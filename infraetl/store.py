@@ -199,7 +199,7 @@ class Store:
             cur = self._db.execute(
                 "INSERT OR IGNORE INTO batches (run_id, seq, users, stats, audit, applied_at) "
                 "SELECT ?, ?, ?, ?, ?, ? WHERE ? = 'running'",
-                (run_id, seq, kept, stats.to_bytes(), audit.to_bytes(), time.time(), state),
+                (run_id, seq, kept, stats.to_bytes(canonical=False), audit.to_bytes(), time.time(), state),
             )
             if cur.rowcount == 0:
                 return Applied(duplicate=True, run_complete=False)
@@ -242,7 +242,8 @@ class Store:
             # this batch's transaction: the run's partials stay bounded however long it is.
             upto = self._checkpoint_upto(run_id)
             self._db.execute("INSERT OR REPLACE INTO checkpoints (run_id, upto, stats, audit) "
-                             "VALUES (?, ?, ?, ?)", (run_id, seq, live[1].to_bytes(), live[2].to_bytes()))
+                             "VALUES (?, ?, ?, ?)", (run_id, seq, live[1].to_bytes(canonical=False),
+                                                     live[2].to_bytes()))
             self._db.execute("UPDATE batches SET stats=NULL, audit=NULL WHERE run_id=? AND seq>? AND seq<=?",
                              (run_id, upto, seq))
 

@@ -201,15 +201,20 @@ class StatsSummary:
         self.warnings.update(warnings)
 
     # -- serialisation --
-    def to_bytes(self) -> bytes:
-        """Compact msgpack (for an SQLite blob); no per-user data."""
+    def to_bytes(self, *, canonical: bool = True) -> bytes:
+        """Compact msgpack (for an SQLite blob); no per-user data.
+
+        ``canonical`` sorts every map, so equal summaries give equal bytes; a batch's partial,
+        only ever read back and merged, skips that (sorting its ~900 names and cities cost more
+        than the rest of its serialisation).
+        """
         blob: bytes = msgpack.packb({
             "v": WIRE_VERSION, "n": self.n,
             "hist": {k: v.to_wire() for k, v in self.hist.items()},
-            "cats": {k: v.to_wire() for k, v in self.cats.items()},
+            "cats": {k: v.to_wire(canonical=canonical) for k, v in self.cats.items()},
             "age_by_nat": {k: self.age_by_nat[k].to_wire() for k in sorted(self.age_by_nat)},
             "distinct": {k: v.to_wire() for k, v in self.distinct.items()},
-            "top": {k: v.to_wire() for k, v in self.top.items()},
+            "top": {k: v.to_wire(canonical=canonical) for k, v in self.top.items()},
             "quarantine": dict(sorted(self.quarantine.items())),
             "warnings": dict(sorted(self.warnings.items())),
         }, use_bin_type=True)
