@@ -206,6 +206,8 @@ def trusted_addresses(value: str) -> frozenset[str]:
             ip = ipaddress.ip_address(part)
         except ValueError:
             raise ValueError(f"{part!r} is not an IP address") from None
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # "::ffff:127.0.0.1", as a dual-stack socket names an IPv4 client
         out.add(str(ip))
         if ip.version == 4:
             out.add(f"::ffff:{ip}")

@@ -395,7 +395,7 @@ class Consumer:
         sealer = reload_sealer(self.sealer, ttl=self.s.token_ttl, max_size=self.s.max_frame)
         if sealer is not self.sealer:
             try:
-                fp_key = fingerprint_secret(self.store, sealer.keys)
+                fp_key = fingerprint_secret(self.store, sealer.keys, current=self.fp_key)
             except StoreError as e:  # the store cannot even be read
                 logger.warning("SIGHUP: the password fingerprint secret stays as it was: %s", e)
             else:
@@ -408,7 +408,7 @@ class Consumer:
 FP_SECRET = "password fingerprints"
 
 
-def fingerprint_secret(store: Store, keys: tuple[bytes, ...]) -> bytes:
+def fingerprint_secret(store: Store, keys: tuple[bytes, ...], *, current: bytes | None = None) -> bytes:
     """The key of the password fingerprints: the same across key rotations.
 
     Fingerprints of the same password must stay equal for as long as the figures that hold them
@@ -418,7 +418,9 @@ def fingerprint_secret(store: Store, keys: tuple[bytes, ...]) -> bytes:
     it (the old key dropped at once, as after a leak) does a new one begin, and the log says so.
 
     A store that cannot be written (a full disk) does not stop the consumer: the secret is used
-    all the same, and stored (or re-sealed) at the next start or SIGHUP.
+    all the same, and stored (or re-sealed) at the next start or SIGHUP. ``current`` is the
+    secret in use (a SIGHUP's): stored as it is if the store has none yet, so a rotation after a
+    start on a full disk does not derive another.
     """
     from cryptography.fernet import Fernet, InvalidToken
 
@@ -435,7 +437,7 @@ def fingerprint_secret(store: Store, keys: tuple[bytes, ...]) -> bytes:
         logger.warning("no key this consumer holds opens the password fingerprint secret (its key was "
                        "dropped): password reuse, top passwords and base words count afresh from here, "
                        "apart from the figures so far")
-    secret = fingerprint_key(keys[0])
+    secret = current if current is not None and sealed is None else fingerprint_key(keys[0])
     _store_secret(store, secret, keys[0])
     return secret
 

@@ -104,3 +104,33 @@ def test_a_page_backs_off_while_the_consumer_is_down_and_comes_back(watched: Wat
     run_id = start(cluster, 30, "back")
     ctl(cluster, "wait", run_id)
     page.wait_for_function(SHOWS, arg=run_id, timeout=60_000)
+
+
+def test_a_page_shown_again_learns_how_the_run_it_missed_ended(watched: Watched, cluster: LocalCluster) -> None:
+    """Hidden, a page holds no stream and missed the run's end: it kept saying "in progress"."""
+    page = watched.open_live()
+    run_id = start(cluster, 30_000, "missed-end")
+    page.wait_for_function("() => document.getElementById('progress').textContent.includes('in progress')",
+                           timeout=30_000)
+    page.evaluate(HIDE)
+    ctl(cluster, "wait", run_id)
+    page.evaluate(SHOW)
+    page.wait_for_function("(run) => document.getElementById('progress').textContent === `Run ${run} complete.`",
+                           arg=run_id, timeout=LIVE_S * 1000)
+
+
+def test_a_failing_sections_fetch_is_retried_by_one_backing_off_loop(watched: Watched,
+                                                                     cluster: LocalCluster) -> None:
+    """Each poll that saw a new run started another retry loop of its own, never ending: the
+    requests kept climbing for as long as the fetch failed."""
+    page = watched.page
+    page.route("**/events", lambda route: route.abort())
+    page.route("**/api/sections.json", lambda route: route.fulfill(status=503, body="busy"))
+    watched.open("/")
+    run_id = start(cluster, 30, "busy")
+    ctl(cluster, "wait", run_id)
+    page.wait_for_timeout(3000)  # not a synchronisation: the first poll sees the run and starts retrying
+    asked = len(watched.requests)
+    page.wait_for_timeout(20_000)  # not a synchronisation: the span over which the retries are counted
+    retries = [u for u in watched.requests[asked:] if u.endswith("/api/sections.json")]
+    assert len(retries) <= 6, len(retries)  # one loop backing off: ~4 in 20 s; it climbed past 50

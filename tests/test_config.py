@@ -128,3 +128,5 @@ def test_consumer_refuses_a_trusted_address_that_is_not_one(value: str, tmp_path
 
 def test_trusted_addresses_match_clients_on_either_socket_family() -> None:
     assert config.trusted_addresses(" 10.0.0.5 , ::1,") == {"10.0.0.5", "::ffff:10.0.0.5", "::1"}
+    # As the refusal log names a client of a dual-stack socket (str() of it would be "::ffff:a00:5").
+    assert config.trusted_addresses("::ffff:10.0.0.5") == {"10.0.0.5", "::ffff:10.0.0.5"}

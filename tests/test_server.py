@@ -205,13 +205,21 @@ def test_events_stream_hello_progress_complete_and_keepalive(server: DashboardSe
     try:
         head = stream.head().decode().lower()
         assert "content-type: text/event-stream" in head and "cache-control: no-store" in head
-        assert stream.event() == ("hello", {"generated_at": GENERATED_AT})
+        assert stream.event() == ("hello", {"generated_at": GENERATED_AT, "last": None})
         wait_until(lambda: server.subscribers == 1)
         server.publish("progress", {"run_id": "r1", "delivered": 100, "requested": 300})
         server.publish("run-complete", {"run_id": "r1", "state": "complete"})
         assert stream.event() == ("progress", {"run_id": "r1", "delivered": 100, "requested": 300})
         assert stream.event() == ("run-complete", {"run_id": "r1", "state": "complete"})
         assert stream.event() == ("ping", {})  # keepalive_s=0.2 in this fixture
+        # A page that was away learns from its next hello how the last run ended.
+        late = Stream(server)
+        try:
+            late.head()
+            assert late.event() == ("hello", {"generated_at": GENERATED_AT, "last": {
+                "event": "run-complete", "data": {"run_id": "r1", "state": "complete"}}})
+        finally:
+            late.close()
     finally:
         stream.close()
     wait_until(lambda: server.subscribers == 0)

@@ -296,3 +296,12 @@ def test_a_full_disk_does_not_keep_the_consumer_from_its_fingerprint_secret(
     with caplog.at_level("WARNING"):
         assert fingerprint_secret(store, (k2, k1)) == fingerprint_key(k1)  # the re-seal fails
     assert "used all the same" in caplog.text
+    store.close()
+    # First start on a full disk: nothing stored. A rotation (SIGHUP) once the disk is back keeps
+    # the secret in use instead of deriving one from the new sealing key.
+    store = Store(tmp_path / "fresh.sqlite3")
+    store._db.execute("PRAGMA query_only=ON")
+    first = fingerprint_secret(store, (k1,))
+    store._db.execute("PRAGMA query_only=OFF")
+    assert fingerprint_secret(store, (k2, k1), current=first) == first
+    assert fingerprint_secret(store, (k2,)) == first  # and it was stored, under k2

@@ -290,7 +290,9 @@ class _Handler(BaseHTTPRequestHandler):
             if sub is None:
                 return
             self.close_connection = True
-            hello = json.dumps({"generated_at": dash._generated_at})
+            # The last run's news too: a page that was away (hidden, or cut off) missed it.
+            hello = json.dumps({"generated_at": dash._generated_at, "last": dash._last_news},
+                               separators=(",", ":"), default=str)
             self.wfile.write(f"retry: 1000\nevent: hello\ndata: {hello}\n\n".encode())
             self.wfile.flush()
             last_write = time.monotonic()
@@ -343,6 +345,7 @@ class DashboardServer:
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._generated_at = 0.0
+        self._last_news: dict[str, Any] | None = None  # {"event", "data"} of the last progress or run end
         self._docs: dict[str, bytes] = {}
         self.update(self._saved_stats(), 0.0)
 
@@ -396,6 +399,8 @@ class DashboardServer:
         """Broadcast an event to every /events subscriber; drop those whose queue is full."""
         if "\n" in event or "\r" in event:
             raise ValueError("event name must be one line")
+        if event in ("progress", "run-complete"):
+            self._last_news = {"event": event, "data": data}
         payload = json.dumps(data, separators=(",", ":"), default=str)
         frame = f"event: {event}\ndata: {payload}\n\n".encode()
         with self._lock:

@@ -22,6 +22,7 @@
   var watchdog = null;
   var inFlight = false;
   var again = false;
+  var refreshTimer = null;
 
   document.documentElement.classList.add('js');
 
@@ -92,23 +93,42 @@
   // fetch failed (until it succeeds, backing off).
   function refresh(tries, failures) {
     failures = failures || 0;
-    if (inFlight) { again = true; return; }
+    // One fetch, or one retry waiting, at a time: every other trigger just asks for one more.
+    if (inFlight || refreshTimer) { again = true; return; }
     inFlight = true;
     fetch('api/sections.json', { cache: 'no-store' })
       .then(function (r) { if (!r.ok) { throw new Error('HTTP ' + r.status); } return r.json(); })
       .then(function (payload) {
         inFlight = false;
-        if (!apply(payload) && tries > 0) { setTimeout(function () { refresh(tries - 1); }, 250); }
+        if (!apply(payload) && tries > 0) { retry(tries - 1, 0, 250); return; }
         if (again) { again = false; refresh(0); }
       })
       .catch(function () {
         // Until it lands: the stream said there is something new, and will not say it again.
+        // (A hidden page stops here; shown again, its stream's hello asks afresh.)
         inFlight = false;
-        setTimeout(function () { refresh(Math.max(tries - 1, 0), failures + 1); }, backoff(500, failures));
+        again = false;
+        if (!document.hidden) { retry(Math.max(tries - 1, 0), failures + 1, backoff(500, failures)); }
       });
   }
 
+  function retry(tries, failures, delay) {
+    refreshTimer = setTimeout(function () { refreshTimer = null; refresh(tries, failures); }, delay);
+  }
+
   function count(n) { return Number(n).toLocaleString('en-US'); }
+
+  function showEnd(data) {
+    if (!progress) { return; }
+    progress.textContent = 'Run ' + (data.run_id || '') + ' ' + (data.state || 'complete') + '.';
+    progress.hidden = false;
+  }
+
+  // What the page missed while away: the last run's progress, or how it ended.
+  function showNews(news) {
+    if (!news || !news.data) { return; }
+    if (news.event === 'progress') { showProgress(news.data); } else { showEnd(news.data); }
+  }
 
   function showProgress(data) {
     if (!progress) { return; }
@@ -181,17 +201,14 @@
       heard();
       stopPolling();
       var data = parse(event);
+      showNews(data.last);
       if (data.generated_at !== undefined && Number(data.generated_at) !== current) { refresh(2); }
     });
     source.addEventListener('ping', heard);
     source.addEventListener('progress', function (event) { heard(); showProgress(parse(event)); });
     source.addEventListener('run-complete', function (event) {
       heard();
-      var data = parse(event);
-      if (progress) {
-        progress.textContent = 'Run ' + (data.run_id || '') + ' ' + (data.state || 'complete') + '.';
-        progress.hidden = false;
-      }
+      showEnd(parse(event));
       refresh(8);
     });
     // The browser's own reconnect would retry every second, for ever: back off instead.
@@ -206,6 +223,7 @@
     if (document.hidden) {
       disconnect();
       stopPolling();
+      if (refreshTimer) { clearTimeout(refreshTimer); refreshTimer = null; }
     } else {
       streamFailures = 0;
       connect();  // its hello says whether the page is behind
