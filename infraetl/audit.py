@@ -244,6 +244,17 @@ class AuditSummary:
         row[0] += users
         row[1] += weak
 
+    def mask(self) -> bool:
+        """Mask every plaintext label in place (an opted-in summary); True if there were any."""
+        if not self.revealed:
+            return False
+        self.revealed = False
+        self.passwords.remask()
+        self.base_words.remask()
+        if self.most_secure:
+            self.most_secure[2] = remask(self.most_secure[2])
+        return True
+
     def merge(self, other: AuditSummary) -> AuditSummary:
         """Fold ``other`` into this summary **in place** and return ``self``.
 
@@ -254,13 +265,8 @@ class AuditSummary:
             other = AuditSummary.from_bytes(other.to_bytes())
         if self.users == 0 and other.users > 0:
             self.revealed = other.revealed
-        relabel = self.revealed and not other.revealed and other.users > 0
-        if relabel:
-            self.revealed = False
-            self.passwords.remask()
-            self.base_words.remask()
-            if self.most_secure:
-                self.most_secure[2] = remask(self.most_secure[2])
+        if self.revealed and not other.revealed and other.users > 0:
+            self.mask()
         remask_other = not self.revealed and other.revealed
         self.users += other.users
         self.empty_passwords += other.empty_passwords

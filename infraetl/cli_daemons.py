@@ -111,7 +111,8 @@ def _run(role: str, settings_cls: Any, daemon_cls: Any, state_dir: Path | None, 
 @max_frame_option
 @env_option("--reveal-passwords/--no-reveal-passwords", default=False,
             help="DANGER: show top passwords in plaintext on the dashboard and API, and keep every tallied "
-                 "password in plaintext in the state database (off: masked).")
+                 "password in plaintext in the state database while on (off: masked; a start without it "
+                 "masks what it stored).")
 @curve_secret_option
 @env_option("--curve-allow", type=PATH, default=None, help="CURVE: directory of public .key files of admitted peers.")
 @env_option("--zxcvbn-workers", type=click.IntRange(0, 1), default=1,

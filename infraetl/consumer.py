@@ -60,6 +60,8 @@ class Consumer:
         self.notifier = Notifier()
         self.store = Store(settings.state_dir / "consumer.sqlite3", alive=self.notifier.ping)
         self.fp_key = fingerprint_secret(self.store, settings.keys)
+        if not settings.reveal_passwords:
+            self._mask_revealed()
         self.site_dir = settings.state_dir / "www"
         self.ctx = zmq.Context()
         self.signals = Signals()
@@ -94,10 +96,10 @@ class Consumer:
         self.url = s.public_url or f"http://{shown_host}:{self.server.port}/"
         endpoints = {"data": bound_endpoint(self.data), "ack": bound_endpoint(self.acks),
                      "http": f"{shown_host}:{self.server.port}", "url": self.url, "pid": os.getpid()}
+        self.render()  # before anyone is told where it is: the site is never the last run's stale one
         tmp = s.state_dir / ".endpoints.json.tmp"
         tmp.write_text(json.dumps(endpoints))
         os.replace(tmp, s.state_dir / "endpoints.json")
-        self.render()
         logger.info("consumer: data on %s, acks on %s, dashboard at %s",
                     endpoints["data"], endpoints["ack"], self.url)
 
@@ -387,6 +389,16 @@ class Consumer:
     def _status_line(self) -> str:
         return (f"{self.metrics.value('infraetl_batches_applied_total'):.0f} batches applied, "
                 f"{self.metrics.value('infraetl_runs_completed_total'):.0f} runs complete")
+
+    def _mask_revealed(self) -> None:
+        """Started without --reveal-passwords: mask what runs under it stored in plaintext."""
+        try:
+            masked = self.store.mask_revealed()
+        except StoreError as e:  # a full disk: it stays as it is, and is tried at the next start
+            logger.warning("cannot mask the plaintext passwords --reveal-passwords stored: %s", e)
+            return
+        if masked:
+            logger.info("--reveal-passwords is off: masked the plaintext passwords of %d stored summaries", masked)
 
     def _reload_keys(self) -> None:
         from .config import reload_sealer

@@ -125,7 +125,11 @@ class Store:
         self._db.close()
 
     def _tx(self) -> Tx:
-        return Tx(self._db, on_rollback=self._live.clear, on_commit=self._committed)
+        return Tx(self._db, on_rollback=self._rolled_back, on_commit=self._committed)
+
+    def _rolled_back(self) -> None:
+        self._live.clear()
+        self._marked_revealed = False
 
     def _committed(self) -> None:
         self._synced = self._wal is None
@@ -151,6 +155,48 @@ class Store:
         except (OSError, sqlite3.Error) as e:
             raise StoreError(f"state database sync failed: {getattr(e, 'strerror', None) or e}") from None
         self._synced = True
+
+    # -- plaintext passwords (--reveal-passwords) --
+    # Every stored audit derives from partials, so a mark written with the first plaintext
+    # partial says whether any row may hold plaintext labels, without reading them all.
+    _MARKS = "CREATE TABLE IF NOT EXISTS marks (name TEXT PRIMARY KEY)"
+    _marked_revealed = False
+
+    def _mark_revealed(self) -> None:
+        self._db.execute(self._MARKS)
+        self._db.execute("INSERT OR IGNORE INTO marks (name) VALUES ('revealed')")
+        self._marked_revealed = True  # for this process (a rollback clears it: see _tx)
+
+    def mask_revealed(self) -> int:
+        """Mask the plaintext labels of every stored audit (the operator turned
+        ``--reveal-passwords`` off); return how many summaries held some. One transaction."""
+        try:
+            marked = self._db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='marks'").fetchone() \
+                and self._db.execute("SELECT 1 FROM marks WHERE name='revealed'").fetchone()
+        except sqlite3.Error as e:
+            raise StoreError(f"state database unavailable: {e}") from None
+        if not marked:
+            return 0
+        masked = 0
+        with self._tx():
+            for table, key in (("runs", "run_id"), ("batches", "rowid"), ("checkpoints", "run_id"),
+                               ("cumulative", "id")):
+                rows = self._db.execute(f"SELECT {key}, audit FROM {table} WHERE audit IS NOT NULL").fetchall()  # noqa: S608
+                for i, (k, blob) in enumerate(rows, 1):
+                    if i % ALIVE_EVERY == 0:
+                        self._alive()
+                    audit = AuditSummary.from_bytes(blob)
+                    if audit.mask():
+                        self._db.execute(f"UPDATE {table} SET audit=? WHERE {key}=?", (audit.to_bytes(), k))  # noqa: S608
+                        masked += 1
+            self._db.execute("DELETE FROM marks WHERE name='revealed'")
+        self._marked_revealed = False
+        try:
+            # The WAL still holds the pages as they were: write them home and empty it.
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as e:
+            raise StoreError(f"state database write failed: {e}") from None
+        return masked
 
     # -- secrets --
     # The table is made by the first write, not at open: a consumer upgraded on a full disk
@@ -203,6 +249,8 @@ class Store:
             )
             if cur.rowcount == 0:
                 return Applied(duplicate=True, run_complete=False)
+            if audit.revealed and not self._marked_revealed:
+                self._mark_revealed()
             self._db.execute(
                 "UPDATE runs SET applied=applied+1, delivered=delivered+?, kept=kept+?, "
                 "quarantined=quarantined+? WHERE run_id=?",

@@ -109,3 +109,26 @@ def test_state_is_private_whatever_the_umask(tmp_path: Path) -> None:
         assert not files[1].exists() or stat.S_IMODE(files[1].stat().st_mode) == 0o600
     finally:
         os.umask(old)
+
+
+def test_turning_reveal_passwords_off_masks_what_it_stored(tmp_path: Path) -> None:
+    """The plaintext a run under --reveal-passwords stored stayed in the state database after the
+    option was turned off (found by a review): a start without it now masks every stored audit."""
+    users, secrets = _users_with_secret_passwords(200)
+    src = tmp_path / "users.jsonl"
+    src.write_text("\n".join(json.dumps(u, ensure_ascii=False) for u in users))
+    with LocalCluster(tmp_path / "cluster", consumer_args=["--reveal-passwords"]) as c:
+        ctl(c, "start-run", "--users", "200", "--source", f"file:{src}")
+        state = c.consumer.state_dir
+        assert any(s.encode() in blob for _, blob in _haystacks(state) for s in secrets)  # opted in
+        c.consumer.stop()
+        c.consumer_args = []
+        c.restart_consumer()
+        leaks = [(path, s) for path, blob in _haystacks(state) for s in secrets if s.encode() in blob]
+        assert sorted({p for p, _ in leaks}) == []
+        assert "masked the plaintext passwords of" in c.consumer.log_path.read_text()
+        stats = json.loads(get_text(c.url + "api/stats.json")[2])
+        assert stats["passwords_revealed"] is False
+        assert stats["cumulative"]["audit"]["top_passwords"][0]["count"] == 20  # the figures stay
+        ctl(c, "start-run", "--users", "50", "--seed", "after")  # and runs go on, masked
+        assert not [s for _, blob in _haystacks(state) for s in secrets if s.encode() in blob]
