@@ -411,7 +411,7 @@ class Consumer:
             except StoreError as e:  # the store cannot even be read
                 logger.warning("SIGHUP: the password fingerprint secret stays as it was: %s", e)
             else:
-                if fp_key != self.fp_key:
+                if fp_key != self.fp_key:  # the same value keeps its object: pwinfo caches by identity
                     self.fp_key = fp_key
         self.sealer = sealer
 

@@ -412,7 +412,7 @@ class Producer:
         """Seal an in-flight frame again with the current key; False if no key of ours opens it
         (its run is then failed: see :meth:`_fail_run`)."""
         try:
-            entry[0] = self.sealer.seal((self._opener(entry[0]) or self.sealer).open_raw(entry[0], check_time=False))
+            entry[0] = self.sealer.reseal(entry[0], opener=self._opener(entry[0]))
         except WireError as e:
             self._fail_run(run_id, f"its frame {seq} cannot be re-sealed ({e}); start the run again")
             return False

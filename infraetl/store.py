@@ -170,12 +170,7 @@ class Store:
     def mask_revealed(self) -> int:
         """Mask the plaintext labels of every stored audit (the operator turned
         ``--reveal-passwords`` off); return how many summaries held some. One transaction."""
-        try:
-            marked = self._db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='marks'").fetchone() \
-                and self._db.execute("SELECT 1 FROM marks WHERE name='revealed'").fetchone()
-        except sqlite3.Error as e:
-            raise StoreError(f"state database unavailable: {e}") from None
-        if not marked:
+        if not self._has_table("marks") or not self._one("SELECT 1 FROM marks WHERE name='revealed'"):
             return 0
         masked = 0
         with self._tx():
@@ -205,13 +200,19 @@ class Store:
 
     def secret(self, name: str) -> bytes | None:
         """The sealed secret ``name`` (a Fernet token), or None."""
+        row = self._one("SELECT sealed FROM secrets WHERE name=?", (name,)) if self._has_table("secrets") else None
+        return None if row is None else bytes(row[0])
+
+    def _has_table(self, name: str) -> bool:
+        """Whether a table made on first use (``marks``, ``secrets``) exists yet."""
+        return self._one("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)) is not None
+
+    def _one(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
+        """The first row of a read, or None; SQLite's errors as StoreError."""
         try:
-            if not self._db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='secrets'").fetchone():
-                return None
-            row = self._db.execute("SELECT sealed FROM secrets WHERE name=?", (name,)).fetchone()
+            return self._db.execute(sql, args).fetchone()
         except sqlite3.Error as e:
             raise StoreError(f"state database unavailable: {e}") from None
-        return None if row is None else bytes(row[0])
 
     def set_secret(self, name: str, sealed: bytes) -> None:
         """Store the sealed secret ``name`` (in place of any earlier one)."""

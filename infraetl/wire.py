@@ -193,8 +193,9 @@ class Sealer:
         """When a frame of ours was sealed (unauthenticated: only for re-seal decisions)."""
         return float(struct.unpack(">Q", base64.urlsafe_b64decode(frame[KID_LEN:KID_LEN + 16])[1:9])[0])
 
-    def reseal(self, frame: bytes) -> bytes:
-        """Seal the same message again with a fresh timestamp (and the current sealing key)."""
+    def reseal(self, frame: bytes, *, opener: Sealer | None = None) -> bytes:
+        """Seal the same message again with a fresh timestamp and this sealer's sealing key,
+        opened by ``opener`` (default: this sealer; a SIGHUP's retired keys, say)."""
         # Our own spooled frame may be past the window after a long outage;
         # it is still authenticated, so age is no reason to lose it.
-        return self.seal(self.open_raw(frame, check_time=False))
+        return self.seal((opener or self).open_raw(frame, check_time=False))

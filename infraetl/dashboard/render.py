@@ -328,12 +328,13 @@ def _password_table(pid: str, key: str, title: str, value: Any, note: str | None
 def _reuse_panel(reuse: dict[str, Any]) -> dict[str, Any]:
     sharing, largest = _num(reuse.get("users_sharing")), _num(reuse.get("largest_group"))
     note = None
-    if (sharing is not None or largest is not None) and reuse.get("exact") is False:
+    if sharing is not None or largest is not None:
         # Past the tally's cap of distinct passwords the counts are lower bounds (audit.reuse).
-        note = (f"At least {fmt_int(sharing)} users share a password with someone; the largest group is at "
-                f"least {fmt_int(largest)} (too many distinct passwords to tally each).")
-    elif sharing is not None or largest is not None:
-        note = f"{fmt_int(sharing)} users share a password with someone; the largest group is {fmt_int(largest)}."
+        bound = reuse.get("exact") is False
+        least = "at least " if bound else ""
+        note = (f"{'At least ' if bound else ''}{fmt_int(sharing)} users share a password with someone; the "
+                f"largest group is {least}{fmt_int(largest)}"
+                + (" (too many distinct passwords to tally each)." if bound else "."))
     return _password_table("reuse", "audit.reuse.top_reused", "Password reuse", reuse.get("top_reused"), note)
 
 

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from infraetl.config import HTTP_TRUSTED, trusted_addresses
 from infraetl.dashboard.render import STATIC_DIR, STATIC_FILES, render_all
 
 logger = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ class _HTTPServer(ThreadingHTTPServer):
     max_per_client = 40
     #: Addresses the per-client cap does not apply to: a reverse proxy on the host (whose
     #: clients all arrive from it) limits per client itself (docs/operations.md).
-    trusted: frozenset[str] = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
+    trusted: frozenset[str] = trusted_addresses(HTTP_TRUSTED)
 
     def server_activate(self) -> None:
         self._slots = threading.BoundedSemaphore(self.max_connections)
