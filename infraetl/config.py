@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -138,7 +139,16 @@ def parse_keys(text: str, origin: str) -> tuple[bytes, ...]:
     return tuple(keys)
 
 
+#: Anything shaped like a Fernet key: a file name holding one is never repeated in a message.
+_KEY_SHAPE = re.compile(r"[A-Za-z0-9_-]{43}=")
+
+
 def _read_key_file(path: Path, origin: str) -> tuple[bytes, ...]:
+    if _KEY_SHAPE.search(str(path)):
+        # The key itself where its file's name belongs: saying which file is missing would
+        # print the key (into the journal, under systemd).
+        raise KeyError_(f"{origin} holds a key, not the name of a file; put the key in a file "
+                        f"only its owner can read and name that file instead; {KEY_FIX}")
     try:
         st = path.stat()
     except FileNotFoundError:

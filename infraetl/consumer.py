@@ -216,10 +216,16 @@ class Consumer:
             elif kind == "end":
                 self._on_end(msg)
             elif kind == "abort":
+                row = self.store.run(msg["run"]) or {}
+                if row.get("state") == "complete":
+                    # Too late: every batch and the END were here first, and the run is counted.
+                    self._ack(msg, "abort", "complete", url=self.url, applied=row.get("kept", 0))
+                    return
                 self.store.fail_run(msg["run"], producer=msg["producer"], reason=msg["reason"])
                 self._ack(msg, "abort", "applied")
-                logger.warning("run %s failed on the producer: %s", msg["run"], msg["reason"])
-                self.render(run_id=msg["run"], state="failed")
+                if row.get("state") != "failed":
+                    logger.warning("run %s failed on the producer: %s", msg["run"], msg["reason"])
+                    self.render(run_id=msg["run"], state="failed")
             else:
                 self._reject("bad_schema", f"{kind} message on the data socket")
         except StoreError as e:
@@ -270,7 +276,9 @@ class Consumer:
         self.metrics.users.inc(kept)
         MALLOC.tick()
         self._ack(msg, "data", "applied")
-        if applied.run_complete:
+        if applied.failed:
+            self._failed(run_id, applied.failed)  # its END, re-sent, is ACKed "failed"
+        elif applied.run_complete:
             self._complete(msg)
         elif self.server is not None and seq % 10 == 0:
             row = self.store.run(run_id) or {}
@@ -278,11 +286,26 @@ class Consumer:
                                              "users": row.get("kept"), "requested": row.get("requested")})
 
     def _on_end(self, msg: dict[str, Any]) -> None:
-        done = self.store.end_run(msg["run"], producer=msg["producer"], batches=msg["batches"],
-                                  requested=msg.get("requested"))
-        if done.run_complete or done.duplicate:
+        run_id = msg["run"]
+        fresh = (self.store.run(run_id) or {}).get("state") in (None, "running")
+        done = self.store.end_run(run_id, producer=msg["producer"], batches=msg["batches"],
+                                  requested=msg.get("requested"), delivered=msg.get("delivered"))
+        if done.failed:
+            if fresh:
+                self._failed(run_id, done.failed)
+            self._ack(msg, "end", "failed", reason=done.failed)
+        elif done.run_complete or done.duplicate:
             self._complete(msg, render=done.run_complete)
-        # Otherwise some batches are still on their way: the END is ACKed when the last lands.
+        else:
+            # Some batches are still on their way: the END is ACKed "complete" when the last
+            # lands. Until then its copies are answered "pending" with the first batches this
+            # store lacks: if the producer had them ACKed already (this consumer's state was
+            # reset or restored from a backup), they can never come, and it fails the run.
+            self._ack(msg, "end", "pending", missing=self.store.missing(run_id))
+
+    def _failed(self, run_id: str, why: str) -> None:
+        logger.error("run %s failed: %s; none of it is counted", run_id, why)
+        self.render(run_id=run_id, state="failed")
 
     def _complete(self, msg: dict[str, Any], render: bool = True) -> None:
         run_id = msg["run"]

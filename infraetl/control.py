@@ -108,7 +108,9 @@ def _dispatch(producer: Producer, cmd: str, args: dict[str, Any], nonce: str) ->
     if cmd == "ping":
         return {"producer_id": producer.producer_id, "pid": os.getpid()}
     if cmd == "start-run":
-        spec = check_run_args(args)
+        # The batch size is the run's: a restart that resumes it skips batches of this size,
+        # whatever --batch-size the producer has by then.
+        spec = {**check_run_args(args), "batch_size": producer.s.batch_size}
         run_id = new_run_id()
         producer.spool.create_run(run_id, spec, nonce=nonce)
         producer._start_worker(run_id, spec)
@@ -134,11 +136,8 @@ def _dispatch(producer: Producer, cmd: str, args: dict[str, Any], nonce: str) ->
             raise InfraETLError(f"no run {run_id} on this producer")
         if row.state != "running":
             raise InfraETLError(f"run {run_id} is already {row.state}")
-        worker = producer.workers.get(run_id)
-        if worker is None:
-            raise InfraETLError(f"run {run_id} has delivered all its users; it completes on the consumer's ACK")
-        worker.cancel.set()
-        return {"run_id": run_id, "state": "cancelling"}
+        producer.cancel_run(run_id)
+        return {"run_id": run_id, "state": "cancelled"}
     raise InfraETLError(f"unknown command {cmd!r}; known: {', '.join(COMMANDS)}")
 
 

@@ -171,10 +171,11 @@ def status(obj: Ctx, as_json: bool, limit: int) -> None:
 @click.argument("run_id")
 @click.pass_obj
 def cancel(obj: Ctx, run_id: str) -> None:
-    """Cancel a running run (it is marked failed; nothing of it is counted)."""
+    """Cancel a running run: it is closed as cancelled at once, and nothing of it is counted
+    (unless the consumer had already completed it: then it stays complete, and says so)."""
     with obj.client() as client:
         client.call("cancel", run_id=run_id)
-    click.echo(f"run {run_id}: cancelling")
+    click.echo(f"run {run_id}: cancelled")
 
 
 @cli.command()

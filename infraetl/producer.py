@@ -108,6 +108,8 @@ class RunWorker(threading.Thread):
         self._skip = skip_batches
         self._producer = producer_id
         self.cancel = threading.Event()
+        #: The producer is stopping (SIGTERM): not a cancel, so no ABORT; a restart resumes the run.
+        self.stopping = threading.Event()
         self._t_read = 0.0
 
     def run(self) -> None:
@@ -117,18 +119,20 @@ class RunWorker(threading.Thread):
         out.connect(WORK_ENDPOINT)
         try:
             self._produce(out)
-        except SourceError as e:
-            if self.cancel.is_set():
-                self._hand(out, "abort", END_SEQ, 0, reason="cancelled by operator", cancelled=True)
-            else:
-                self._hand(out, "abort", END_SEQ, 0, reason=str(e))
-        except _Cancelled:
-            self._hand(out, "abort", END_SEQ, 0, reason="cancelled by operator", cancelled=True)
-        except Exception as e:  # a bug in a source must fail the run, not the daemon
-            logger.exception("run %s: unexpected error in the source", self.run_id)
-            self._hand(out, "abort", END_SEQ, 0, reason=f"internal error: {type(e).__name__}: {e}")
+        except Exception as e:
+            if not self.stopping.is_set():  # stopping: what was not handed over is made again after the restart
+                self._abort(out, e)
         finally:
             out.close()
+
+    def _abort(self, out: zmq.Socket, e: Exception) -> None:
+        if self.cancel.is_set() or isinstance(e, _Cancelled):
+            self._hand(out, "abort", END_SEQ, 0, reason="cancelled by operator", cancelled=True)
+        elif isinstance(e, SourceError):
+            self._hand(out, "abort", END_SEQ, 0, reason=str(e))
+        else:  # a bug in a source must fail the run, not the daemon
+            logger.exception("run %s: unexpected error in the source", self.run_id)
+            self._hand(out, "abort", END_SEQ, 0, reason=f"internal error: {type(e).__name__}: {e}")
 
     def _produce(self, out: zmq.Socket) -> None:
         from .validate import check_rows
@@ -137,8 +141,9 @@ class RunWorker(threading.Thread):
         deadline_s = spec.get("deadline") or self._settings.run_deadline
         plan = RunPlan(
             users=spec["users"], nat=tuple(spec["nat"]), seed=spec["seed"],
-            batch_size=self._settings.batch_size,
-            deadline=time.monotonic() + deadline_s, cancelled=self.cancel.is_set,
+            batch_size=spec.get("batch_size") or self._settings.batch_size,
+            deadline=time.monotonic() + deadline_s,
+            cancelled=lambda: self.cancel.is_set() or self.stopping.is_set(),
         )
         source = open_source(spec["source"], api_url=self._settings.api_url)
         if self._skip == 0:
@@ -193,11 +198,15 @@ class RunWorker(threading.Thread):
         data = msgpack.packb(item, use_bin_type=True)
         # Blocks while the main loop's window is full: that is the back-pressure.
         while True:
-            if self.cancel.is_set() and not always:
+            if (self.cancel.is_set() and not always) or self.stopping.is_set():
                 raise _Cancelled
             if out.poll(200, zmq.POLLOUT):
                 out.send(data)
                 return
+
+
+#: Seconds a stopping producer waits for its run workers, all of them together.
+STOP_WORKERS_S = 2.0
 
 
 class _Cancelled(Exception):
@@ -422,10 +431,18 @@ class Producer:
             self._warn.warning("spool", "cannot store a re-sealed frame: %s", e)
         return True
 
-    def _fail_run(self, run_id: str, why: str) -> None:
-        """Give up a run that can no longer complete: close it as failed, forget its frames, and
-        tell the consumer with an ABORT (sealed now, with the current key)."""
-        logger.error("run %s failed: %s", run_id, why)
+    def cancel_run(self, run_id: str) -> None:
+        """An operator's cancel, made durable before it is answered: a restart does not bring the
+        run back, and nothing of it the worker still hands over goes out (its END included)."""
+        self._fail_run(run_id, "cancelled by operator", state="cancelled")
+
+    def _fail_run(self, run_id: str, why: str, *, state: str = "failed") -> None:
+        """Give up a run that can no longer complete: close it as ``state``, forget its frames,
+        and tell the consumer with an ABORT (sealed now, with the current key)."""
+        if state == "cancelled":
+            logger.warning("run %s: %s", run_id, why)
+        else:
+            logger.error("run %s failed: %s", run_id, why)
         self.failed_here.add(run_id)
         worker = self.workers.get(run_id)
         if worker is not None:
@@ -433,7 +450,7 @@ class Producer:
         for key in [k for k in self.in_flight if k[0] == run_id]:
             del self.in_flight[key]
         abort = self.sealer.seal(wire.make("abort", run_id, END_SEQ, producer=self.producer_id, reason=why))
-        self.spool.fail_run(run_id, END_SEQ, abort, why)
+        self.spool.fail_run(run_id, END_SEQ, abort, why, state=state)
         self.in_flight[(run_id, END_SEQ)] = [abort, "abort", 0, 0.0]
         self._send(run_id, END_SEQ)
 
@@ -466,12 +483,34 @@ class Producer:
                 self.spool.finish(run_id, "complete", url=msg.get("url"))
                 logger.info("run %s complete: %s users on %s", run_id, msg.get("applied"), msg.get("url"))
                 MALLOC.release()
+            elif msg["of"] == "abort" and msg["status"] == "complete":
+                if self.spool.completed_after_all(run_id, msg.get("url")):
+                    logger.warning("run %s had completed on the consumer before its ABORT reached it: "
+                                   "it is counted there, and complete here", run_id)
+            elif msg["of"] == "end" and msg["status"] == "failed":
+                why = str(msg.get("reason") or "the consumer failed it")[:500]
+                self.spool.finish(run_id, "failed", reason=why)
+                logger.error("run %s failed on the consumer: %s", run_id, why)
+            elif msg["of"] == "end" and msg["status"] == "pending" and entry is not None:
+                self._check_missing(run_id, msg.get("missing"))
         except StoreError as e:
             # Not recorded: the frame is sent again, and its ACK (the consumer ACKs a duplicate
             # again) records it once the spool takes writes.
             if entry is not None:
                 self.in_flight[(run_id, seq)] = entry
             self._warn.warning("spool", "cannot record an ACK: %s", e)
+
+    def _check_missing(self, run_id: str, missing: Any) -> None:
+        """The consumer lacks batches of a run whose END it holds: fail the run if this producer
+        had any of them ACKed (dropped from the spool, they can never come again)."""
+        if not isinstance(missing, list):
+            return
+        # ACKs arrive in the order the consumer sent them: a batch it applied after answering
+        # this END is still in flight here, so it is not taken for lost.
+        lost = [s for s in missing if type(s) is int and s >= 1 and (run_id, s) not in self.in_flight]
+        if lost and run_id not in self.workers:
+            self._fail_run(run_id, f"the consumer lacks batch(es) {', '.join(map(str, lost[:5]))} it had "
+                           "ACKed (its state was reset or restored from an older copy): start the run again")
 
     def _on_control(self, parts: list[bytes]) -> None:
         from .control import handle_control
@@ -490,10 +529,12 @@ class Producer:
 
     def _stop_workers(self) -> None:
         for worker in self.workers.values():
-            worker.cancel.set()
+            worker.stopping.set()
         # Frames a worker had not handed over are re-made from the source after a restart.
+        # One deadline for all: systemd waits TimeoutStopSec in all, not per run.
+        deadline = time.monotonic() + STOP_WORKERS_S
         for worker in self.workers.values():
-            worker.join(timeout=2)
+            worker.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def _reload_keys(self) -> None:
         from .config import reload_sealer

@@ -181,15 +181,26 @@ class Spool:
                              "(SELECT state FROM runs WHERE run_id=?) IS NOT 'running'", (run_id, seq, run_id))
         return True
 
-    def fail_run(self, run_id: str, seq: int, abort: bytes, reason: str) -> None:
+    def fail_run(self, run_id: str, seq: int, abort: bytes, reason: str, *, state: str = "failed") -> None:
         """Give a run up, in one transaction: forget its frames still waiting for an ACK (nobody
-        wants them now), spool the ABORT that tells the consumer, and close the run as failed."""
+        wants them now), spool the ABORT that tells the consumer, and close the run as ``state``
+        (failed, or cancelled by an operator)."""
         with self._tx():
             self._db.execute("DELETE FROM frames WHERE run_id=? AND acked=0", (run_id,))
             self._db.execute("INSERT OR IGNORE INTO frames (run_id, seq, kind, users, frame) "
                              "VALUES (?, ?, 'abort', 0, ?)", (run_id, seq, abort))
             self._db.execute("UPDATE runs SET ended=1 WHERE run_id=?", (run_id,))
-            self._finish(run_id, "failed", reason=reason)
+            self._finish(run_id, state, reason=reason)
+
+    def completed_after_all(self, run_id: str, url: str | None) -> bool:
+        """A run given up here (failed, cancelled) that the consumer had completed before the
+        ABORT reached it: it is counted there, so it is complete here too. True if it changed."""
+        with self._tx():
+            changed = self._db.execute(
+                "UPDATE runs SET state='complete', url=COALESCE(?, url), reason=reason || "
+                "' (too late: the consumer had completed the run)' "
+                "WHERE run_id=? AND state IN ('failed', 'cancelled')", (url, run_id)).rowcount
+        return changed > 0
 
     def replace_frame(self, run_id: str, seq: int, frame: bytes) -> None:
         """Store a re-sealed frame in place of the old one."""

@@ -99,6 +99,8 @@ class Applied:
 
     duplicate: bool
     run_complete: bool
+    #: Why the run failed, if it has (its END is then ACKed "failed" with this reason).
+    failed: str | None = None
 
 
 class Store:
@@ -226,10 +228,20 @@ class Store:
         """Create or complete the row of a run that a BEGIN announced."""
         with self._tx():
             self._ensure_run(run_id, producer)
+            # Merged: an END re-sent ahead of a lost BEGIN may have noted its count already.
+            meta = {**self._meta(run_id), **meta}
             self._db.execute(
                 "UPDATE runs SET source=?, requested=?, meta=? WHERE run_id=?",
                 (source, requested, json.dumps(meta), run_id),
             )
+
+    def _meta(self, run_id: str) -> dict[str, Any]:
+        row = self._db.execute("SELECT meta FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        try:
+            meta = json.loads(row[0]) if row else {}
+        except ValueError:
+            meta = {}
+        return meta if isinstance(meta, dict) else {}
 
     def _ensure_run(self, run_id: str, producer: str) -> None:
         self._db.execute(
@@ -259,7 +271,8 @@ class Store:
             )
             self._merge_live(run_id, seq, stats, audit)
             complete = self._complete_if_ready(run_id)
-        return Applied(duplicate=False, run_complete=complete)
+        return Applied(duplicate=False, run_complete=complete is True,
+                       failed=complete if isinstance(complete, str) else None)
 
     def _merge_live(self, run_id: str, seq: int, stats: StatsSummary, audit: AuditSummary) -> None:
         """Fold a batch into the run's in-memory aggregate, so END need not merge every partial.
@@ -317,19 +330,43 @@ class Store:
         stats, audit = self._merge_from_db(run_id, below=seq)
         return seq - 1, stats, audit
 
-    def end_run(self, run_id: str, *, producer: str, batches: int, requested: int | None) -> Applied:
-        """Record the END of a run; ``run_complete`` if this END completed it, ``duplicate`` if it
-        was complete already."""
+    def end_run(self, run_id: str, *, producer: str, batches: int, requested: int | None,
+                delivered: int | None = None) -> Applied:
+        """Record the END of a run (``batches`` data batches holding ``delivered`` users in all);
+        ``run_complete`` if this END completed it, ``duplicate`` if it was complete already,
+        ``failed`` the reason if the run failed (now or before)."""
         with self._tx():
             self._ensure_run(run_id, producer)
-            row = self._db.execute("SELECT state FROM runs WHERE run_id=?", (run_id,)).fetchone()
-            if row[0] != "running":
-                return Applied(duplicate=row[0] == "complete", run_complete=False)
+            state, reason = self._db.execute("SELECT state, reason FROM runs WHERE run_id=?",
+                                             (run_id,)).fetchone()
+            if state != "running":
+                return Applied(duplicate=state == "complete", run_complete=False,
+                               failed=(reason or "failed") if state == "failed" else None)
+            if type(delivered) is int:
+                self._db.execute("UPDATE runs SET meta=? WHERE run_id=?",
+                                 (json.dumps({**self._meta(run_id), "end_delivered": delivered}), run_id))
             self._db.execute(
                 "UPDATE runs SET expected=?, requested=COALESCE(requested, ?) WHERE run_id=?",
                 (batches, requested, run_id),
             )
-            return Applied(duplicate=False, run_complete=self._complete_if_ready(run_id))
+            complete = self._complete_if_ready(run_id)
+            return Applied(duplicate=False, run_complete=complete is True,
+                           failed=complete if isinstance(complete, str) else None)
+
+    def missing(self, run_id: str, limit: int = 64) -> list[int]:
+        """The first ``limit`` batches of a run's END that this store does not hold."""
+        row = self._db.execute("SELECT expected FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        if row is None or row[0] is None:
+            return []
+        held = {seq for (seq,) in self._db.execute(
+            "SELECT seq FROM batches WHERE run_id=? AND seq BETWEEN 1 AND ?", (run_id, row[0]))}
+        out: list[int] = []
+        for seq in range(1, row[0] + 1):
+            if seq not in held:
+                out.append(seq)
+                if len(out) >= limit:
+                    break
+        return out
 
     def fail_run(self, run_id: str, *, producer: str, reason: str) -> None:
         """Mark a run failed; its batches never reach the cumulative figures."""
@@ -342,9 +379,11 @@ class Store:
             self._drop_batches(run_id)
         self._live.pop(run_id, None)
 
-    def _complete_if_ready(self, run_id: str) -> bool:
-        expected, applied = self._db.execute(
-            "SELECT expected, applied FROM runs WHERE run_id=?", (run_id,)
+    def _complete_if_ready(self, run_id: str) -> bool | str:
+        """True if the run is now complete; False if batches are still to come; the reason, if
+        its batches do not add up to its END (the run is then failed: none of it counts)."""
+        expected, applied, delivered = self._db.execute(
+            "SELECT expected, applied, delivered FROM runs WHERE run_id=?", (run_id,)
         ).fetchone()
         if expected is None or applied < expected:
             return False
@@ -354,6 +393,24 @@ class Store:
                                 (run_id, expected)).fetchone()[0]
         if held < expected:
             return False
+        # Every batch is here; do they make the run the END speaks of? Batches numbered past it,
+        # or users in them other than it counts, mean the producer cut the run into batches
+        # two ways (say, restarted with another --batch-size before it kept the run's own):
+        # whatever way the figures were summed, some users would be missing or counted twice.
+        end_delivered = self._meta(run_id).get("end_delivered")
+        why = None
+        if applied > expected:
+            why = (f"the producer sent {applied} batches where its END counts {expected}: the run "
+                   "was cut into batches two ways")
+        elif type(end_delivered) is int and end_delivered != delivered:
+            why = (f"the run's batches hold {delivered} users where its END counts {end_delivered}: "
+                   "the run was cut into batches two ways")
+        if why is not None:
+            self._db.execute("UPDATE runs SET state='failed', reason=?, finished_at=? WHERE run_id=?",
+                             (why, time.time(), run_id))
+            self._drop_batches(run_id)
+            self._live.pop(run_id, None)
+            return why
         live = self._live.pop(run_id, None)
         stats, audit = live[1:] if live is not None and live[0] == expected else self._merge_from_db(run_id)
         self._db.execute(

@@ -56,6 +56,16 @@ def test_missing_key_file() -> None:
         config.load_keys({"ETL_ENCRYPTION_KEY_FILE": "/nonexistent/etl-key"})
 
 
+@pytest.mark.parametrize("value", ["{k}", "{k}\n", "/etc/infraetl/{k}", "{k},{k}"])
+def test_key_put_where_its_file_name_belongs_is_not_repeated(value: str) -> None:
+    # ETL_ENCRYPTION_KEY_FILE=$(cat etl-key): the message naming the missing file printed the key.
+    key = config.new_key()
+    with pytest.raises(KeyError_) as e:
+        config.load_keys({"ETL_ENCRYPTION_KEY_FILE": value.format(k=key)})
+    assert key not in str(e.value) and key[:20] not in str(e.value)
+    assert "holds a key, not the name of a file" in str(e.value)
+
+
 @pytest.mark.parametrize("role", ["consumer", "producer"])
 def test_daemon_without_key_exits_2_with_one_sentence(role: str, tmp_path: Path) -> None:
     bad = "not-a-key-" + "z" * 34

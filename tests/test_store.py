@@ -245,15 +245,43 @@ def test_a_complete_run_leaves_no_batch_rows_and_its_batches_stay_applied_once(t
     assert store.run("r1")["kept"] == 120
 
 
-def test_a_batch_numbered_outside_the_run_does_not_stand_in_for_a_missing_one(tmp_path: Path) -> None:
-    # A producer's bug sends seq 3 of a two-batch run; batch 2 is still on its way. The run must
-    # not complete on the wrong batch, nor take batch 2 for a duplicate when it lands.
+def test_a_batch_numbered_outside_the_run_fails_it_rather_than_stand_in_for_a_missing_one(
+        tmp_path: Path) -> None:
+    # A producer sends seq 3 of a two-batch run; batch 2 is still on its way. The run must not
+    # complete on the wrong batch (nor take batch 2 for a duplicate while it waits); once every
+    # batch is in, batches that are not the END's fail the run: nothing of it is counted.
     store = Store(tmp_path / "c.sqlite3")
     assert _apply(store, 1) and _apply(store, 3)
-    assert not store.end_run("r1", producer="p", batches=2, requested=40).run_complete
-    assert _apply(store, 2)  # applied, not a duplicate
-    row = store.run("r1")
-    assert row is not None and row["state"] == "complete"
+    done = store.end_run("r1", producer="p", batches=2, requested=40)
+    assert not done.run_complete and done.failed is None
+    applied = store.apply_batch("r1", 2, producer="p", delivered=20, kept=20, quarantined=0,
+                                stats=StatsSummary.empty(), audit=AuditSummary.empty())
+    assert not applied.duplicate and not applied.run_complete
+    assert applied.failed and "3 batches where its END counts 2" in applied.failed
+    assert store.run("r1")["state"] == "failed" and store.cumulative()[0] == 0
+    again = store.end_run("r1", producer="p", batches=2, requested=40)  # the END's re-send
+    assert again.failed == applied.failed and not again.duplicate
+
+
+def test_batches_holding_other_users_than_the_end_counts_fail_the_run(tmp_path: Path) -> None:
+    # A producer restarted mid-run with another --batch-size (before runs kept their own) cut
+    # the run two ways: the batches 1..N are all there, but they hold 200 users, not 120.
+    store = _applied_in_order(tmp_path / "c.sqlite3", 6)
+    store.apply_batch("r2", 1, producer="p", delivered=20, kept=20, quarantined=0,
+                      stats=StatsSummary.empty(), audit=AuditSummary.empty())
+    done = store.end_run("r1", producer="p", batches=6, requested=100, delivered=100)
+    assert done.failed and "hold 120 users where its END counts 100" in done.failed
+    assert store.run("r1")["state"] == "failed" and store.cumulative()[0] == 0
+    assert store.end_run("r2", producer="p", batches=1, requested=20, delivered=20).run_complete
+
+
+def test_missing_names_the_batches_an_end_still_waits_for(tmp_path: Path) -> None:
+    store = Store(tmp_path / "c.sqlite3")
+    assert store.missing("r1") == []  # no END yet: nothing is known to be missing
+    assert _apply(store, 2) and _apply(store, 5)
+    assert not store.end_run("r1", producer="p", batches=6, requested=120, delivered=120).run_complete
+    assert store.missing("r1") == [1, 3, 4, 6]
+    assert store.missing("r1", limit=2) == [1, 3]
 
 
 def test_the_fingerprint_secret_outlives_a_key_rotation(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
