@@ -318,7 +318,8 @@ class Consumer:
                         run_id, row.get("kept", 0), row.get("quarantined", 0))
             MALLOC.release()  # the run's aggregates are gone: give their memory back
         self._ack({"run": run_id, "seq": -1, "producer": row.get("producer") or msg["producer"]},
-                  "end", "complete", url=self.url, applied=row.get("kept", 0))
+                  "end", "complete", url=self.url, applied=row.get("kept", 0),
+                  kept=row.get("kept", 0), quarantined=row.get("quarantined", 0))
 
     def _ack(self, msg: dict[str, Any], of: str, status: str, **extra: Any) -> None:
         """Queue an ACK; :meth:`_send_acks` sends the queue once the store has synced."""

@@ -480,7 +480,8 @@ class Producer:
                 self.spool.ack(run_id, seq)
                 MALLOC.tick()
             if msg["of"] == "end" and msg["status"] == "complete":
-                self.spool.finish(run_id, "complete", url=msg.get("url"))
+                outcome = {k: msg[k] for k in ("kept", "quarantined") if type(msg.get(k)) is int}
+                self.spool.finish(run_id, "complete", url=msg.get("url"), outcome=outcome or None)
                 logger.info("run %s complete: %s users on %s", run_id, msg.get("applied"), msg.get("url"))
                 MALLOC.release()
             elif msg["of"] == "abort" and msg["status"] == "complete":

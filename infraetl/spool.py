@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS runs (
     finished_at REAL,
     acked_batches INTEGER NOT NULL DEFAULT 0,   -- data batches the consumer ACKed
     acked_users   INTEGER NOT NULL DEFAULT 0,   -- their users
-    nonce       TEXT                 -- the start-run request's nonce (taken once, restarts too)
+    nonce       TEXT,                -- the start-run request's nonce (taken once, restarts too)
+    outcome     TEXT                 -- JSON: what the consumer counted (kept, quarantined) once complete
 );
 CREATE TABLE IF NOT EXISTS frames (
     run_id   TEXT NOT NULL,
@@ -67,16 +68,28 @@ class RunRow:
     finished_at: float | None
     acked_batches: int = 0
     acked_users: int = 0
+    #: What the consumer counted of a complete run ({"kept": ..., "quarantined": ...}), if it said.
+    outcome: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON shape ``infraetl-ctl status`` shows."""
         return {
             "run_id": self.run_id, "state": self.state, "source": self.spec.get("source"),
             "requested": self.spec.get("users"), "produced": self.produced,
-            "sent": self.batches, "acked": self.acked_batches, "applied_users": self.acked_users,
-            "quarantined": sum(self.quarantine.values()), "reason": self.reason, "url": self.url,
+            "sent": self.batches, "acked": self.acked_batches, "acked_users": self.acked_users,
+            # The consumer's counts once it said them; nothing of a failed or cancelled run counts.
+            "applied_users": self._counted("kept", self.acked_users),
+            "quarantined": self._counted("quarantined", sum(self.quarantine.values())),
+            "reason": self.reason, "url": self.url,
             "created_at": self.created_at, "finished_at": self.finished_at,
         }
+
+
+    def _counted(self, what: str, otherwise: int) -> int:
+        if self.state in ("failed", "cancelled"):
+            return 0 if what == "kept" else otherwise
+        got = (self.outcome or {}).get(what)
+        return got if type(got) is int else otherwise
 
 
 class Spool:
@@ -90,6 +103,9 @@ class Spool:
         self._db.execute("PRAGMA secure_delete=FAST")
         self._add_ack_counts()
         self._add_nonces()
+        if "outcome" not in {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}:
+            with self._tx():  # a spool from before the runs kept the consumer's counts
+                self._db.execute("ALTER TABLE runs ADD COLUMN outcome TEXT")
 
     def _add_ack_counts(self) -> None:
         """A spool from before the runs kept their ACK counts: add them, counted from the frames."""
@@ -208,7 +224,8 @@ class Spool:
             self._db.execute("UPDATE frames SET frame=? WHERE run_id=? AND seq=? AND acked=0",
                              (frame, run_id, seq))
 
-    def finish(self, run_id: str, state: str, *, reason: str | None = None, url: str | None = None) -> None:
+    def finish(self, run_id: str, state: str, *, reason: str | None = None, url: str | None = None,
+               outcome: dict[str, Any] | None = None) -> None:
         """Close a run as complete, failed or cancelled.
 
         Its ACKed frames' rows go: the run's row keeps their counts, and a run that is over is
@@ -216,6 +233,9 @@ class Spool:
         """
         with self._tx():
             self._finish(run_id, state, reason=reason, url=url)
+            if outcome is not None:
+                self._db.execute("UPDATE runs SET outcome=? WHERE run_id=? AND outcome IS NULL",
+                                 (json.dumps(outcome), run_id))
 
     def _finish(self, run_id: str, state: str, *, reason: str | None = None, url: str | None = None) -> None:
         self._db.execute(
@@ -258,12 +278,12 @@ class Spool:
     def _runs(self, where: str, args: tuple[Any, ...]) -> list[RunRow]:
         rows = self._db.execute(
             "SELECT r.run_id, r.spec, r.state, r.produced, r.batches, r.quarantine, r.ended, r.reason, "
-            "r.url, r.created_at, r.finished_at, r.acked_batches, r.acked_users "
+            "r.url, r.created_at, r.finished_at, r.acked_batches, r.acked_users, r.outcome "
             f"FROM runs r {where}", args,
         ).fetchall()
         return [
             RunRow(r[0], json.loads(r[1]), r[2], r[3], r[4], json.loads(r[5]), bool(r[6]), r[7], r[8],
-                   r[9], r[10], r[11], r[12])
+                   r[9], r[10], r[11], r[12], json.loads(r[13]) if r[13] else None)
             for r in rows
         ]
 

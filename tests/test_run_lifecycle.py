@@ -167,3 +167,22 @@ def test_sigterm_with_several_runs_blocked_exits_within_5_seconds(tmp_path: Path
         c.start_producer()
         # A stop is not a cancel: every run is still running, to resume.
         assert all(_runs(c)[r]["state"] == "running" for r in ids)
+
+
+@pytest.mark.slow
+def test_start_run_prints_what_the_consumer_counted_not_what_the_producer_sent(tmp_path: Path) -> None:
+    # Every user carries a control character in its first name: the producer passes them all,
+    # the consumer quarantines them all. `start-run` said "501 users applied, 0 quarantined".
+    from infraetl.sources import RunPlan
+    from infraetl.sources.synthetic import SyntheticSource
+
+    users = [u for b in SyntheticSource().batches(RunPlan(users=501, seed="q")) for u in b.users]
+    data = tmp_path / "users.jsonl"
+    data.write_text("".join(json.dumps({**u, "name": {**u["name"], "first": u["name"]["first"] + "\x07"}})
+                            + "\n" for u in users))
+    with LocalCluster(tmp_path / "c") as c:
+        out = ctl(c, "start-run", "--users", "501", "--source", f"file:{data}")
+        assert "complete: 0 users applied, 501 quarantined" in out.stdout
+        (row,) = json.loads(ctl(c, "status", "--json").stdout)["runs"]
+        assert (row["applied_users"], row["quarantined"], row["acked_users"]) == (0, 501, 501)
+        assert get_json(c.url + "api/stats.json")["last_run"]["total_users"] == 0

@@ -54,7 +54,8 @@ def test_a_spool_from_before_the_ack_counts_is_upgraded_in_place(tmp_path: Path)
     old_schema = SCHEMA.replace(
         "    finished_at REAL,\n    acked_batches INTEGER NOT NULL DEFAULT 0,   -- data batches the consumer ACKed\n"
         "    acked_users   INTEGER NOT NULL DEFAULT 0,   -- their users\n"
-        "    nonce       TEXT                 -- the start-run request's nonce (taken once, restarts too)\n",
+        "    nonce       TEXT,                -- the start-run request's nonce (taken once, restarts too)\n"
+        "    outcome     TEXT                 -- JSON: what the consumer counted (kept, quarantined) once complete\n",
         "    finished_at REAL\n")
     assert old_schema != SCHEMA
     db = sqlite3.connect(path)
@@ -77,6 +78,9 @@ def test_a_spool_from_before_the_ack_counts_is_upgraded_in_place(tmp_path: Path)
     assert {r.run_id: (r.acked_batches, r.acked_users) for r in spool.runs()} == counts
     spool.create_run("new", {}, nonce="abc")  # and it keeps start-run nonces now
     assert spool.started_by("abc") == "new" and spool.started_by("other") is None
+    spool.finish("new", "complete", outcome={"kept": 7, "quarantined": 3})  # and the consumer's counts
+    new = spool.run("new")
+    assert new is not None and (new.as_dict()["applied_users"], new.as_dict()["quarantined"]) == (7, 3)
 
 
 def test_an_abort_closes_its_run_as_it_is_spooled_and_an_older_stuck_run_is_closed(tmp_path: Path) -> None:
