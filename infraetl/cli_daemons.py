@@ -59,6 +59,41 @@ def _trusted(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
+def _http_bind(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        config.split_bind(value)
+    except InfraETLError as e:
+        raise click.BadParameter(str(e)) from None
+    return value
+
+
+def short_text(limit: int, *, may_be_empty: bool = True) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A callback refusing text past ``limit`` characters, or with control characters: such a
+    value would only fail later (an ACK or request over its socket's size cap is dropped
+    unseen), or put junk into a log line."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is None:
+            return value
+        text = str(value)
+        if not text and not may_be_empty:
+            raise click.BadParameter("must not be empty")
+        if len(text) > limit:
+            raise click.BadParameter(f"at most {limit:,} characters (got {len(text):,})")
+        if not text.isprintable():
+            raise click.BadParameter("must not hold control characters")
+        return value
+
+    return check
+
+
+def _state_dir(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
+    # Taken as text: click's Path("") is ".", and the daemon wrote into its working directory.
+    if value is not None and not value.strip():
+        raise click.BadParameter("must name a directory (empty would mean the working directory)")
+    return None if value is None else Path(value)
+
+
 class Seconds(click.FloatRange):
     """A number of seconds within bounds, and a number: click's ranges let NaN through, and a
     NaN timeout never fires (a NaN token TTL would turn the replay window off)."""
@@ -75,7 +110,8 @@ class Seconds(click.FloatRange):
 STATE_HELP = "State directory (default: $STATE_DIRECTORY, else ${XDG_STATE_HOME:-~/.local/state}/infraetl/ROLE)."
 PATH = click.Path(path_type=Path)
 CONTEXT = {"help_option_names": ["-h", "--help"]}
-state_dir_option = env_option("--state-dir", type=PATH, default=None, help=STATE_HELP, show_default=False)
+state_dir_option = env_option("--state-dir", type=str, default=None, help=STATE_HELP, show_default=False,
+                              callback=_state_dir)
 token_ttl_option = env_option("--token-ttl", type=Seconds(1, 10_000_000), default=config.TOKEN_TTL,
                               help="Seconds a sealed frame stays acceptable.")
 max_frame_option = env_option("--max-frame", type=click.IntRange(1 << 16, 1 << 31), default=config.MAX_FRAME,
@@ -102,8 +138,10 @@ def _run(role: str, settings_cls: Any, daemon_cls: Any, state_dir: Path | None, 
 @state_dir_option
 @env_option("--data-bind", default=config.DATA_BIND, help="ZeroMQ PULL endpoint for data batches.")
 @env_option("--ack-bind", default=config.ACK_BIND, help="ZeroMQ PUB endpoint for ACKs.")
-@env_option("--http-bind", default=config.HTTP_BIND, help="HOST:PORT of the dashboard (port 0: any free port).")
-@env_option("--public-url", default=None, help="Dashboard URL to report to operators (default: from --http-bind).")
+@env_option("--http-bind", default=config.HTTP_BIND, callback=_http_bind,
+            help="HOST:PORT of the dashboard (port 0: any free port).")
+@env_option("--public-url", default=None, callback=short_text(2048),
+            help="Dashboard URL to report to operators (default: from --http-bind).")
 @env_option("--http-trusted", default=config.HTTP_TRUSTED, callback=_trusted,
             help="Comma-separated client addresses the dashboard's per-client connection cap (an eighth of "
                  "its connections) does not apply to: a reverse proxy's, whose clients all come from it.")
@@ -132,7 +170,7 @@ def consumer_cli(state_dir: Path | None, log_level: str, **opts: Any) -> None:
 @env_option("--control-bind", default=config.CONTROL_BIND, help="ZeroMQ ROUTER endpoint for infraetl-ctl.")
 @env_option("--api-url", default=config.API_URL, help="RandomUser API base URL.")
 @env_option("--producer-id", default="", help="This producer's id (ACK topic); default: the host name.",
-            show_default=False)
+            show_default=False, callback=short_text(255))
 @token_ttl_option
 @max_frame_option
 @env_option("--batch-size", type=click.IntRange(1, 5000), default=config.BATCH_SIZE, help="Users per batch.")

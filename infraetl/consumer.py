@@ -212,7 +212,9 @@ class Consumer:
                 self.store.begin_run(msg["run"], producer=msg["producer"], source=msg["source"],
                                      requested=msg["requested"],
                                      meta={"nat": msg.get("nat"), "seed": msg.get("seed")})
-                self._ack(msg, "begin", "applied")
+                # With its frame limit: a producer whose batches seal larger learns why they
+                # are never ACKed (the socket drops them unseen) and fails the run saying so.
+                self._ack(msg, "begin", "applied", max_frame=self.s.max_frame)
             elif kind == "end":
                 self._on_end(msg)
             elif kind == "abort":

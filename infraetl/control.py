@@ -119,7 +119,7 @@ def _dispatch(producer: Producer, cmd: str, args: dict[str, Any], nonce: str) ->
         return {"run_id": run_id, **spec}
     if cmd == "status":
         wanted = args.get("run_id")
-        if wanted:
+        if "run_id" in args:  # "" too: it names no run, it does not mean "every run"
             row = producer.spool.run(str(wanted))
             if row is None:
                 raise InfraETLError(f"no run {wanted} on this producer")
@@ -142,6 +142,11 @@ def _dispatch(producer: Producer, cmd: str, args: dict[str, Any], nonce: str) ->
 
 
 # --- client side ----------------------------------------------------------
+
+#: Largest sealed request: the producer's control socket takes 64 KiB frames (1 KiB of which
+#: is headroom for the routing envelope).
+MAX_REQUEST = 63 * 1024
+
 
 class ControlClient:
     """A sealed request/reply client for the producer's control socket."""
@@ -175,6 +180,10 @@ class ControlClient:
         self._seq += 1
         nonce = os.urandom(6).hex()
         frame = self._sealer.seal(wire.make("control", nonce, self._seq, cmd=cmd, args=args))
+        if len(frame) > MAX_REQUEST:
+            # The producer's socket would drop it unseen, and this would wait for nothing.
+            raise ControlError(f"the {cmd} request is {len(frame):,} bytes sealed, over the "
+                               f"{MAX_REQUEST:,} the producer takes: shorten its arguments")
         deadline = time.monotonic() + self._timeout
         # IMMEDIATE=1 and no session (producer down, link cut, CURVE refused): a blocking
         # send would wait forever; wait for a session at most as long as for the answer.

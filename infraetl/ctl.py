@@ -16,8 +16,8 @@ from typing import Any
 
 import click
 
-from . import config, wire
-from .cli_daemons import Seconds, env_option
+from . import config, schema, wire
+from .cli_daemons import Seconds, env_option, short_text
 from .cli_output import Progress, emit_json, runs_table
 from .control import ControlClient, wait_run
 from .exceptions import InfraETLError
@@ -51,6 +51,8 @@ class Group(click.Group):
             return super().invoke(ctx)
         except InfraETLError as e:
             raise click.ClickException(str(e)) from None
+        except OSError as e:  # writing the output (keygen > a full disk), a work directory...
+            raise click.ClickException(f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}") from None
         except KeyboardInterrupt:
             click.echo("\ninterrupted", err=True)
             sys.exit(130)
@@ -88,14 +90,35 @@ def keygen(curve_dir: Path | None, name: str) -> None:
 
 
 def _nat(value: str | None) -> list[str]:
-    return [c.strip().upper() for c in (value or "").split(",") if c.strip()]
+    codes = [c.strip().upper() for c in (value or "").split(",") if c.strip()]
+    unknown = [c for c in codes if c not in schema.NATIONALITIES]
+    if unknown:
+        raise click.BadParameter(f"unknown nationality code(s) {', '.join(unknown)[:200]}; "
+                                 f"known: {' '.join(schema.NATIONALITIES)}")
+    return codes
+
+
+def _source(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from .producer import SOURCES
+
+    if value in SOURCES or (value.startswith("file:") and len(value) > 5):
+        short_text(4096)(ctx, param, value)
+        return value
+    raise click.BadParameter(f"unknown source {value[:100]!r}: use randomuser, synthetic or file:PATH")
+
+
+#: Longest seed and run id the ctl sends: a request must fit the producer's 64 KB control frames.
+MAX_SEED, MAX_RUN_ID = 256, 128
+run_id_argument = click.argument("run_id", callback=short_text(MAX_RUN_ID, may_be_empty=False))
 
 
 @cli.command("start-run")
 @click.option("--users", type=click.IntRange(1, 10_000_000), required=True, help="How many users to process.")
-@click.option("--nat", default=None, help="Comma-separated nationality codes to keep (default: all).")
-@click.option("--seed", default=None, help="Seed for reproducible users (default: random).")
-@click.option("--source", default="synthetic", show_default=True,
+@click.option("--nat", default=None, callback=lambda ctx, param, value: _nat(value),
+              help="Comma-separated nationality codes to keep (default: all).")
+@click.option("--seed", default=None, callback=short_text(MAX_SEED),
+              help="Seed for reproducible users (default: random).")
+@click.option("--source", default="synthetic", show_default=True, callback=_source,
               help="randomuser (the API), synthetic (offline) or file:PATH (on the producer's host).")
 @click.option("--deadline", type=Seconds(1, 10_000_000), default=None,
               help="Seconds the producer may spend fetching before the run fails (default: its --run-deadline).")
@@ -104,11 +127,11 @@ def _nat(value: str | None) -> list[str]:
               help="Seconds to wait for the dashboard to show the run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
-def start_run(obj: Ctx, users: int, nat: str | None, seed: str | None, source: str,
+def start_run(obj: Ctx, users: int, nat: list[str], seed: str | None, source: str,
               deadline: float | None, no_wait: bool, timeout: float, as_json: bool) -> None:
     """Start a run; by default wait until the dashboard shows it."""
     with obj.client() as client:
-        started = client.call("start-run", users=users, nat=_nat(nat), seed=seed, source=source,
+        started = client.call("start-run", users=users, nat=nat, seed=seed, source=source,
                               deadline=deadline)
         run_id = started["run_id"]
         if no_wait:
@@ -136,7 +159,7 @@ def _follow(client: ControlClient, run_id: str, requested: int, timeout: float, 
 
 
 @cli.command()
-@click.argument("run_id")
+@run_id_argument
 @click.option("--timeout", type=Seconds(0.1, 10_000_000), default=900.0, show_default=True,
               help="Seconds to wait.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -153,7 +176,8 @@ def wait(obj: Ctx, run_id: str, timeout: float, as_json: bool) -> None:
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="Runs to list.")
 @click.pass_obj
 def status(obj: Ctx, as_json: bool, limit: int) -> None:
-    """List the producer's runs: state, requested, sent, acked."""
+    """List the producer's runs: state, users requested, batches sent and ACKed, users the
+    consumer counted (once complete; nothing of a failed or cancelled run), and why a run failed."""
     with obj.client() as client:
         result = client.call("status", limit=limit)
     if as_json:
@@ -168,7 +192,7 @@ def status(obj: Ctx, as_json: bool, limit: int) -> None:
 
 
 @cli.command()
-@click.argument("run_id")
+@run_id_argument
 @click.pass_obj
 def cancel(obj: Ctx, run_id: str) -> None:
     """Cancel a running run: it is closed as cancelled at once, and nothing of it is counted
@@ -302,6 +326,8 @@ def _port_free(port: int) -> bool:
     import socket
 
     with socket.socket() as s:
+        # As the dashboard's server binds: a port a previous demo left in TIME_WAIT is free.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
             return True

@@ -45,6 +45,7 @@ END_SEQ = -1        # the END (or ABORT) frame of a run; data batches are 1..N
 SPOOL_RETRY_S = 1.0
 WORK_ENDPOINT = "inproc://infraetl-work"
 MAX_USERS = 10_000_000
+MAX_SEED = 256
 SOURCES = ("randomuser", "synthetic")
 #: Allocations between young-generation collections (the default is 700): see tune_gc.
 GC_GEN0_THRESHOLD = 50_000
@@ -88,6 +89,8 @@ def check_run_args(args: dict[str, Any]) -> dict[str, Any]:
         raise InfraETLError(f"no such file on the producer's host: {source[5:]}")
     seed = args.get("seed")
     seed = str(seed) if seed not in (None, "") else uuid.uuid4().hex[:12]
+    if len(seed) > MAX_SEED or not seed.isprintable():
+        raise InfraETLError(f"--seed must be at most {MAX_SEED} printable characters")
     deadline = args.get("deadline")
     if deadline is not None and (type(deadline) not in (int, float) or not 1 <= deadline <= 10_000_000):
         raise InfraETLError("--deadline must be a number of seconds from 1 to 10,000,000")  # NaN too
@@ -175,6 +178,10 @@ class RunWorker(threading.Thread):
         msg = wire.make("data", self.run_id, seq, producer=self._producer, n=len(batch.users),
                         cols=cols, quarantine=quarantine)
         frame = self._sealer().seal(msg)
+        if len(frame) > self._settings.max_frame:
+            raise SourceError(f"batch {seq} ({len(batch.users)} users) seals to {len(frame):,} bytes, over "
+                              f"--max-frame {self._settings.max_frame:,}: lower --batch-size, or raise "
+                              "--max-frame on both daemons alike")
         t_seal = time.perf_counter() - t
         self._push(out, {"run": self.run_id, "seq": seq, "kind": "data", "users": len(batch.users),
                          "quarantine": quarantine, "frame": frame,
@@ -237,6 +244,8 @@ class Producer:
         # Work the spool refused (disk full, read-only): held in order, retried, and no more taken.
         self.unspooled: deque[bytes] = deque()
         self._spool_retry_at = 0.0
+        #: The consumer's frame limit, as its last BEGIN ACK said (0: not known yet).
+        self.consumer_max_frame = 0
 
     # -- set-up --
     def _open_sockets(self) -> None:
@@ -392,6 +401,11 @@ class Producer:
         entry = self.in_flight[(run_id, seq)]
         now = time.monotonic()
         frame = entry[0]
+        if self.consumer_max_frame and len(frame) > self.consumer_max_frame:
+            self._fail_run(run_id, f"batch {seq} is {len(frame):,} bytes sealed, over the consumer's "
+                           f"--max-frame {self.consumer_max_frame:,} (its socket drops it unseen): set "
+                           "--max-frame alike on both daemons, or a smaller --batch-size")
+            return
         # Seal again a frame near the end of the consumer's replay window, or one under a key
         # this producer no longer seals with while a key it holds still opens it (a worker
         # sealed it just before a SIGHUP, say): the consumer may have dropped that key.
@@ -473,6 +487,8 @@ class Producer:
         if msg["kind"] != "ack":
             return
         run_id, seq = msg["run"], msg["seq"]
+        if msg["of"] == "begin" and type(msg.get("max_frame")) is int and msg["max_frame"] > 0:
+            self.consumer_max_frame = msg["max_frame"]
         entry = self.in_flight.get((run_id, seq))
         try:
             if entry is not None and msg["status"] != "pending":

@@ -140,3 +140,25 @@ def test_trusted_addresses_match_clients_on_either_socket_family() -> None:
     assert config.trusted_addresses(" 10.0.0.5 , ::1,") == {"10.0.0.5", "::ffff:10.0.0.5", "::1"}
     # As the refusal log names a client of a dual-stack socket (str() of it would be "::ffff:a00:5").
     assert config.trusted_addresses("::ffff:10.0.0.5") == {"10.0.0.5", "::ffff:10.0.0.5"}
+
+
+@pytest.mark.parametrize("role, args, message", [
+    ("consumer", ["--state-dir", ""], "must name a directory"),  # was: the working directory
+    ("producer", ["--state-dir", " "], "must name a directory"),
+    ("consumer", ["--http-bind", "junk"], "bad HTTP address"),  # was exit 1, restarted by systemd
+    ("consumer", ["--http-bind", "127.0.0.1:99999"], "bad HTTP address"),
+    ("consumer", ["--public-url", "http://x/" + "a" * 3000], "at most 2,048 characters"),
+    ("producer", ["--producer-id", "p" * 300], "at most 255 characters"),  # ACKs over 64 KB: lost
+    ("producer", ["--producer-id", "a\nb"], "control characters"),
+])
+def test_daemon_option_values_that_could_only_fail_later_exit_2(role: str, args: list[str], message: str,
+                                                                tmp_path: Path) -> None:
+    key = write_key_file(tmp_path / "k")
+    env = {"PATH": "/usr/bin:/bin", "ETL_ENCRYPTION_KEY_FILE": str(key), "HOME": str(tmp_path)}
+    argv = [sys.executable, "-m", f"infraetl.{role}", *args]
+    if "--state-dir" not in args:
+        argv += ["--state-dir", str(tmp_path / "state")]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k"]  # nothing written anywhere

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+from pathlib import Path
 
 import pytest
 from helpers import ctl, figures_without_times, get_json, metric, wait_for
@@ -61,6 +62,75 @@ def test_bad_arguments_one_line_no_traceback(cluster: LocalCluster, args: list[s
     proc = ctl(cluster, *(a.format(root=cluster.root) for a in args), check=False)
     assert proc.returncode in (1, 2)
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["start-run", "--users", "5", "--nat", "GB,XX"], "unknown nationality code(s) XX"),
+    (["start-run", "--users", "5", "--source", "bogus"], "unknown source 'bogus'"),
+    (["start-run", "--users", "5", "--source", ""], "unknown source ''"),
+    (["start-run", "--users", "5", "--seed", "s" * 50_000], "at most 256 characters"),
+    (["start-run", "--users", "5", "--seed", "a\x1bb"], "control characters"),
+    (["wait", ""], "must not be empty"),  # was a traceback, or another run's answer
+    (["cancel", "r" * 60_000], "at most 128 characters"),  # was a wait for nothing, "is it running?"
+])
+def test_usage_errors_exit_2_before_asking_the_producer(cluster: LocalCluster, args: list[str],
+                                                        message: str) -> None:
+    proc = ctl(cluster, *args, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert json.loads(ctl(cluster, "status", "--json").stdout)["runs"] == []
+
+
+def test_a_request_too_big_for_the_control_socket_is_refused_at_once(cluster: LocalCluster) -> None:
+    import time
+
+    from helpers import cluster_sealer
+
+    from infraetl.control import ControlClient, ControlError
+
+    with ControlClient(cluster.control, cluster_sealer(cluster), timeout=30) as client:
+        t = time.monotonic()
+        with pytest.raises(ControlError, match="over the 64,512 the producer takes"):
+            client.call("status", run_id="r" * 70_000)
+        assert time.monotonic() - t < 5
+        assert client.call("status")["runs"] == []  # and the next one is answered
+
+
+def test_the_producer_refuses_a_seed_past_its_limit() -> None:
+    from infraetl.exceptions import InfraETLError
+    from infraetl.producer import check_run_args
+
+    with pytest.raises(InfraETLError, match="--seed"):
+        check_run_args({"users": 5, "seed": "s" * 257})
+    assert check_run_args({"users": 5, "seed": "s" * 256})["seed"] == "s" * 256
+
+
+def test_keygen_into_a_full_disk_is_one_sentence(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "infraetl.ctl", "keygen"], stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "No space left on device" in proc.stderr and len(proc.stderr.strip().splitlines()) <= 2
+
+
+def test_the_demo_takes_its_port_back_from_time_wait() -> None:
+    import socket
+
+    from infraetl.ctl import _port_free
+
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the dashboard's server
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        conn, _ = listener.accept()
+        conn.close()  # the server side closes first: its end of the connection is in TIME_WAIT
+        client.close()
+    assert _port_free(port)
 
 
 @pytest.mark.parametrize("deadline", [float("nan"), float("inf"), 0, 1e12, "60"])

@@ -186,3 +186,27 @@ def test_start_run_prints_what_the_consumer_counted_not_what_the_producer_sent(t
         (row,) = json.loads(ctl(c, "status", "--json").stdout)["runs"]
         assert (row["applied_users"], row["quarantined"], row["acked_users"]) == (0, 501, 501)
         assert get_json(c.url + "api/stats.json")["last_run"]["total_users"] == 0
+
+
+@pytest.mark.parametrize("consumer_max, producer_max, says", [
+    (65536, None, "over the consumer's --max-frame 65,536"),
+    (None, 65536, "over --max-frame 65,536"),
+])
+def test_frames_over_a_max_frame_fail_the_run_saying_so(tmp_path: Path, consumer_max: int | None,
+                                                        producer_max: int | None, says: str) -> None:
+    # A consumer's smaller --max-frame: its socket dropped the 500-user batches unseen, nothing
+    # was counted, the producer blamed the network, and the run ran for ever. A producer's own
+    # --max-frame was not applied at all.
+    with LocalCluster(tmp_path / "c",
+                      consumer_args=["--max-frame", str(consumer_max)] if consumer_max else [],
+                      producer_args=["--resend-after", "1",
+                                     *(["--max-frame", str(producer_max)] if producer_max else [])]) as c:
+        done = ctl(c, "start-run", "--users", "2000", "--seed", "big", "--timeout", "60", check=False)
+        assert done.returncode == 1 and says in done.stderr and "Traceback" not in done.stderr
+        (row,) = _runs(c).values()
+        assert row["state"] == "failed" and says in row["reason"]
+        wait_for(lambda: next(iter(_consumer_runs(c).values()), {}).get("state") == "failed", 30,
+                 "the consumer fails it too")
+        # The same daemons take a run whose batches fit.
+        ok = ctl(c, "start-run", "--users", "100", "--seed", "small")
+        assert "complete: 100 users applied" in ok.stdout
