@@ -409,7 +409,9 @@ class Consumer:
             self.server.publish("run-complete", {
                 "generated_at": now, "state": state,
                 "run_id": run_id if run_id is not None else (doc.get("last_run") or {}).get("run_id")})
-        self.metrics.stage("render", time.perf_counter() - t)
+        took = time.perf_counter() - t
+        self.metrics.stage("render", took)
+        self.metrics.last_render.set(took)
         self.notifier.status(self._status_line())
 
     def _status_line(self) -> str:

@@ -219,15 +219,18 @@ class ControlClient:
 
 
 def wait_run(client: ControlClient, run_id: str, *, timeout: float,
-             on_progress: Any = None, poll: float = 0.2) -> dict[str, Any]:
+             on_progress: Any = None, poll: float = 0.2, check: Any = None) -> dict[str, Any]:
     """Poll the producer until ``run_id`` is complete, failed or cancelled; return its row.
 
     Raises ControlError when ``timeout`` passes first. A producer restart in the
-    middle is ridden out: unanswered polls are retried until the deadline.
+    middle is ridden out: unanswered polls are retried until the deadline. ``check``,
+    called before each poll, may raise to give up sooner (a daemon of ours has died).
     """
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     while True:
+        if check is not None:
+            check()
         try:
             row = client.call("status", run_id=run_id)["runs"][0]
             last_error = None

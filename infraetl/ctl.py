@@ -255,8 +255,12 @@ def demo(users: int, once: bool, http_port: int, seed: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def bench(users: int, repeat: int, batch_size: int, no_peer: bool, as_json: bool) -> None:
     """Benchmark both daemons end to end against the floor and InfraETL1's approach."""
-    from .bench import format_report, median_report, run_bench
+    from .bench import PEER_MAX_USERS, format_report, median_report, run_bench
 
+    if not no_peer and users > PEER_MAX_USERS:
+        raise click.BadParameter(f"the peer holds the whole run in memory (~17 KB a user): use --no-peer "
+                                 f"above {PEER_MAX_USERS:,} users", param_hint="--users")
+    _stop_on_sigterm()
     results = []
     for i in range(repeat):
         results.append(run_bench(users, batch_size=batch_size, peer=not no_peer))
@@ -281,6 +285,7 @@ def soak(users: int, interval: float, as_json: bool) -> None:
     """Push many users through both daemons; report throughput over time and RSS start and end."""
     from .soak import format_timeline, run_soak
 
+    _stop_on_sigterm()
     result = run_soak(users, interval=interval)
     if as_json:
         emit_json(result.as_dict())
@@ -305,6 +310,8 @@ def crash(users: int, faults: int, every: float, random_seed: int, as_json: bool
     the figures of the same run without them."""
     from .crash import format_report, run_crash
 
+    _stop_on_sigterm()
+
     def show(f: Any) -> None:
         if not as_json:
             click.echo(f"{f.t:7.1f} s  {f.kind}", err=True)
@@ -314,12 +321,21 @@ def crash(users: int, faults: int, every: float, random_seed: int, as_json: bool
         emit_json(result.as_dict())
     else:
         click.echo(format_report(result))
+    if not result.faults:
+        raise InfraETLError("no fault was injected: the run ended before the first one was due "
+                            "(raise --users or lower --every)")
     if not result.ok:
         raise InfraETLError("the run under faults does not match the run without them (see above)")
 
 
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (timeout(1), a cancelled CI job, kill) as Ctrl-C: the daemons a command started
+    and its work directory go with it."""
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 def _port_free(port: int) -> bool:

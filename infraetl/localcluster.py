@@ -74,7 +74,11 @@ class Daemon:
                 return None
             return data if self.proc is not None and data.get("pid") == self.proc.pid else None
 
-        self.endpoints = wait_for(ready, timeout, f"the {self.role} to bind its sockets")
+        try:
+            self.endpoints = wait_for(ready, timeout, f"the {self.role} to bind its sockets")
+        except BaseException:  # not up in time, or Ctrl-C / SIGTERM meanwhile: leave no orphan
+            self.stop()
+            raise
         return self
 
     @property
@@ -114,6 +118,13 @@ class Daemon:
             self._log.close()
             self._log = None
         return self.proc.returncode
+
+    def check(self) -> None:
+        """Raise InfraETLError naming the exit status and the log's last lines if the process
+        was started and has exited (the log goes with a temporary directory: quote it now)."""
+        if self.proc is not None and self.proc.poll() is not None:
+            tail = "\n".join(self.log().strip().splitlines()[-5:])
+            raise InfraETLError(f"the {self.role} exited with status {self.proc.returncode}; its log ends:\n{tail}")
 
     def log(self) -> str:
         """Everything the daemon wrote so far."""
@@ -192,6 +203,12 @@ class LocalCluster:
         """The producer's control endpoint."""
         assert self.producer is not None
         return str(self.producer.endpoints["control"])
+
+    def check(self) -> None:
+        """Raise InfraETLError if a daemon this cluster started has exited (see Daemon.check)."""
+        self.consumer.check()
+        if self.producer is not None:
+            self.producer.check()
 
     def stop(self) -> None:
         """Stop both daemons."""

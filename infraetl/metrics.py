@@ -26,6 +26,10 @@ class ConsumerMetrics:
         self.store_ok = Gauge("infraetl_store_writable", "1 while the state database accepts writes",
                               registry=r)
         self.store_ok.set(1)
+        self.last_render = Gauge("infraetl_render_last_seconds",
+                                 "Wall seconds of the last whole re-render: figures from the store, the "
+                                 "page, its files written, the server's copy and the announcement",
+                                 registry=r)
         self.scorer_failures = Counter("infraetl_zxcvbn_helper_failures",
                                        "Times the zxcvbn helper process died or hung (then restarted)",
                                        registry=r)

@@ -51,6 +51,10 @@ def children_rss_mb(pid: int) -> float:
     return sum(map(rss_mb, children(pid)))
 
 
+#: Seconds between two looks at the run (its end and the 10k mark are noticed this closely).
+POLL_S = 0.05
+
+
 @dataclass
 class Sample:
     """One observation during the soak."""
@@ -72,6 +76,11 @@ class SoakResult:
     applied: int = 0
     total_users: int = 0
     rss_after_10k: float | None = None
+    #: Users applied when ``rss_after_10k`` was read (the first poll at or past 10,000).
+    rss_after_10k_at: int | None = None
+    #: VmHWM of the consumer and the producer at the end: the peaks, not the largest sample.
+    consumer_peak: float = 0.0
+    producer_peak: float = 0.0
     helper_rss: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -82,11 +91,11 @@ class SoakResult:
             "applied": self.applied, "dashboard_total_users": self.total_users,
             "users_per_s": round(self.users / self.seconds) if self.seconds else None,
             "consumer_rss_mb": {"start": round(first.consumer_rss, 1), "after_10k": self.rss_after_10k,
-                                "end": round(last.consumer_rss, 1),
-                                "max": round(max(s.consumer_rss for s in self.samples), 1),
+                                "after_10k_at_users": self.rss_after_10k_at,
+                                "end": round(last.consumer_rss, 1), "peak": round(self.consumer_peak, 1),
                                 "helper_at_end": round(self.helper_rss, 1)},
             "producer_rss_mb": {"start": round(first.producer_rss, 1), "end": round(last.producer_rss, 1),
-                                "max": round(max(s.producer_rss for s in self.samples), 1)},
+                                "peak": round(self.producer_peak, 1)},
             "timeline": [{"t": round(s.t, 1), "applied": s.applied, "consumer_rss_mb": round(s.consumer_rss, 1)}
                          for s in self.samples],
         }
@@ -100,8 +109,8 @@ def run_soak(users: int, *, interval: float = 1.0, workdir: Path | None = None,
 
     with tempfile.TemporaryDirectory(prefix="infraetl-soak-") as tmp:
         cluster = LocalCluster((workdir or Path(tmp)) / "cluster", producer_args=[])
-        cluster.start()
         try:
+            cluster.start()
             assert cluster.producer is not None
             keys = config.parse_keys(cluster.key_file.read_text(), "the soak key")
             sealer = wire.Sealer(keys, ttl=config.TOKEN_TTL, max_size=1 << 20)
@@ -109,19 +118,28 @@ def run_soak(users: int, *, interval: float = 1.0, workdir: Path | None = None,
             with ControlClient(cluster.control, sealer, timeout=30) as client:
                 t0 = time.monotonic()
                 run_id = client.call("start-run", users=users, source="synthetic", seed="soak")["run_id"]
+                next_sample = t0
                 while True:
+                    # The run is looked at every POLL_S (its end, the 10k mark, to the poll);
+                    # progress and memory are sampled every ``interval``.
+                    cluster.check()
                     row = client.call("status", run_id=run_id)["runs"][0]
-                    s = Sample(time.monotonic() - t0, row["applied_users"] or 0,
-                               rss_mb(cluster.consumer.pid), rss_mb(cluster.producer.pid))
-                    result.samples.append(s)
-                    if result.rss_after_10k is None and s.applied >= 10_000:
-                        result.rss_after_10k = round(s.consumer_rss, 1)
-                    if on_sample:
-                        on_sample(s)
-                    if row["state"] != "running":
+                    now, applied, over = time.monotonic(), row["applied_users"] or 0, row["state"] != "running"
+                    if result.rss_after_10k is None and applied >= 10_000:
+                        result.rss_after_10k = round(rss_mb(cluster.consumer.pid), 1)
+                        result.rss_after_10k_at = applied
+                    if now >= next_sample or over:
+                        s = Sample(now - t0, applied, rss_mb(cluster.consumer.pid), rss_mb(cluster.producer.pid))
+                        result.samples.append(s)
+                        next_sample = now + interval
+                        if on_sample:
+                            on_sample(s)
+                    if over:
                         break
-                    time.sleep(interval)
-                result.seconds = time.monotonic() - t0
+                    time.sleep(POLL_S)
+                result.seconds = now - t0
+                result.consumer_peak = proc_status_mb(cluster.consumer.pid, "VmHWM")
+                result.producer_peak = proc_status_mb(cluster.producer.pid, "VmHWM")
                 result.helper_rss = children_rss_mb(cluster.consumer.pid)
                 result.state = row["state"]
                 result.applied = row["applied_users"] or 0
@@ -149,6 +167,7 @@ def format_timeline(result: SoakResult, slices: int = 10) -> str:
     lines.append(f"{result.users:,} users in {d['seconds']} s = {d['users_per_s']:,} users/s; run {result.state}; "
                  f"dashboard total {result.total_users:,}")
     c = d["consumer_rss_mb"]
-    lines.append(f"consumer RSS: start {c['start']} MB, after 10k users {c['after_10k']} MB, end {c['end']} MB, "
-                 f"max {c['max']} MB; its zxcvbn helper {c['helper_at_end']} MB at the end")
+    lines.append(f"consumer RSS: start {c['start']} MB, after 10k users {c['after_10k']} MB (read at "
+                 f"{c['after_10k_at_users'] or 0:,} users), end {c['end']} MB, peak {c['peak']} MB; "
+                 f"its zxcvbn helper {c['helper_at_end']} MB at the end")
     return "\n".join(lines)

@@ -17,6 +17,18 @@ def test_soak_100k_exact_and_bounded() -> None:
     # Bounded state: memory after 100k users is close to memory after the first 10k.
     assert d["consumer_rss_mb"]["after_10k"] is not None
     assert d["consumer_rss_mb"]["end"] - d["consumer_rss_mb"]["after_10k"] < 50
+    # Read near the mark, not at whichever 1 s sample first passed it (that was 28,000 users).
+    assert 10_000 <= d["consumer_rss_mb"]["after_10k_at_users"] <= 20_000
+    assert d["consumer_rss_mb"]["peak"] >= max(s.consumer_rss for s in result.samples)
+
+
+def test_soak_timings_do_not_depend_on_the_sampling_interval() -> None:
+    # The end was noticed only after a whole --interval: 50,000 users at --interval 8 "took"
+    # 8 s (6,240 users/s) for a run of 3, with no sample past the start.
+    result = run_soak(20_000, interval=60)
+    assert result.state == "complete" and result.total_users == 20_000
+    assert result.seconds < 30 and len(result.samples) == 2  # the first one and the end
+    assert result.samples[-1].applied == 20_000
 
 
 @pytest.mark.slow
@@ -59,7 +71,9 @@ def test_bench_command_reports_every_figure_from_a_real_run() -> None:
     assert cpu["producer"] > 0 and cpu["consumer"] > 0 and cpu["helper"] >= 0
     # CPU of the three / (wall time x cores); /proc counts 10 ms ticks, a short run rounds up.
     assert 0 < r["cores_busy_share"] <= 1.5
-    assert 0 < r["render_ms"] < 1000
+    # The consumer's own whole re-render after each run, and the page alone from the same figures.
+    assert 0 < r["page_render_ms"] < r["render_ms"] < 1000 and 0 < r["warm_render_ms"] < 1000
+    assert r["peak_rss_mb"]["consumer_helper"] > 0
     # The consumer by itself took a whole run of the same users, twice, and rendered it.
     alone = r["consumer_alone"]
     assert alone["applied_users"] == 3000
