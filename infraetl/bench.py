@@ -321,7 +321,8 @@ def run_bench(users: int, *, workdir: Path | None = None, batch_size: int = conf
                 rss = {"consumer": _peak_rss_mb(cluster.consumer.pid),
                        "producer": _peak_rss_mb(cluster.producer.pid),
                        # The consumer's zxcvbn helper is part of the consumer (its unit's memory).
-                       "consumer_helper": sum(map(_peak_rss_mb, children(cluster.consumer.pid))) or None}
+                       "consumer_helper": sum(proc_status_mb(pid, "VmHWM") for pid in children(cluster.consumer.pid))
+                       or None}
                 rss_end = {"consumer": _rss_mb(cluster.consumer.pid)}
                 # The same users again through the same daemons: what a long-running
                 # consumer does once the passwords it sees are cached (zxcvbn skipped).

@@ -127,6 +127,10 @@ def _run(role: str, settings_cls: Any, daemon_cls: Any, state_dir: Path | None, 
     """Set up logging, load the key, build the settings and serve ``daemon_cls``."""
     from .daemon import MALLOC, setup_logging
 
+    half = [f"--{name.replace('_', '-')}" for name in ("curve_allow", "curve_server_key") if opts.get(name)]
+    if half and not opts.get("curve_secret"):
+        # CURVE stays off without this host's secret: the ports would take any peer, unnoticed.
+        raise click.UsageError(f"{' and '.join(half)} need(s) --curve-secret: without it CURVE is off")
     MALLOC.tune()
     setup_logging(log_level)
     keys = _load_keys_or_exit()

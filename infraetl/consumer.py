@@ -26,14 +26,13 @@ import zmq
 from . import config, wire
 from .audit import AuditSummary, fingerprint_key
 from .config import ConsumerSettings, split_bind
-from .daemon import MALLOC, Notifier, RateLimitedLog, Signals
-from .exceptions import ConfigError, StoreError, WireError
+from .daemon import MALLOC, Notifier, RateLimitedLog, Signals, lock_state_dir
+from .exceptions import StoreError, WireError
 from .faults import crash_point
 from .metrics import ConsumerMetrics
 from .pwinfo import add_strengths
 from .scorer import Scorer
 from .sockets import bind, bound_endpoint, make_socket
-from .sqlite import private_dir
 from .store import Store
 from .stream_stats import StatsSummary
 from .validate import validate_columns
@@ -53,10 +52,7 @@ class Consumer:
     def __init__(self, settings: ConsumerSettings) -> None:
         self.s = settings
         self.sealer = wire.Sealer(settings.keys, ttl=settings.token_ttl, max_size=settings.max_frame)
-        try:
-            private_dir(settings.state_dir)
-        except OSError as e:
-            raise ConfigError(f"cannot create the state directory {settings.state_dir}: {e.strerror or e}") from None
+        self._lock = lock_state_dir(settings.state_dir, "consumer")
         self.notifier = Notifier()
         self.store = Store(settings.state_dir / "consumer.sqlite3", alive=self.notifier.ping)
         self.fp_key = fingerprint_secret(self.store, settings.keys)

@@ -13,6 +13,7 @@ code runs under systemd, in tests and in a terminal.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
@@ -21,6 +22,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
 logger = logging.getLogger(__name__)
@@ -177,6 +179,31 @@ class Notifier:
 
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())[:200]
+
+
+def lock_state_dir(path: Path, role: str) -> int:
+    """Create the state directory (0700) and hold an exclusive lock on it for the process's life;
+    return the descriptor. A second daemon on the same directory would run the same runs twice
+    (a producer) or fight over one database (a consumer): it exits with one sentence instead.
+
+    The directory itself is locked (``flock``), so a read-only one can be locked too; the
+    lock goes with the process, kill -9 included (the helper it starts does not inherit it).
+    """
+    from .exceptions import ConfigError
+    from .sqlite import private_dir
+
+    try:
+        private_dir(path)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise ConfigError(f"cannot create the state directory {path}: {e.strerror or e}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise ConfigError(f"another infraetl-{role} is using the state directory {path}: stop it first, "
+                          "or give this one a --state-dir of its own") from None
+    return fd
 
 
 class Signals:

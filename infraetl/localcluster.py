@@ -66,8 +66,7 @@ class Daemon:
                                      stdin=subprocess.DEVNULL)
 
         def ready() -> dict[str, Any] | None:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise InfraETLError(f"{self.role} exited with {self.proc.returncode}; see {self.log_path}")
+            self.check()
             try:
                 data = json.loads(ep.read_text())
             except (OSError, ValueError):

@@ -30,7 +30,7 @@ import zmq
 from . import schema, wire
 from .config import ProducerSettings
 from .control import ReplayGuard
-from .daemon import MALLOC, Notifier, RateLimitedLog, Signals
+from .daemon import MALLOC, Notifier, RateLimitedLog, Signals, lock_state_dir
 from .exceptions import InfraETLError, SourceError, StoreError, WireError
 from .faults import crash_point
 from .sockets import bind, bound_endpoint, connect, make_socket
@@ -227,6 +227,7 @@ class Producer:
         self.s = settings
         self.producer_id = settings.producer_id or socket.gethostname()
         self.sealer = wire.Sealer(settings.keys, ttl=settings.token_ttl, max_size=settings.max_frame)
+        self._lock = lock_state_dir(settings.state_dir, "producer")
         self.spool = Spool(settings.state_dir / "spool.sqlite3")
         self.ctx = zmq.Context()
         self.signals = Signals()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -164,3 +165,44 @@ def test_daemon_option_values_that_could_only_fail_later_exit_2(role: str, args:
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k"]  # nothing written anywhere
+
+
+@pytest.mark.parametrize("role, args", [
+    ("consumer", ["--curve-allow", "/etc/infraetl/curve/clients"]),
+    ("producer", ["--curve-server-key", "/etc/infraetl/curve/consumer.key"]),
+])
+def test_curve_half_configured_is_a_usage_error_not_curve_off(role: str, args: list[str], tmp_path: Path) -> None:
+    # Without --curve-secret CURVE is off: an allow-list alone looked like authentication.
+    key = write_key_file(tmp_path / "k")
+    env = {"PATH": "/usr/bin:/bin", "ETL_ENCRYPTION_KEY_FILE": str(key), "HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", f"infraetl.{role}", "--state-dir", str(tmp_path / "s"), *args],
+                          env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "need(s) --curve-secret" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("role", ["consumer", "producer"])
+def test_a_second_daemon_on_the_same_state_directory_exits_with_one_sentence(role: str, tmp_path: Path) -> None:
+    # Two producers on one spool each resumed the same run: every batch made and sent twice.
+    from infraetl.localcluster import LocalCluster
+
+    with LocalCluster(tmp_path / "c") as c:
+        first = c.consumer if role == "consumer" else c.producer
+        assert first is not None
+        argv = [a if not a.startswith(("tcp://", "127.0.0.1:")) else
+                ("tcp://127.0.0.1:*" if a.startswith("tcp://") else "127.0.0.1:0") for a in first.argv]
+        if role == "producer":  # connect to the running consumer, bind elsewhere
+            argv[argv.index("--data-connect") + 1] = c.consumer.endpoints["data"]
+            argv[argv.index("--ack-connect") + 1] = c.consumer.endpoints["ack"]
+        proc = subprocess.run(argv, env=c.env, capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert f"another infraetl-{role} is using the state directory" in proc.stderr
+        assert first.alive()
+        # The lock goes with the process, kill -9 included.
+        first.kill9()
+        c.restart_consumer() if role == "consumer" else c.start_producer()
+        assert json.loads(ctl_status(c))["runs"] == []
+
+
+def ctl_status(c) -> str:  # type: ignore[no-untyped-def]
+    return subprocess.run([sys.executable, "-m", "infraetl.ctl", "--producer", c.control, "status", "--json"],
+                          env=c.env, capture_output=True, text=True, timeout=60, check=True).stdout

@@ -104,3 +104,80 @@ def test_tuned_allocator_reuses_frame_sized_buffers_instead_of_faulting_in_fresh
     pages = 200 * 300_000 // 4096
     assert faults["mmap"] > pages // 2        # the mechanism the tuning avoids: fresh pages every time
     assert faults["tuned"] < pages // 20      # reused from the heap
+
+
+def _children(pid: int) -> list[int]:
+    from infraetl.soak import children
+
+    return children(pid)
+
+
+def _ctl_command(*args: str):  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "infraetl.ctl", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [["bench", "--users", "200000", "--no-peer"], ["soak", "--users", "200000"]])
+def test_sigterm_to_a_long_command_stops_its_daemons_and_removes_its_directory(command: list[str]) -> None:
+    # timeout(1), a cancelled CI job: both daemons were left running, with their directory.
+    from pathlib import Path
+
+    from infraetl.localcluster import wait_for
+
+    proc = _ctl_command(*command)
+    try:
+        daemons = wait_for(lambda: (lambda c: c if len(c) >= 2 else None)(_children(proc.pid)), 120,
+                           "both daemons started")
+        state = Path(next(a for a in Path(f"/proc/{daemons[0]}/cmdline").read_bytes().decode().split("\0")
+                          if a.startswith("/") and "infraetl-" in a and "/cluster" in a))
+        proc.send_signal(__import__("signal").SIGTERM)
+        assert proc.wait(60) == 130
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not any(Path(f"/proc/{pid}").exists() and b"infraetl." in Path(f"/proc/{pid}/cmdline").read_bytes()
+                   for pid in daemons)
+    assert not state.exists()
+
+
+@pytest.mark.slow
+def test_a_bench_whose_producer_dies_says_so_instead_of_waiting() -> None:
+    import signal
+    from pathlib import Path
+
+    from infraetl.localcluster import wait_for
+
+    proc = _ctl_command("bench", "--users", "200000", "--no-peer")
+    try:
+        pid = wait_for(lambda: next((c for c in _children(proc.pid)
+                                     if b"infraetl.producer" in open(f"/proc/{c}/cmdline", "rb").read()), None),
+                       120, "the bench's producer")
+        args = open(f"/proc/{pid}/cmdline", "rb").read().decode().split("\0")
+        log = Path(args[args.index("--state-dir") + 1]).parent / "producer.log"
+        wait_for(lambda: " started: " in log.read_text(), 120, "the bench's run started")  # mid-run
+        __import__("os").kill(pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)  # it waited for the run for up to an hour
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 1 and "Traceback" not in err
+    assert "the producer exited with status -9" in err
+
+
+def test_crash_with_no_fault_injected_is_not_a_pass() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "infraetl.ctl", "crash", "--users", "1000", "--faults", "3",
+                          "--every", "60", "--json"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and "no fault was injected" in out.stderr and "Traceback" not in out.stderr
+    import json
+
+    r = json.loads(out.stdout)
+    assert r["ok"] is False and r["faults_by_kind"] == {}
+    # Timed by the runs' own start and end, not by the pause before a fault that never came.
+    assert r["faulty_s"] < 30
