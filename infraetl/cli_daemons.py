@@ -51,20 +51,22 @@ def _serve(make: Callable[[], Any]) -> None:
     sys.exit(code)
 
 
-def _trusted(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    try:
-        config.trusted_addresses(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
-    return value
+def _checked_by(check: Callable[[str], Any]) -> Callable[[click.Context, click.Parameter, str], str]:
+    """A callback that runs ``check`` on the value at parsing time: what it refuses is a usage
+    error (exit 2, not restarted by systemd), not a failure when the daemon first uses it."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: str) -> str:
+        try:
+            check(value)
+        except (ValueError, InfraETLError) as e:
+            raise click.BadParameter(str(e)) from None
+        return value
+
+    return callback
 
 
-def _http_bind(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    try:
-        config.split_bind(value)
-    except InfraETLError as e:
-        raise click.BadParameter(str(e)) from None
-    return value
+_trusted = _checked_by(config.trusted_addresses)
+_http_bind = _checked_by(config.split_bind)
 
 
 def short_text(limit: int, *, may_be_empty: bool = True) -> Callable[[click.Context, click.Parameter, Any], Any]:
