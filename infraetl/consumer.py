@@ -138,6 +138,7 @@ class Consumer:
             self.ctx.term()
             self.store.close()
             self.notifier.close()
+            os.close(self._lock)
 
     def _sleep_responsive(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -208,16 +209,15 @@ class Consumer:
                 self.store.begin_run(msg["run"], producer=msg["producer"], source=msg["source"],
                                      requested=msg["requested"],
                                      meta={"nat": msg.get("nat"), "seed": msg.get("seed")})
-                # With its frame limit: a producer whose batches seal larger learns why they
-                # are never ACKed (the socket drops them unseen) and fails the run saying so.
-                self._ack(msg, "begin", "applied", max_frame=self.s.max_frame)
+                self._ack(msg, "begin", "applied")
             elif kind == "end":
                 self._on_end(msg)
             elif kind == "abort":
                 row = self.store.run(msg["run"]) or {}
                 if row.get("state") == "complete":
                     # Too late: every batch and the END were here first, and the run is counted.
-                    self._ack(msg, "abort", "complete", url=self.url, applied=row.get("kept", 0))
+                    self._ack(msg, "abort", "complete", url=self.url, applied=row.get("kept", 0),
+                              kept=row.get("kept", 0), quarantined=row.get("quarantined", 0))
                     return
                 self.store.fail_run(msg["run"], producer=msg["producer"], reason=msg["reason"])
                 self._ack(msg, "abort", "applied")
@@ -322,8 +322,10 @@ class Consumer:
     def _ack(self, msg: dict[str, Any], of: str, status: str, **extra: Any) -> None:
         """Queue an ACK; :meth:`_send_acks` sends the queue once the store has synced."""
         producer = msg["producer"]
-        frame = self.sealer.seal(wire.make("ack", msg["run"], msg["seq"], producer=producer,
-                                           of=of, status=status, **extra))
+        # Every ACK carries this consumer's frame limit: a producer sending larger frames (which
+        # the socket drops unseen) learns from any of them why, and fails the run saying so.
+        frame = self.sealer.seal(wire.make("ack", msg["run"], msg["seq"], producer=producer, of=of,
+                                           status=status, max_frame=self.s.max_frame, **extra))
         self._acks_due.append(producer.encode() + b"\0" + frame)
 
     def _send_acks(self) -> None:

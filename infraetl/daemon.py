@@ -201,8 +201,8 @@ def lock_state_dir(path: Path, role: str) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
-        raise ConfigError(f"another infraetl-{role} is using the state directory {path}: stop it first, "
-                          "or give this one a --state-dir of its own") from None
+        raise ConfigError(f"another infraetl daemon is using the state directory {path}: stop it first, "
+                          f"or give this {role} a --state-dir of its own") from None
     return fd
 
 

@@ -13,7 +13,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -43,6 +46,29 @@ def write_key_file(path: Path, key: str | None = None) -> Path:
     return path
 
 
+@contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM back until the block ends. An interrupt raised inside ``Popen``
+    after its fork (while it waits for the child's exec) leaves a child nobody holds, which
+    nothing stops: the daemon outlives the command that started it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    old = {sig: signal.signal(sig, lambda n, f: caught.append(n)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        for num in caught[:1]:  # now the child is ours to stop: act on the interrupt as before
+            handler = old[signal.Signals(num)]
+            if callable(handler):
+                handler(num, None)
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), num)
+
+
 @dataclass
 class Daemon:
     """One daemon child process and where it listens."""
@@ -62,8 +88,9 @@ class Daemon:
         if ep.exists():
             ep.unlink()
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+        with _interrupts_deferred():
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)
 
         def ready() -> dict[str, Any] | None:
             self.check()

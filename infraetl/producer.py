@@ -245,8 +245,10 @@ class Producer:
         # Work the spool refused (disk full, read-only): held in order, retried, and no more taken.
         self.unspooled: deque[bytes] = deque()
         self._spool_retry_at = 0.0
-        #: The consumer's frame limit, as its last BEGIN ACK said (0: not known yet).
+        #: The consumer's frame limit, as its last ACK said (0: not known yet).
         self.consumer_max_frame = 0
+        #: BEGINs sent again at start for the runs carried over (see _resume), until sent.
+        self._hellos: list[bytes] = []
 
     # -- set-up --
     def _open_sockets(self) -> None:
@@ -284,6 +286,14 @@ class Producer:
             if not run.ended:
                 logger.info("run %s: resuming after restart from batch %d", run.run_id, run.batches + 1)
                 self._start_worker(run.run_id, run.spec, skip=run.batches)
+        # A BEGIN again for every run carried over (the consumer merges a repeat): its ACK tells
+        # this producer the consumer's --max-frame, which a run whose frames are all too large
+        # would otherwise never learn (none of them is ever ACKed). Not spooled: if it is lost,
+        # so is only that.
+        self._hellos = [self.sealer.seal(wire.make("begin", run.run_id, BEGIN_SEQ, producer=self.producer_id,
+                                                   requested=run.spec.get("users"), source=run.spec.get("source", ""),
+                                                   nat=run.spec.get("nat"), seed=run.spec.get("seed")))
+                        for run in self.spool.unfinished_runs()]
         if self.in_flight:
             logger.info("re-sending %d unACKed frame(s) from the spool", len(self.in_flight))
         foreign = sum(not self.sealer.holds_key_of(e[0]) for e in self.in_flight.values())
@@ -327,6 +337,9 @@ class Producer:
                     self._drain(self.acks, self._on_ack)
                 if self.work in events:
                     self._drain(self.work, self._on_work, limit=self.s.window - len(self.in_flight))
+                # The BEGINs first: a frame over the consumer's limit drops the connection, and
+                # what is queued behind it.
+                self._send_hellos()
                 self._resend_due()
                 self._reap_workers()
                 self.notifier.ping()
@@ -343,6 +356,7 @@ class Producer:
             self.ctx.term()
             self.spool.close()
             self.notifier.close()
+            os.close(self._lock)
 
     def _drain(self, sock: zmq.Socket, handle: Any, *, multipart: bool = False, limit: int = 1000) -> None:
         for _ in range(max(limit, 0)):
@@ -414,6 +428,8 @@ class Producer:
         if (stale or (not self.sealer.seals_like(frame) and self._opener(frame) is not None)) \
                 and not self._reseal(run_id, seq, entry):
             return
+        if self._hellos:
+            self._send_hellos()  # ahead of any frame (see the main loop)
         try:
             t = time.perf_counter()
             self.data.send(entry[0], zmq.NOBLOCK)
@@ -448,12 +464,23 @@ class Producer:
 
     def cancel_run(self, run_id: str) -> None:
         """An operator's cancel, made durable before it is answered: a restart does not bring the
-        run back, and nothing of it the worker still hands over goes out (its END included)."""
-        self._fail_run(run_id, "cancelled by operator", state="cancelled")
+        run back, and nothing of it the worker still hands over goes out (its END included).
+        If the spool refuses the write, StoreError says so and nothing has changed."""
+        self._fail_run(run_id, "cancelled by operator", state="cancelled", raise_store_error=True)
 
-    def _fail_run(self, run_id: str, why: str, *, state: str = "failed") -> None:
+    def _fail_run(self, run_id: str, why: str, *, state: str = "failed", raise_store_error: bool = False) -> bool:
         """Give up a run that can no longer complete: close it as ``state``, forget its frames,
-        and tell the consumer with an ABORT (sealed now, with the current key)."""
+        and tell the consumer with an ABORT (sealed now, with the current key). The spool first:
+        if it refuses the write, nothing changes here (False; the caller tries again later)."""
+        abort = self.sealer.seal(wire.make("abort", run_id, END_SEQ, producer=self.producer_id, reason=why))
+        try:
+            self.spool.fail_run(run_id, END_SEQ, abort, why, state=state)
+        except StoreError as e:
+            if raise_store_error:
+                raise
+            self._warn.warning("spool", "cannot record that run %s %s (%s): %s; trying again later",
+                               run_id, state, why, e)
+            return False
         if state == "cancelled":
             logger.warning("run %s: %s", run_id, why)
         else:
@@ -464,10 +491,17 @@ class Producer:
             worker.cancel.set()
         for key in [k for k in self.in_flight if k[0] == run_id]:
             del self.in_flight[key]
-        abort = self.sealer.seal(wire.make("abort", run_id, END_SEQ, producer=self.producer_id, reason=why))
-        self.spool.fail_run(run_id, END_SEQ, abort, why, state=state)
         self.in_flight[(run_id, END_SEQ)] = [abort, "abort", 0, 0.0]
         self._send(run_id, END_SEQ)
+        return True
+
+    def _send_hellos(self) -> None:
+        while self._hellos:
+            try:
+                self.data.send(self._hellos[0], zmq.NOBLOCK)
+            except zmq.Again:
+                return  # no consumer connected yet
+            self._hellos.pop(0)
 
     def _resend_due(self) -> None:
         now = time.monotonic()
@@ -488,28 +522,32 @@ class Producer:
         if msg["kind"] != "ack":
             return
         run_id, seq = msg["run"], msg["seq"]
-        if msg["of"] == "begin" and type(msg.get("max_frame")) is int and msg["max_frame"] > 0:
+        if type(msg.get("max_frame")) is int and msg["max_frame"] > 0:
             self.consumer_max_frame = msg["max_frame"]
         entry = self.in_flight.get((run_id, seq))
+        if entry is not None and entry[1] != msg["of"]:
+            # An END and the ABORT that replaced it share their seq: an ACK of the END that
+            # crossed a cancel must not take the ABORT for answered.
+            entry = None
         try:
             if entry is not None and msg["status"] != "pending":
                 self.in_flight.pop((run_id, seq))
                 self.spool.ack(run_id, seq)
                 MALLOC.tick()
-            if msg["of"] == "end" and msg["status"] == "complete":
-                outcome = {k: msg[k] for k in ("kept", "quarantined") if type(msg.get(k)) is int}
-                self.spool.finish(run_id, "complete", url=msg.get("url"), outcome=outcome or None)
+            outcome = {k: msg[k] for k in ("kept", "quarantined") if type(msg.get(k)) is int} or None
+            if msg["of"] == "end" and msg["status"] == "complete" and run_id not in self.failed_here:
+                self.spool.finish(run_id, "complete", url=msg.get("url"), outcome=outcome)
                 logger.info("run %s complete: %s users on %s", run_id, msg.get("applied"), msg.get("url"))
                 MALLOC.release()
-            elif msg["of"] == "abort" and msg["status"] == "complete":
-                if self.spool.completed_after_all(run_id, msg.get("url")):
+            elif msg["status"] == "complete":  # of an ABORT, or of the END it replaced: too late
+                if self.spool.completed_after_all(run_id, msg.get("url"), outcome=outcome):
                     logger.warning("run %s had completed on the consumer before its ABORT reached it: "
                                    "it is counted there, and complete here", run_id)
             elif msg["of"] == "end" and msg["status"] == "failed":
                 why = str(msg.get("reason") or "the consumer failed it")[:500]
                 self.spool.finish(run_id, "failed", reason=why)
                 logger.error("run %s failed on the consumer: %s", run_id, why)
-            elif msg["of"] == "end" and msg["status"] == "pending" and entry is not None:
+            elif msg["of"] == "end" and msg["status"] == "pending" and entry is not None:  # not an ABORT
                 self._check_missing(run_id, msg.get("missing"))
         except StoreError as e:
             # Not recorded: the frame is sent again, and its ACK (the consumer ACKs a duplicate

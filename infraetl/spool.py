@@ -208,14 +208,16 @@ class Spool:
             self._db.execute("UPDATE runs SET ended=1 WHERE run_id=?", (run_id,))
             self._finish(run_id, state, reason=reason)
 
-    def completed_after_all(self, run_id: str, url: str | None) -> bool:
+    def completed_after_all(self, run_id: str, url: str | None, *, outcome: dict[str, Any] | None = None) -> bool:
         """A run given up here (failed, cancelled) that the consumer had completed before the
-        ABORT reached it: it is counted there, so it is complete here too. True if it changed."""
+        ABORT reached it: it is counted there, so it is complete here too, with what the consumer
+        counted. True if it changed."""
         with self._tx():
             changed = self._db.execute(
-                "UPDATE runs SET state='complete', url=COALESCE(?, url), reason=reason || "
-                "' (too late: the consumer had completed the run)' "
-                "WHERE run_id=? AND state IN ('failed', 'cancelled')", (url, run_id)).rowcount
+                "UPDATE runs SET state='complete', url=COALESCE(?, url), outcome=COALESCE(?, outcome), "
+                "reason=reason || ' (too late: the consumer had completed the run)' "
+                "WHERE run_id=? AND state IN ('failed', 'cancelled')",
+                (url, json.dumps(outcome) if outcome else None, run_id)).rowcount
         return changed > 0
 
     def replace_frame(self, run_id: str, seq: int, frame: bytes) -> None:

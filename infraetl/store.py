@@ -354,19 +354,28 @@ class Store:
                            failed=complete if isinstance(complete, str) else None)
 
     def missing(self, run_id: str, limit: int = 64) -> list[int]:
-        """The first ``limit`` batches of a run's END that this store does not hold."""
+        """The first ``limit`` batches of a run's END that this store does not hold.
+
+        The gaps are found by SQLite (a window over the held batches, in key order), so an END
+        re-sent every few seconds costs little even for a run of millions of batches."""
         row = self._db.execute("SELECT expected FROM runs WHERE run_id=?", (run_id,)).fetchone()
         if row is None or row[0] is None:
             return []
-        held = {seq for (seq,) in self._db.execute(
-            "SELECT seq FROM batches WHERE run_id=? AND seq BETWEEN 1 AND ?", (run_id, row[0]))}
+        expected = row[0]
+        gaps = self._db.execute(
+            "SELECT prev + 1, seq - 1 FROM (SELECT seq, LAG(seq, 1, 0) OVER (ORDER BY seq) AS prev "
+            "FROM batches WHERE run_id=? AND seq BETWEEN 1 AND ?) WHERE seq - prev > 1 LIMIT ?",
+            (run_id, expected, limit)).fetchall()
+        last = self._db.execute("SELECT MAX(seq) FROM batches WHERE run_id=? AND seq BETWEEN 1 AND ?",
+                                (run_id, expected)).fetchone()[0] or 0
+        if last < expected:
+            gaps.append((last + 1, expected))
         out: list[int] = []
-        for seq in range(1, row[0] + 1):
-            if seq not in held:
-                out.append(seq)
-                if len(out) >= limit:
-                    break
-        return out
+        for first, end in gaps:
+            out.extend(range(first, min(end, first + limit - len(out) - 1) + 1))
+            if len(out) >= limit:
+                break
+        return out[:limit]
 
     def fail_run(self, run_id: str, *, producer: str, reason: str) -> None:
         """Mark a run failed; its batches never reach the cumulative figures."""

@@ -210,3 +210,113 @@ def test_frames_over_a_max_frame_fail_the_run_saying_so(tmp_path: Path, consumer
         # The same daemons take a run whose batches fit.
         ok = ctl(c, "start-run", "--users", "100", "--seed", "small")
         assert "complete: 100 users applied" in ok.stdout
+
+
+def _producer_in_process(tmp_path: Path):  # type: ignore[no-untyped-def]
+    from infraetl import config
+    from infraetl.config import ProducerSettings
+    from infraetl.producer import Producer
+
+    s = ProducerSettings(state_dir=tmp_path / "p", keys=(config.new_key().encode(),),
+                         data_connect="tcp://127.0.0.1:1", ack_connect="tcp://127.0.0.1:2",
+                         control_bind="tcp://127.0.0.1:*", producer_id="p1")
+    p = Producer(s)
+    p._open_sockets()
+    return p
+
+
+def _close(p) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    for sock in (p.control, p.data, p.acks, p.work):
+        sock.close(linger=0)
+    p.ctx.term()
+    p.spool.close()
+    os.close(p._lock)
+
+
+def _ack(p, run: str, seq: int, of: str, status: str, **extra) -> None:  # type: ignore[no-untyped-def]
+    from infraetl import wire
+
+    p._on_ack(b"p1\0" + p.sealer.seal(wire.make("ack", run, seq, producer="p1", of=of, status=status, **extra)))
+
+
+def test_an_end_ack_crossing_a_cancel_does_not_answer_the_abort(tmp_path: Path) -> None:
+    # The END and the ABORT that replaced it share their seq: the END's "complete" ACK took the
+    # ABORT for answered, so it was never re-sent, and the producer said "cancelled, nothing
+    # counted" while the consumer had counted the run. A "pending" one reported lost batches.
+    from infraetl import wire
+    from infraetl.producer import END_SEQ
+
+    p = _producer_in_process(tmp_path)
+    try:
+        for status in ("pending", "complete"):
+            run = f"r-{status}"
+            p.spool.create_run(run, {"users": 10, "nat": [], "seed": "x", "source": "synthetic", "batch_size": 10})
+            p.spool.add_frame(run, 1, "data", 10, b"x")
+            p.spool.ack(run, 1)
+            end = p.sealer.seal(wire.make("end", run, END_SEQ, producer="p1", batches=1, delivered=10,
+                                          quarantine={}, requested=10))
+            p.spool.add_frame(run, END_SEQ, "end", 0, end)
+            p.in_flight[(run, END_SEQ)] = [end, "end", 0, time.monotonic()]
+            p.cancel_run(run)
+            _ack(p, run, END_SEQ, "end", status, missing=[2], url="http://c/", applied=10, kept=10, quarantined=0)
+            row = p.spool.run(run)
+            assert row is not None
+            if status == "pending":  # no "lost batches" failure: the entry is the ABORT
+                assert row.state == "cancelled" and row.reason == "cancelled by operator"
+                assert p.in_flight[(run, END_SEQ)][1] == "abort"
+            else:  # the run was counted there: complete here too, with the consumer's counts
+                assert row.state == "complete" and "too late" in (row.reason or "")
+                assert row.as_dict()["applied_users"] == 10
+                _ack(p, run, END_SEQ, "abort", "complete", url="http://c/", applied=10, kept=10, quarantined=0)
+                assert (run, END_SEQ) not in p.in_flight
+    finally:
+        _close(p)
+
+
+def test_a_cancel_the_spool_refuses_changes_nothing(tmp_path: Path) -> None:
+    # The cancel forgot the run's frames before the spool refused to record it: the run stayed
+    # "running" with nothing in flight, for good.
+    import sqlite3
+
+    from infraetl.exceptions import StoreError
+
+    p = _producer_in_process(tmp_path)
+    try:
+        run = "r1"
+        p.spool.create_run(run, {"users": 10, "nat": [], "seed": "x", "source": "synthetic", "batch_size": 10})
+        p.spool.add_frame(run, 1, "data", 10, b"frame")
+        p.in_flight[(run, 1)] = [b"frame", "data", 10, time.monotonic()]
+        p.spool._db.execute("PRAGMA busy_timeout=0")
+        blocker = sqlite3.connect(tmp_path / "p" / "spool.sqlite3")
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(StoreError):
+                p.cancel_run(run)
+        finally:
+            blocker.rollback()
+            blocker.close()
+        assert (run, 1) in p.in_flight and run not in p.failed_here
+        assert p.spool.run(run).state == "running"  # type: ignore[union-attr]
+        p.cancel_run(run)  # and once the spool takes writes, the cancel works
+        assert p.spool.run(run).state == "cancelled"  # type: ignore[union-attr]
+    finally:
+        _close(p)
+
+
+@pytest.mark.slow
+def test_a_producer_restarted_with_frames_over_the_consumers_limit_still_fails_the_run(tmp_path: Path) -> None:
+    # The consumer's limit came only with a BEGIN's ACK: a restarted producer whose BEGIN was
+    # ACKed before never learnt it, and re-sent its too-large frames for ever.
+    c = LocalCluster(tmp_path / "c", consumer_args=["--max-frame", "65536"], producer_args=["--resend-after", "1"])
+    try:
+        c.consumer.start()
+        victim = _crashing_producer(c, "after_spool:2")  # BEGIN sent, batch 1 spooled, not yet sent
+        run_id = ctl(c, "start-run", "--users", "2000", "--seed", "big", "--no-wait").stdout.strip()
+        assert victim.proc is not None and victim.proc.wait(60) == -signal.SIGKILL
+        c.start_producer()
+        done = ctl(c, "wait", run_id, "--timeout", "60", check=False)
+        assert done.returncode == 1 and "over the consumer's --max-frame 65,536" in done.stderr
+    finally:
+        c.stop()

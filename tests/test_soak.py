@@ -106,6 +106,10 @@ def test_tuned_allocator_reuses_frame_sized_buffers_instead_of_faulting_in_fresh
     assert faults["tuned"] < pages // 20      # reused from the heap
 
 
+def out_err(proc) -> str:  # type: ignore[no-untyped-def]
+    return proc.stderr.read()[-2000:] if proc.stderr else ""
+
+
 def _children(pid: int) -> list[int]:
     from infraetl.soak import children
 
@@ -139,8 +143,9 @@ def test_sigterm_to_a_long_command_stops_its_daemons_and_removes_its_directory(c
     finally:
         proc.kill()
         proc.wait()
-    assert not any(Path(f"/proc/{pid}").exists() and b"infraetl." in Path(f"/proc/{pid}/cmdline").read_bytes()
-                   for pid in daemons)
+    left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:120] for pid in daemons
+            if Path(f"/proc/{pid}").exists() and b"infraetl." in Path(f"/proc/{pid}/cmdline").read_bytes()}
+    assert not left, (left, out_err(proc))
     assert not state.exists()
 
 

@@ -333,3 +333,20 @@ def test_a_full_disk_does_not_keep_the_consumer_from_its_fingerprint_secret(
     store._db.execute("PRAGMA query_only=OFF")
     assert fingerprint_secret(store, (k2, k1), current=first) == first
     assert fingerprint_secret(store, (k2,)) == first  # and it was stored, under k2
+
+
+def test_missing_matches_a_plain_count_on_random_gaps(tmp_path: Path) -> None:
+    import random
+
+    rng = random.Random(7)
+    for trial in range(5):
+        store = Store(tmp_path / f"m{trial}.sqlite3")
+        expected = rng.randint(1, 400)
+        held = sorted(rng.sample(range(1, expected + 1), rng.randint(0, expected)))
+        for seq in held:
+            store.apply_batch("r", seq, producer="p", delivered=1, kept=1, quarantined=0,
+                              stats=StatsSummary.empty(), audit=AuditSummary.empty())
+        store.end_run("r", producer="p", batches=expected, requested=expected)
+        want = [q for q in range(1, expected + 1) if q not in set(held)]
+        for limit in (1, 3, 64, 1000):
+            assert store.missing("r", limit=limit) == want[:limit]
