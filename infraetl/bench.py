@@ -413,8 +413,8 @@ def format_report(r: dict[str, Any]) -> str:
         f"floor (Fernet open + msgpack decode of the same batches, re-sealed, in this process after the "
         f"daemons stopped: no contention): {r['floor_s']:.3f} s = "
         f"{r['floor_us_per_user']} µs/user ({r['floor_users_per_s']:,} users/s)",
-        f"consumer / floor: {r['consumer_over_floor']}× (its stages' wall time; the CPU of its main "
-        f"thread and zxcvbn helper together: {r['consumer_with_helper_over_floor']}×)",
+        f"consumer / floor: {r['consumer_over_floor']}× (its stages' wall time; the CPU of the consumer "
+        f"process and its zxcvbn helper together: {r['consumer_with_helper_over_floor']}×)",
         f"for scale, the same users as batches of API-shaped dicts open at "
         f"{r['dict_floor_users_per_s']:,} users/s; consumer / that floor: {r['consumer_over_dict_floor']}×",
         "CPU per user in the cold run (µs; user + system): " + ", ".join(
