@@ -96,14 +96,16 @@ def _stage_seconds(metrics_text: str) -> dict[str, float]:
     return out
 
 
-def _last_render_s(url: str) -> float:
-    """The consumer's own last whole re-render (after the run the bench waited for), in seconds."""
+def _consumer_metrics(url: str) -> tuple[dict[str, float], float]:
+    """The consumer's seconds per stage so far, and its last whole re-render (after the run the
+    bench waited for), from one read of its /metrics."""
     import urllib.request
 
     with urllib.request.urlopen(url + "metrics", timeout=10) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith("infraetl_render_last_seconds "):
-                return float(line.split()[-1])
+        text = r.read().decode()
+    for line in text.splitlines():
+        if line.startswith("infraetl_render_last_seconds "):
+            return _stage_seconds(text), float(line.split()[-1])
     raise InfraETLError("the consumer's /metrics has no infraetl_render_last_seconds")
 
 
@@ -281,13 +283,6 @@ def _wait_end_ack(acks: Any, sealer: wire.Sealer, run: str, deadline: float, che
     raise InfraETLError(f"the consumer did not complete bench run {run} in time")
 
 
-def _consumer_stages(url: str) -> dict[str, float]:
-    import urllib.request
-
-    with urllib.request.urlopen(url + "metrics", timeout=10) as r:
-        return _stage_seconds(r.read().decode())
-
-
 def run_bench(users: int, *, workdir: Path | None = None, batch_size: int = config.BATCH_SIZE,
               peer: bool = True) -> dict[str, Any]:
     """Run the whole benchmark once; return its figures."""
@@ -314,8 +309,7 @@ def run_bench(users: int, *, workdir: Path | None = None, batch_size: int = conf
                 e2e, row = _timed_run(client, cluster, users, data)
                 cpu = {role: cpu_s(pid) - cpu_start[role] for role, pid in pids.items()}
                 producer_stages = client.call("status", limit=1)["stages"]
-                consumer_stages = _consumer_stages(cluster.url)
-                render_s = _last_render_s(cluster.url)
+                consumer_stages, render_s = _consumer_metrics(cluster.url)
                 helper_s = children_cpu_s(cluster.consumer.pid)
                 cpu["helper"] = helper_s - cpu_start["helper"]
                 rss = {"consumer": _peak_rss_mb(cluster.consumer.pid),
@@ -327,9 +321,8 @@ def run_bench(users: int, *, workdir: Path | None = None, batch_size: int = conf
                 # The same users again through the same daemons: what a long-running
                 # consumer does once the passwords it sees are cached (zxcvbn skipped).
                 warm_e2e, warm_row = _timed_run(client, cluster, users, data)
-                warm_stages = {k: v - consumer_stages.get(k, 0.0)
-                               for k, v in _consumer_stages(cluster.url).items()}
-                warm_render_s = _last_render_s(cluster.url)
+                stages_after, warm_render_s = _consumer_metrics(cluster.url)
+                warm_stages = {k: v - consumer_stages.get(k, 0.0) for k, v in stages_after.items()}
             with urllib.request.urlopen(cluster.url + "api/stats.json", timeout=30) as r:
                 doc = json.loads(r.read())
         finally:

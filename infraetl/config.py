@@ -52,6 +52,10 @@ BATCH_SIZE = 500
 RESEND_AFTER = 5.0          # seconds without ACK before a batch is sent again
 WINDOW = 64                 # unACKed batches in flight per producer
 RUN_DEADLINE = 600.0        # seconds a run may spend fetching before it fails
+#: What a start-run may name as its source besides ``file:PATH``, and its longest seed (the ctl
+#: and the producer check both: a request must fit the producer's 64 KB control frames).
+SOURCES = ("randomuser", "synthetic")
+MAX_SEED = 256
 
 
 def default_state_dir(role: str, env: Mapping[str, str] | None = None) -> Path:

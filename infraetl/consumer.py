@@ -216,8 +216,7 @@ class Consumer:
                 row = self.store.run(msg["run"]) or {}
                 if row.get("state") == "complete":
                     # Too late: every batch and the END were here first, and the run is counted.
-                    self._ack(msg, "abort", "complete", url=self.url, applied=row.get("kept", 0),
-                              kept=row.get("kept", 0), quarantined=row.get("quarantined", 0))
+                    self._ack(msg, "abort", "complete", **self._counted(row))
                     return
                 self.store.fail_run(msg["run"], producer=msg["producer"], reason=msg["reason"])
                 self._ack(msg, "abort", "applied")
@@ -316,8 +315,13 @@ class Consumer:
                         run_id, row.get("kept", 0), row.get("quarantined", 0))
             MALLOC.release()  # the run's aggregates are gone: give their memory back
         self._ack({"run": run_id, "seq": -1, "producer": row.get("producer") or msg["producer"]},
-                  "end", "complete", url=self.url, applied=row.get("kept", 0),
-                  kept=row.get("kept", 0), quarantined=row.get("quarantined", 0))
+                  "end", "complete", **self._counted(row))
+
+    def _counted(self, row: dict[str, Any]) -> dict[str, Any]:
+        """What a complete run's ACK tells its producer: where to see it and what was counted
+        (``applied`` is ``kept`` under the name older producers read)."""
+        kept = row.get("kept", 0)
+        return {"url": self.url, "applied": kept, "kept": kept, "quarantined": row.get("quarantined", 0)}
 
     def _ack(self, msg: dict[str, Any], of: str, status: str, **extra: Any) -> None:
         """Queue an ACK; :meth:`_send_acks` sends the queue once the store has synced."""

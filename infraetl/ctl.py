@@ -91,24 +91,21 @@ def keygen(curve_dir: Path | None, name: str) -> None:
 
 def _nat(value: str | None) -> list[str]:
     codes = [c.strip().upper() for c in (value or "").split(",") if c.strip()]
-    unknown = [c for c in codes if c not in schema.NATIONALITIES]
-    if unknown:
-        raise click.BadParameter(f"unknown nationality code(s) {', '.join(unknown)[:200]}; "
-                                 f"known: {' '.join(schema.NATIONALITIES)}")
+    refused = schema.unknown_nationalities(codes)
+    if refused:
+        raise click.BadParameter(refused)
     return codes
 
 
 def _source(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    from .producer import SOURCES
-
-    if value in SOURCES or (value.startswith("file:") and len(value) > 5):
+    if value in config.SOURCES or (value.startswith("file:") and len(value) > 5):
         short_text(4096)(ctx, param, value)
         return value
     raise click.BadParameter(f"unknown source {value[:100]!r}: use randomuser, synthetic or file:PATH")
 
 
-#: Longest seed and run id the ctl sends: a request must fit the producer's 64 KB control frames.
-MAX_SEED, MAX_RUN_ID = 256, 128
+#: Longest run id the ctl sends: a request must fit the producer's 64 KB control frames.
+MAX_RUN_ID = 128
 run_id_argument = click.argument("run_id", callback=short_text(MAX_RUN_ID, may_be_empty=False))
 
 
@@ -116,7 +113,7 @@ run_id_argument = click.argument("run_id", callback=short_text(MAX_RUN_ID, may_b
 @click.option("--users", type=click.IntRange(1, 10_000_000), required=True, help="How many users to process.")
 @click.option("--nat", default=None, callback=lambda ctx, param, value: _nat(value),
               help="Comma-separated nationality codes to keep (default: all).")
-@click.option("--seed", default=None, callback=short_text(MAX_SEED),
+@click.option("--seed", default=None, callback=short_text(config.MAX_SEED),
               help="Seed for reproducible users (default: random).")
 @click.option("--source", default="synthetic", show_default=True, callback=_source,
               help="randomuser (the API), synthetic (offline) or file:PATH (on the producer's host).")
@@ -228,7 +225,7 @@ def demo(users: int, once: bool, http_port: int, seed: str) -> None:
             if once:
                 return
             click.echo("serving the dashboard; press Ctrl-C to stop", err=True)
-            signal.signal(signal.SIGTERM, _interrupt)
+            _stop_on_sigterm()
             try:
                 while cluster.consumer.alive():
                     time.sleep(0.5)

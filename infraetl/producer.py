@@ -28,7 +28,7 @@ import msgpack
 import zmq
 
 from . import schema, wire
-from .config import ProducerSettings
+from .config import MAX_SEED, SOURCES, ProducerSettings
 from .control import ReplayGuard
 from .daemon import MALLOC, Notifier, RateLimitedLog, Signals, lock_state_dir
 from .exceptions import InfraETLError, SourceError, StoreError, WireError
@@ -45,8 +45,6 @@ END_SEQ = -1        # the END (or ABORT) frame of a run; data batches are 1..N
 SPOOL_RETRY_S = 1.0
 WORK_ENDPOINT = "inproc://infraetl-work"
 MAX_USERS = 10_000_000
-MAX_SEED = 256
-SOURCES = ("randomuser", "synthetic")
 #: Allocations between young-generation collections (the default is 700): see tune_gc.
 GC_GEN0_THRESHOLD = 50_000
 
@@ -63,6 +61,11 @@ def tune_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, 10, 10)
 
 
+def begin_fields(spec: dict[str, Any]) -> dict[str, Any]:
+    """What a run's BEGIN tells the consumer of it (its first, and any sent again)."""
+    return {"requested": spec["users"], "source": spec["source"], "nat": spec["nat"], "seed": spec["seed"]}
+
+
 def new_run_id() -> str:
     """A sortable, unique run id: ``r20261125-180455-3f2a9c``."""
     return time.strftime("r%Y%m%d-%H%M%S-", time.gmtime()) + uuid.uuid4().hex[:6]
@@ -77,11 +80,9 @@ def check_run_args(args: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(nat, list) or not all(isinstance(c, str) for c in nat):
         raise InfraETLError("--nat must be a list of nationality codes")
     nat = [c.strip().upper() for c in nat if c.strip()]
-    unknown = [c for c in nat if c not in schema.NATIONALITIES]
-    if unknown:
-        raise InfraETLError(
-            f"unknown nationality code(s) {', '.join(unknown)}; known: {' '.join(schema.NATIONALITIES)}"
-        )
+    refused = schema.unknown_nationalities(nat)
+    if refused:
+        raise InfraETLError(refused)
     source = args.get("source") or "synthetic"
     if not isinstance(source, str) or not (source in SOURCES or source.startswith("file:")):
         raise InfraETLError(f"unknown source {source!r}: use randomuser, synthetic or file:PATH")
@@ -191,8 +192,7 @@ class RunWorker(threading.Thread):
     def _hand(self, out: zmq.Socket, kind: str, seq: int, users: int, **fields: Any) -> None:
         cancelled = fields.pop("cancelled", False)
         if kind == "begin":
-            fields = {"requested": self._spec["users"], "source": self._spec["source"],
-                      "nat": self._spec["nat"], "seed": self._spec["seed"]}
+            fields = begin_fields(self._spec)
         elif kind == "end":
             fields["quarantine"] = {}
             fields["requested"] = self._spec["users"]
@@ -210,6 +210,11 @@ class RunWorker(threading.Thread):
             if out.poll(200, zmq.POLLOUT):
                 out.send(data)
                 return
+
+
+def _outcome(ack: dict[str, Any]) -> dict[str, int] | None:
+    """What the consumer counted of a complete run, as its ACK says (None from an older one)."""
+    return {k: ack[k] for k in ("kept", "quarantined") if type(ack.get(k)) is int} or None
 
 
 #: Seconds a stopping producer waits for its run workers, all of them together.
@@ -291,8 +296,7 @@ class Producer:
         # would otherwise never learn (none of them is ever ACKed). Not spooled: if it is lost,
         # so is only that.
         self._hellos = [self.sealer.seal(wire.make("begin", run.run_id, BEGIN_SEQ, producer=self.producer_id,
-                                                   requested=run.spec.get("users"), source=run.spec.get("source", ""),
-                                                   nat=run.spec.get("nat"), seed=run.spec.get("seed")))
+                                                   **begin_fields(run.spec)))
                         for run in self.spool.unfinished_runs()]
         if self.in_flight:
             logger.info("re-sending %d unACKed frame(s) from the spool", len(self.in_flight))
@@ -337,9 +341,7 @@ class Producer:
                     self._drain(self.acks, self._on_ack)
                 if self.work in events:
                     self._drain(self.work, self._on_work, limit=self.s.window - len(self.in_flight))
-                # The BEGINs first: a frame over the consumer's limit drops the connection, and
-                # what is queued behind it.
-                self._send_hellos()
+                self._send_hellos()  # when no frame is due (_send sends them ahead of any)
                 self._resend_due()
                 self._reap_workers()
                 self.notifier.ping()
@@ -429,7 +431,9 @@ class Producer:
                 and not self._reseal(run_id, seq, entry):
             return
         if self._hellos:
-            self._send_hellos()  # ahead of any frame (see the main loop)
+            # Ahead of any frame: one over the consumer's limit drops the connection, and what
+            # is queued behind it.
+            self._send_hellos()
         try:
             t = time.perf_counter()
             self.data.send(entry[0], zmq.NOBLOCK)
@@ -534,13 +538,12 @@ class Producer:
                 self.in_flight.pop((run_id, seq))
                 self.spool.ack(run_id, seq)
                 MALLOC.tick()
-            outcome = {k: msg[k] for k in ("kept", "quarantined") if type(msg.get(k)) is int} or None
             if msg["of"] == "end" and msg["status"] == "complete" and run_id not in self.failed_here:
-                self.spool.finish(run_id, "complete", url=msg.get("url"), outcome=outcome)
+                self.spool.finish(run_id, "complete", url=msg.get("url"), outcome=_outcome(msg))
                 logger.info("run %s complete: %s users on %s", run_id, msg.get("applied"), msg.get("url"))
                 MALLOC.release()
             elif msg["status"] == "complete":  # of an ABORT, or of the END it replaced: too late
-                if self.spool.completed_after_all(run_id, msg.get("url"), outcome=outcome):
+                if self.spool.completed_after_all(run_id, msg.get("url"), outcome=_outcome(msg)):
                     logger.warning("run %s had completed on the consumer before its ABORT reached it: "
                                    "it is counted there, and complete here", run_id)
             elif msg["of"] == "end" and msg["status"] == "failed":

@@ -71,6 +71,14 @@ FIELDS: tuple[Field, ...] = (
 )
 
 FIELD_PATHS: tuple[str, ...] = tuple(f.path for f in FIELDS)
+
+
+def unknown_nationalities(codes: Iterable[str]) -> str | None:
+    """The sentence refusing the codes the API does not know, or None if it knows them all."""
+    unknown = [c for c in codes if c not in NATIONALITIES]
+    if not unknown:
+        return None
+    return f"unknown nationality code(s) {', '.join(unknown)[:200]}; known: {' '.join(NATIONALITIES)}"
 #: The integers a batch carries: msgpack's signed 64 bits. Beyond them a value is a type error.
 INT_MIN, INT_MAX = -(1 << 63), (1 << 63) - 1
 #: Fields that may legitimately be empty strings.

@@ -101,33 +101,28 @@ class Spool:
         # frame wrote its ~216 KB again. The frames are Fernet tokens, worthless without the
         # key; FAST zeroes only what costs no extra write (ACK 0.79 -> 0.12 ms of CPU a frame).
         self._db.execute("PRAGMA secure_delete=FAST")
-        self._add_ack_counts()
-        self._add_nonces()
-        if "outcome" not in {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}:
-            with self._tx():  # a spool from before the runs kept the consumer's counts
-                self._db.execute("ALTER TABLE runs ADD COLUMN outcome TEXT")
+        self._upgrade()
 
-    def _add_ack_counts(self) -> None:
-        """A spool from before the runs kept their ACK counts: add them, counted from the frames."""
-        if "acked_batches" in {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}:
-            return
-        with self._tx():
-            self._db.execute("ALTER TABLE runs ADD COLUMN acked_batches INTEGER NOT NULL DEFAULT 0")
-            self._db.execute("ALTER TABLE runs ADD COLUMN acked_users INTEGER NOT NULL DEFAULT 0")
-            self._db.execute(
-                "UPDATE runs SET "
-                "acked_batches=(SELECT COUNT(*) FROM frames f WHERE f.run_id=runs.run_id "
-                "AND f.kind='data' AND f.acked=1), "
-                "acked_users=(SELECT COALESCE(SUM(users), 0) FROM frames f WHERE f.run_id=runs.run_id "
-                "AND f.kind='data' AND f.acked=1)")
-            self._db.execute("DELETE FROM frames WHERE acked=1 AND run_id IN "
-                             "(SELECT run_id FROM runs WHERE state!='running')")
-
-    def _add_nonces(self) -> None:
-        """A spool from before the runs kept their start-run nonce: add the column (and its index)."""
-        if "nonce" not in {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}:
+    def _upgrade(self) -> None:
+        """Add what a spool of an older release lacks, in place: the runs' ACK counts (counted
+        from their frames), the start-run nonce (and its index), the consumer's counts."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
+        if "acked_batches" not in have:
             with self._tx():
-                self._db.execute("ALTER TABLE runs ADD COLUMN nonce TEXT")
+                self._db.execute("ALTER TABLE runs ADD COLUMN acked_batches INTEGER NOT NULL DEFAULT 0")
+                self._db.execute("ALTER TABLE runs ADD COLUMN acked_users INTEGER NOT NULL DEFAULT 0")
+                self._db.execute(
+                    "UPDATE runs SET "
+                    "acked_batches=(SELECT COUNT(*) FROM frames f WHERE f.run_id=runs.run_id "
+                    "AND f.kind='data' AND f.acked=1), "
+                    "acked_users=(SELECT COALESCE(SUM(users), 0) FROM frames f WHERE f.run_id=runs.run_id "
+                    "AND f.kind='data' AND f.acked=1)")
+                self._db.execute("DELETE FROM frames WHERE acked=1 AND run_id IN "
+                                 "(SELECT run_id FROM runs WHERE state!='running')")
+        for column in ("nonce", "outcome"):
+            if column not in have:
+                with self._tx():
+                    self._db.execute(f"ALTER TABLE runs ADD COLUMN {column} TEXT")
         if not self._db.execute("SELECT 1 FROM sqlite_master WHERE name='runs_nonce'").fetchone():
             with self._tx():
                 self._db.execute("CREATE INDEX IF NOT EXISTS runs_nonce ON runs (nonce)")

@@ -270,9 +270,7 @@ class Store:
                 (delivered, kept, quarantined, run_id),
             )
             self._merge_live(run_id, seq, stats, audit)
-            complete = self._complete_if_ready(run_id)
-        return Applied(duplicate=False, run_complete=complete is True,
-                       failed=complete if isinstance(complete, str) else None)
+            return self._complete_if_ready(run_id)
 
     def _merge_live(self, run_id: str, seq: int, stats: StatsSummary, audit: AuditSummary) -> None:
         """Fold a batch into the run's in-memory aggregate, so END need not merge every partial.
@@ -349,9 +347,7 @@ class Store:
                 "UPDATE runs SET expected=?, requested=COALESCE(requested, ?) WHERE run_id=?",
                 (batches, requested, run_id),
             )
-            complete = self._complete_if_ready(run_id)
-            return Applied(duplicate=False, run_complete=complete is True,
-                           failed=complete if isinstance(complete, str) else None)
+            return self._complete_if_ready(run_id)
 
     def missing(self, run_id: str, limit: int = 64) -> list[int]:
         """The first ``limit`` batches of a run's END that this store does not hold.
@@ -372,36 +368,38 @@ class Store:
             gaps.append((last + 1, expected))
         out: list[int] = []
         for first, end in gaps:
-            out.extend(range(first, min(end, first + limit - len(out) - 1) + 1))
-            if len(out) >= limit:
-                break
-        return out[:limit]
+            out.extend(range(first, end + 1)[:limit - len(out)])
+        return out
 
     def fail_run(self, run_id: str, *, producer: str, reason: str) -> None:
         """Mark a run failed; its batches never reach the cumulative figures."""
         with self._tx():
             self._ensure_run(run_id, producer)
-            self._db.execute(
-                "UPDATE runs SET state='failed', reason=?, finished_at=? WHERE run_id=? AND state='running'",
-                (reason, time.time(), run_id),
-            )
-            self._drop_batches(run_id)
+            self._fail(run_id, reason)
+
+    def _fail(self, run_id: str, reason: str) -> None:
+        self._db.execute(
+            "UPDATE runs SET state='failed', reason=?, finished_at=? WHERE run_id=? AND state='running'",
+            (reason, time.time(), run_id),
+        )
+        self._drop_batches(run_id)
         self._live.pop(run_id, None)
 
-    def _complete_if_ready(self, run_id: str) -> bool | str:
-        """True if the run is now complete; False if batches are still to come; the reason, if
-        its batches do not add up to its END (the run is then failed: none of it counts)."""
+    def _complete_if_ready(self, run_id: str) -> Applied:
+        """Complete the run if every batch of its END is here (``run_complete``); if they do not
+        add up to its END, fail it (``failed``: none of it counts); else nothing yet."""
+        not_yet = Applied(duplicate=False, run_complete=False)
         expected, applied, delivered = self._db.execute(
             "SELECT expected, applied, delivered FROM runs WHERE run_id=?", (run_id,)
         ).fetchone()
         if expected is None or applied < expected:
-            return False
+            return not_yet
         # Batches 1..expected, every one: a batch numbered outside them (a producer's bug) must
         # not stand in for one still on its way, which would then be taken for a duplicate.
         held = self._db.execute("SELECT COUNT(*) FROM batches WHERE run_id=? AND seq BETWEEN 1 AND ?",
                                 (run_id, expected)).fetchone()[0]
         if held < expected:
-            return False
+            return not_yet
         # Every batch is here; do they make the run the END speaks of? Batches numbered past it,
         # or users in them other than it counts, mean the producer cut the run into batches
         # two ways (say, restarted with another --batch-size before it kept the run's own):
@@ -415,11 +413,8 @@ class Store:
             why = (f"the run's batches hold {delivered} users where its END counts {end_delivered}: "
                    "the run was cut into batches two ways")
         if why is not None:
-            self._db.execute("UPDATE runs SET state='failed', reason=?, finished_at=? WHERE run_id=?",
-                             (why, time.time(), run_id))
-            self._drop_batches(run_id)
-            self._live.pop(run_id, None)
-            return why
+            self._fail(run_id, why)
+            return Applied(duplicate=False, run_complete=False, failed=why)
         live = self._live.pop(run_id, None)
         stats, audit = live[1:] if live is not None and live[0] == expected else self._merge_from_db(run_id)
         self._db.execute(
@@ -438,7 +433,7 @@ class Store:
             (cum_runs + 1, cum_stats.to_bytes(), cum_audit.to_bytes()),
         )
         self._drop_batches(run_id)
-        return True
+        return Applied(duplicate=False, run_complete=True)
 
     def _drop_batches(self, run_id: str) -> None:
         """A run is over: no batch of it can apply again (apply_batch takes batches of running

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import ctl
 
 from infraetl import config
 from infraetl.exceptions import KeyError_
@@ -200,9 +201,4 @@ def test_a_second_daemon_on_the_same_state_directory_exits_with_one_sentence(rol
         # The lock goes with the process, kill -9 included.
         first.kill9()
         c.restart_consumer() if role == "consumer" else c.start_producer()
-        assert json.loads(ctl_status(c))["runs"] == []
-
-
-def ctl_status(c) -> str:  # type: ignore[no-untyped-def]
-    return subprocess.run([sys.executable, "-m", "infraetl.ctl", "--producer", c.control, "status", "--json"],
-                          env=c.env, capture_output=True, text=True, timeout=60, check=True).stdout
+        assert json.loads(ctl(c, "status", "--json").stdout)["runs"] == []

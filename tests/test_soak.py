@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 
 from infraetl.soak import format_timeline, run_soak
@@ -107,7 +110,7 @@ def test_tuned_allocator_reuses_frame_sized_buffers_instead_of_faulting_in_fresh
     assert faults["tuned"] < pages // 20      # reused from the heap
 
 
-def out_err(proc) -> str:  # type: ignore[no-untyped-def]
+def _stderr_tail(proc) -> str:  # type: ignore[no-untyped-def]
     return proc.stderr.read()[-2000:] if proc.stderr else ""
 
 
@@ -139,20 +142,19 @@ def test_sigterm_to_a_long_command_stops_its_daemons_and_removes_its_directory(c
                            "both daemons started")
         state = Path(next(a for a in Path(f"/proc/{daemons[0]}/cmdline").read_bytes().decode().split("\0")
                           if a.startswith("/") and "infraetl-" in a and "/cluster" in a))
-        proc.send_signal(__import__("signal").SIGTERM)
+        proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 130
     finally:
         proc.kill()
         proc.wait()
     left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:120] for pid in daemons
             if Path(f"/proc/{pid}").exists() and b"infraetl." in Path(f"/proc/{pid}/cmdline").read_bytes()}
-    assert not left, (left, out_err(proc))
+    assert not left, (left, _stderr_tail(proc))
     assert not state.exists()
 
 
 @pytest.mark.slow
 def test_a_bench_whose_producer_dies_says_so_instead_of_waiting() -> None:
-    import signal
     from pathlib import Path
 
     from infraetl.localcluster import wait_for
@@ -165,7 +167,7 @@ def test_a_bench_whose_producer_dies_says_so_instead_of_waiting() -> None:
         args = open(f"/proc/{pid}/cmdline", "rb").read().decode().split("\0")
         log = Path(args[args.index("--state-dir") + 1]).parent / "producer.log"
         wait_for(lambda: " started: " in log.read_text(), 120, "the bench's run started")  # mid-run
-        __import__("os").kill(pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
         out, err = proc.communicate(timeout=60)  # it waited for the run for up to an hour
     finally:
         proc.kill()
