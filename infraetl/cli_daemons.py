@@ -161,6 +161,9 @@ def _run(role: str, settings_cls: Any, daemon_cls: Any, state_dir: Path | None, 
 @env_option("--curve-allow", type=PATH, default=None, help="CURVE: directory of public .key files of admitted peers.")
 @env_option("--zxcvbn-workers", type=click.IntRange(0, 1), default=1,
             help="Helper processes scoring passwords ahead of the audit (0: in the daemon itself).")
+@env_option("--batch-workers", type=click.IntRange(0, 16), default=config.BATCH_WORKERS,
+            help="Helper processes that validate and aggregate data batches in parallel, one a core is "
+                 "best (0: the daemon's main thread does it, with the zxcvbn helper ahead of it).")
 @log_level_option
 def consumer_cli(state_dir: Path | None, log_level: str, **opts: Any) -> None:
     """Run the infraetl consumer in the foreground (systemd supervises it)."""

@@ -49,6 +49,9 @@ API_URL = "https://randomuser.me/api/1.4/"
 TOKEN_TTL = 3600.0          # seconds a sealed frame stays acceptable (replay window)
 MAX_FRAME = 16 * 1024 * 1024  # bytes; a 500-user batch is ~150 KB
 BATCH_SIZE = 500
+#: Consumer processes that validate and aggregate data batches (``batchwork``); off by default:
+#: they pay off on a consumer host of its own, and cost CPU where the producer shares the cores.
+BATCH_WORKERS = 0
 RESEND_AFTER = 5.0          # seconds without ACK before a batch is sent again
 WINDOW = 64                 # unACKed batches in flight per producer
 RUN_DEADLINE = 600.0        # seconds a run may spend fetching before it fails
@@ -85,6 +88,7 @@ class ConsumerSettings:
     curve_secret: Path | None = None
     curve_allow: Path | None = None
     zxcvbn_workers: int = 1
+    batch_workers: int = BATCH_WORKERS
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,11 @@ statistics and audit partials, commit them in one transaction keyed by
 (run, seq), then ACK. When a run has every batch its END named, the
 dashboard is re-rendered and the END is ACKed with the dashboard's URL.
 The HTTP server runs in its own threads and only reads what the main thread
-hands it. One helper process (``scorer``) runs zxcvbn on the passwords of
-the next few batches while the main thread works on the current one.
+hands it. Helper processes (``batchwork``) validate and aggregate the next
+few data batches in parallel while the main thread commits the current one;
+without them (``--batch-workers 0``, or while one is being replaced) the main
+thread does that work itself, with one helper (``scorer``) running zxcvbn on
+the passwords of the next few batches ahead of it.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ import logging
 import os
 import sys
 import time
-from collections import Counter, deque
+from collections import deque
 from typing import Any
 
 import zmq
 
 from . import config, wire
-from .audit import AuditSummary, fingerprint_key
+from .audit import fingerprint_key
+from .batchwork import BatchWorkers, compute
 from .config import ConsumerSettings, split_bind
 from .daemon import MALLOC, Notifier, RateLimitedLog, Signals, lock_state_dir
 from .exceptions import StoreError, WireError
@@ -34,14 +38,13 @@ from .pwinfo import add_strengths
 from .scorer import Scorer
 from .sockets import bind, bound_endpoint, make_socket
 from .store import Store
-from .stream_stats import StatsSummary
-from .validate import validate_columns
 
 logger = logging.getLogger(__name__)
 
 STORE_RETRY = 2.0  # seconds between attempts to write while the disk is failing
-#: Frames opened together, so the zxcvbn helper scores a group's passwords ahead of its audit.
-LOOKAHEAD = 4
+#: Frames opened ahead of the one in hand: they keep the batch workers (or the zxcvbn helper)
+#: busy while the main thread commits.
+LOOKAHEAD = 8
 #: Frames one :meth:`Consumer._drain` takes before the loop looks at its other duties.
 DRAIN_MAX = 256
 
@@ -70,6 +73,7 @@ class Consumer:
         self.url = ""
         self.server: Any = None
         self.scorer = Scorer(settings.zxcvbn_workers, on_failure=self._scorer_failed)
+        self.workers = BatchWorkers(settings.batch_workers, on_failure=self._worker_failed)
 
     # -- set-up --
     def _open(self) -> None:
@@ -129,6 +133,7 @@ class Consumer:
             if self.server is not None:
                 self.server.close()
             self.scorer.close()
+            self.workers.close()
             for sock in ("data", "acks"):
                 if hasattr(self, sock):
                     getattr(self, sock).close()
@@ -157,7 +162,7 @@ class Consumer:
         opened ahead is handled before this returns. Only when the store fails or SIGTERM
         arrives are the frames opened ahead dropped unACKed, and the producer re-sends them.
         """
-        ahead: deque[tuple[dict[str, Any] | None, int | None]] = deque()
+        ahead: deque[tuple[dict[str, Any] | None, int | None, int | None]] = deque()
         handled = taken = 0
         try:
             while True:
@@ -167,15 +172,18 @@ class Consumer:
                     except zmq.Again:
                         break
                     taken += 1
-                    msg = self._open_frame(parts)
-                    ticket = (self.scorer.prefetch(msg["cols"].get("login.password") or ())
-                              if msg is not None and msg["kind"] == "data" else None)
-                    ahead.append((msg, ticket))
+                    msg, plain = self._open_frame(parts)
+                    job = ticket = None
+                    if msg is not None and msg["kind"] == "data":
+                        job = self.workers.submit(plain, self.fp_key, self.s.reveal_passwords)
+                        if job is None:
+                            ticket = self.scorer.prefetch(msg["cols"].get("login.password") or ())
+                    ahead.append((msg, ticket, job))
                 if not ahead:
                     return
-                msg, ticket = ahead.popleft()
+                msg, ticket, job = ahead.popleft()
                 if msg is not None:
-                    self._on_message(msg, ticket)
+                    self._on_message(msg, ticket, job)
                 handled += 1
                 # A backlog of DRAIN_MAX batches can outlast WatchdogSec: ping per batch.
                 self.notifier.ping()
@@ -184,27 +192,30 @@ class Consumer:
                 if handled % LOOKAHEAD == 0:
                     self._send_acks()
         finally:
+            for _, _, job in ahead:  # dropped unACKed: the producer sends them again
+                self.workers.forget(job)
             self._send_acks()
 
-    def _open_frame(self, parts: list[bytes]) -> dict[str, Any] | None:
-        """The message in a frame, or None (counted by reason) if it is not a good one."""
+    def _open_frame(self, parts: list[bytes]) -> tuple[dict[str, Any] | None, bytes]:
+        """The message in a frame and its plaintext, or (None, b"") (counted by reason) if it
+        is not a good one."""
         if len(parts) != 1:
             self._reject("multipart", "multi-part message on the data socket")
-            return None
+            return None, b""
         t0 = time.perf_counter()
         try:
-            msg = self.sealer.open(parts[0])
+            msg, plain = self.sealer.open_plain(parts[0])
         except WireError as e:
             self._reject(e.reason, str(e))
-            return None
+            return None, b""
         self.metrics.stage("open", time.perf_counter() - t0)
-        return msg
+        return msg, plain
 
-    def _on_message(self, msg: dict[str, Any], ticket: int | None = None) -> None:
+    def _on_message(self, msg: dict[str, Any], ticket: int | None = None, job: int | None = None) -> None:
         kind = msg["kind"]
         try:
             if kind == "data":
-                self._on_data(msg, ticket)
+                self._on_data(msg, ticket, job)
             elif kind == "begin":
                 self.store.begin_run(msg["run"], producer=msg["producer"], source=msg["source"],
                                      requested=msg["requested"],
@@ -235,33 +246,27 @@ class Consumer:
                 logger.exception("internal error handling a %s frame of run %s; not ACKed",
                                  kind, msg.get("run"))
 
-    def _on_data(self, msg: dict[str, Any], ticket: int | None = None) -> None:
+    def _on_data(self, msg: dict[str, Any], ticket: int | None = None, job: int | None = None) -> None:
         run_id, seq = msg["run"], msg["seq"]
         if self.store.applied(run_id, seq):
             # A re-send (its ACK was lost, or the producer gave up waiting while this consumer
             # worked off a backlog): ACK it again without redoing the work, so a slow consumer
             # is not slowed further by the re-sends of its own backlog.
+            self.workers.forget(job)
             self.metrics.duplicates.inc()
             self._ack(msg, "data", "duplicate")
             return
-        t = time.perf_counter()
-        checked = validate_columns(msg["cols"])
-        t, dt = time.perf_counter(), time.perf_counter() - t
-        self.metrics.stage("validate", dt)
-        stats = StatsSummary.from_columns(checked.cols)
-        quarantine = Counter(msg["quarantine"])
-        quarantine.update(checked.quarantine)
-        stats.add_counts(quarantine=quarantine, warnings=checked.warnings)
-        t2 = time.perf_counter()
-        self.metrics.stage("stats", t2 - t)
-        add_strengths(self.scorer.take(ticket))
-        audit = AuditSummary.from_columns(checked.cols, self.fp_key, reveal=self.s.reveal_passwords)
+        work = self.workers.take(job) if job is not None else None
+        if work is None:  # no worker had it, or its worker failed: the same work, here
+            add_strengths(self.scorer.take(ticket))
+            work = compute(msg, self.fp_key, self.s.reveal_passwords)
+        for stage, seconds in zip(("validate", "stats", "audit"), work.seconds, strict=True):
+            self.metrics.stage(stage, seconds)
         t3 = time.perf_counter()
-        self.metrics.stage("audit", t3 - t2)
-        kept = msg["n"] - sum(checked.quarantine.values())
+        kept = work.kept
         applied = self.store.apply_batch(
             run_id, seq, producer=msg["producer"], delivered=msg["n"], kept=kept,
-            quarantined=sum(quarantine.values()), stats=stats, audit=audit,
+            quarantined=work.quarantined, stats=work.stats, audit=work.audit, encoded=work.encoded,
         )
         self.metrics.stage("commit", time.perf_counter() - t3)
         crash_point("after_commit")
@@ -376,6 +381,11 @@ class Consumer:
         logger.info("state directory writable again; resuming")
         self.store_error = None
         self.metrics.store_ok.set(1)
+
+    def _worker_failed(self, why: str) -> None:
+        self.metrics.worker_failures.inc()
+        if self._warn.allow("batch-worker"):
+            logger.warning("%s; its batches are handled in the daemon until it is back", why)
 
     def _scorer_failed(self, why: str) -> None:
         self.metrics.scorer_failures.inc()

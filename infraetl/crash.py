@@ -113,15 +113,22 @@ def _stats(cluster: LocalCluster) -> dict[str, Any]:
 
 def helper_pid(consumer: Daemon) -> int | None:
     """The consumer's zxcvbn helper: a child process running ``infraetl.scorer``."""
+    pids = helper_pids(consumer, "infraetl.scorer")
+    return pids[0] if pids else None
+
+
+def helper_pids(consumer: Daemon, module: str) -> list[int]:
+    """The consumer's child processes running ``module`` (``infraetl.batchwork``, say)."""
     if not consumer.alive():
-        return None
+        return []
+    found = []
     for child in children(consumer.pid):
         try:
-            if b"infraetl.scorer" in Path(f"/proc/{child}/cmdline").read_bytes():
-                return child
+            if module.encode() in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(child)
         except OSError:
             continue
-    return None
+    return found
 
 
 class _Injector:

@@ -33,6 +33,10 @@ class ConsumerMetrics:
         self.scorer_failures = Counter("infraetl_zxcvbn_helper_failures",
                                        "Times the zxcvbn helper process died or hung (then restarted)",
                                        registry=r)
+        self.worker_failures = Counter("infraetl_batch_worker_failures",
+                                       "Times a batch worker process died, hung or answered out of step "
+                                       "(its batches then handled in the daemon; it is restarted)",
+                                       registry=r)
 
     def stage(self, name: str, seconds: float) -> None:
         """Add time to a stage."""

@@ -250,15 +250,19 @@ class Store:
         )
 
     def apply_batch(self, run_id: str, seq: int, *, producer: str, delivered: int, kept: int,
-                    quarantined: int, stats: StatsSummary, audit: AuditSummary) -> Applied:
-        """Record one data batch and its partials, once; say whether the run is now complete."""
+                    quarantined: int, stats: StatsSummary, audit: AuditSummary,
+                    encoded: tuple[bytes, bytes] | None = None) -> Applied:
+        """Record one data batch and its partials, once; say whether the run is now complete.
+
+        ``encoded`` is ``stats`` and ``audit`` as stored (``to_bytes``), when already made."""
+        stats_b, audit_b = encoded or (stats.to_bytes(canonical=False), audit.to_bytes())
         with self._tx():
             self._ensure_run(run_id, producer)
             state = self._db.execute("SELECT state FROM runs WHERE run_id=?", (run_id,)).fetchone()[0]
             cur = self._db.execute(
                 "INSERT OR IGNORE INTO batches (run_id, seq, users, stats, audit, applied_at) "
                 "SELECT ?, ?, ?, ?, ?, ? WHERE ? = 'running'",
-                (run_id, seq, kept, stats.to_bytes(canonical=False), audit.to_bytes(), time.time(), state),
+                (run_id, seq, kept, stats_b, audit_b, time.time(), state),
             )
             if cur.rowcount == 0:
                 return Applied(duplicate=True, run_complete=False)

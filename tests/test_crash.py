@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from helpers import ctl, figures_without_times, get_json, metric, wait_for
 
-from infraetl.crash import helper_pid
+from infraetl.crash import helper_pid, helper_pids
 from infraetl.localcluster import Daemon, LocalCluster
 
 USERS = 12000
@@ -144,6 +144,35 @@ def test_consumer_without_the_helper_gives_the_same_figures(tmp_path: Path, refe
                       consumer_args=["--zxcvbn-workers", "0"]) as c:
         _finish_and_compare(c, _start(c), reference)
         assert helper_pid(c.consumer) is None
+
+
+@pytest.mark.slow
+def test_consumer_with_batch_workers_gives_the_same_figures(tmp_path: Path, reference: dict) -> None:
+    with LocalCluster(tmp_path / "cluster", key_file=reference["key_file"],
+                      consumer_args=["--batch-workers", "2"]) as c:
+        _finish_and_compare(c, _start(c), reference)
+        assert len(helper_pids(c.consumer, "infraetl.batchwork")) == 2
+        assert metric(c, "infraetl_batch_worker_failures_total") == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSTOP])
+def test_a_batch_worker_killed_or_hung_mid_run(tmp_path: Path, reference: dict, sig: int) -> None:
+    """A worker only saves time: its batches are done in the daemon instead, same figures."""
+    c = LocalCluster(tmp_path / "cluster", key_file=reference["key_file"],
+                     producer_args=["--resend-after", "1"], consumer_args=["--batch-workers", "2"])
+    try:
+        run_id, _ = _mid_run(c, "consumer")
+        pid = wait_for(lambda: (helper_pids(c.consumer, "infraetl.batchwork") or [None])[0], 30,
+                       "a batch worker")
+        os.kill(pid, sig)
+        _finish_and_compare(c, run_id, reference)
+        ctl(c, "start-run", "--users", "1000", "--seed", "after-worker-fault")
+        assert metric(c, "infraetl_batch_worker_failures_total") == 1
+        assert c.consumer.alive()
+        assert not Path(f"/proc/{pid}").exists() or pid not in helper_pids(c.consumer, "infraetl.batchwork")
+    finally:
+        c.stop()
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from infraetl import entropy, pwinfo, scorer
+from infraetl import entropy, helperproc, pwinfo
 from infraetl.audit import AuditSummary
 from infraetl.scorer import Scorer
 
@@ -56,8 +56,7 @@ def test_a_killed_helper_is_counted_and_replaced(helper: tuple[Scorer, list[str]
     assert s.take(ticket) == {}  # nothing owed arrives: the audit computes in-process
     assert len(failures) == 1 and "died" in failures[0]
     assert s.prefetch(["too-soon"]) is None  # no restart loop
-    monkeypatch.setattr(scorer, "RESTART_EVERY", 0.0)
-    s._restart_at = 0.0
+    s._helper.retry_now()
     ticket = s.prefetch(["after-restart"])
     assert s.take(ticket) == {"after-restart": entropy.zxcvbn_strength("after-restart")}
 
@@ -85,7 +84,7 @@ def test_a_helper_that_stops_reading_cannot_block_the_sender(monkeypatch: pytest
     import string
     import threading
 
-    monkeypatch.setattr(scorer, "TAKE_TIMEOUT", 1.0)
+    monkeypatch.setattr(helperproc, "TAKE_TIMEOUT", 1.0)
     failures: list[str] = []
     s = Scorer(1, on_failure=failures.append)
     try:
@@ -128,7 +127,7 @@ def test_precomputed_strengths_are_what_the_audit_uses() -> None:
 
 def test_a_helper_that_cannot_start_is_a_counted_failure_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
     failures: list[str] = []
-    monkeypatch.setattr(scorer.sys, "executable", "/nonexistent/python")
+    monkeypatch.setattr(helperproc.sys, "executable", "/nonexistent/python")
     s = Scorer(1, on_failure=failures.append)
     assert s.prefetch(["any"]) is None and s.take(None) == {}
     assert len(failures) == 1 and "cannot start" in failures[0]
