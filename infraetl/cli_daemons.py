@@ -69,6 +69,12 @@ _trusted = _checked_by(config.trusted_addresses)
 _http_bind = _checked_by(config.split_bind)
 
 
+def _api_url(value: str) -> None:
+    from .sources.randomuser import check_api_url
+
+    check_api_url(value)
+
+
 def short_text(limit: int, *, may_be_empty: bool = True) -> Callable[[click.Context, click.Parameter, Any], Any]:
     """A callback refusing text past ``limit`` characters, or with control characters: such a
     value would only fail later (an ACK or request over its socket's size cap is dropped
@@ -133,6 +139,15 @@ def _run(role: str, settings_cls: Any, daemon_cls: Any, state_dir: Path | None, 
     if half and not opts.get("curve_secret"):
         # CURVE stays off without this host's secret: the ports would take any peer, unnoticed.
         raise click.UsageError(f"{' and '.join(half)} need(s) --curve-secret: without it CURVE is off")
+    if role == "consumer" and opts.get("curve_secret") and not opts.get("curve_allow"):
+        raise click.UsageError("--curve-secret needs --curve-allow DIR, a directory of the producers' and "
+                               "ctl hosts' public .key files: without it no peer could connect")
+    for name in ("curve_secret", "curve_allow", "curve_server_key"):
+        path = opts.get(name)
+        if path is not None and not Path(path).exists():
+            raise click.UsageError(f"--{name.replace('_', '-')} {path}: no such file or directory")
+    if opts.get("curve_allow") and not Path(opts["curve_allow"]).is_dir():
+        raise click.UsageError(f"--curve-allow {opts['curve_allow']}: not a directory")
     MALLOC.tune()
     setup_logging(log_level)
     keys = _load_keys_or_exit()
@@ -177,7 +192,8 @@ def consumer_cli(state_dir: Path | None, log_level: str, **opts: Any) -> None:
 @env_option("--data-connect", default=config.DATA_CONNECT, help="Consumer's data (PULL) endpoint.")
 @env_option("--ack-connect", default=config.ACK_CONNECT, help="Consumer's ACK (PUB) endpoint.")
 @env_option("--control-bind", default=config.CONTROL_BIND, help="ZeroMQ ROUTER endpoint for infraetl-ctl.")
-@env_option("--api-url", default=config.API_URL, help="RandomUser API base URL.")
+@env_option("--api-url", default=config.API_URL, callback=_checked_by(_api_url),
+            help="RandomUser API base URL (http:// or https://; credentials in it are never shown).")
 @env_option("--producer-id", default="", help="This producer's id (ACK topic); default: the host name.",
             show_default=False, callback=short_text(255))
 @token_ttl_option

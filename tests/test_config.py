@@ -154,6 +154,10 @@ def test_trusted_addresses_match_clients_on_either_socket_family() -> None:
     ("consumer", ["--public-url", "http://x/" + "a" * 3000], "at most 2,048 characters"),
     ("producer", ["--producer-id", "p" * 300], "at most 255 characters"),  # ACKs over 64 KB: lost
     ("producer", ["--producer-id", "a\nb"], "control characters"),
+    ("producer", ["--api-url", "file:///etc/passwd"], "is not an http:// or https:// address"),
+    ("consumer", ["--curve-secret", "/etc/hostname"], "--curve-secret needs --curve-allow DIR"),
+    ("consumer", ["--curve-secret", "/nonexistent.key_secret", "--curve-allow", "/tmp"], "no such file"),
+    ("consumer", ["--curve-secret", "/etc/hostname", "--curve-allow", "/etc/hostname"], "not a directory"),
 ])
 def test_daemon_option_values_that_could_only_fail_later_exit_2(role: str, args: list[str], message: str,
                                                                 tmp_path: Path) -> None:

@@ -13,13 +13,16 @@ the plan's deadline; past either, the run fails with a one-line reason.
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import logging
 import math
 import queue
 import random
+import re
 import threading
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -39,6 +42,20 @@ logger = logging.getLogger(__name__)
 API_URL = "https://randomuser.me/api/1.4/"
 #: The API's largest page; anything above silently becomes 1.
 MAX_RESULTS = 5000
+#: Largest response body read (decoded): a 5000-user page is ~6 MB; a server sending more
+#: (or a compression bomb) has its page retried, not the producer's memory filled.
+MAX_BODY = 64 << 20
+BODY_CHUNK = 1 << 16
+#: Connection failures worth naming, from the text of what requests raises.
+_CAUSES = tuple((re.compile(p, re.I), gist) for p, gist in (
+    (r"certificate verify failed", "certificate verify failed"),
+    (r"connection refused", "connection refused"),
+    (r"name or service not known|nodename nor servname|temporary failure in name resolution|"
+     r"failed to resolve", "the host name does not resolve"),
+    (r"connection reset|connectionreseterror", "connection reset"),
+    (r"remotedisconnected|connection aborted", "the server closed the connection"),
+    (r"network is unreachable|no route to host", "network unreachable"),
+))
 USER_AGENT = f"infraetl/{__version__} python-requests/{requests.__version__}"  # type: ignore[attr-defined]
 _POLL = 0.1  # seconds between checks of cancel/deadline while waiting
 
@@ -61,8 +78,40 @@ class _Stopped(Exception):
 
 
 def _one_line(text: object, limit: int = 100) -> str:
-    line = " ".join(str(text).split())
+    """What a server sent, fit for one line of a terminal or a log: printable characters only
+    (no escape sequences), at most ``limit`` of them."""
+    try:
+        shown = str(text)
+    except RecursionError:  # a value nested deeper than repr goes
+        shown = f"<{type(text).__name__} nested too deeply>"
+    line = " ".join("".join(c if c.isprintable() else "?" for c in shown[:limit * 4]).split())
     return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def shown_url(url: str) -> str:
+    """An API address as logs and messages show it: without credentials or query."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<an address that cannot be parsed>"
+    return urllib.parse.urlunsplit((parts.scheme, host + port, parts.path, "", ""))
+
+
+def check_api_url(url: str) -> str:
+    """``url`` if it can be an API address (http or https, a host), else raise ``ConfigError``."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"API URL {shown_url(url)!r} is not an http:// or https:// address with a host")
+    return url
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -77,7 +126,18 @@ def _retry_after(value: str | None) -> float | None:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:  # "-0000": UTC, says RFC 5322, not the local time
+        when = when.replace(tzinfo=datetime.timezone.utc)
     return max(0.0, when.timestamp() - time.time())
+
+
+def _progress(collector: Collector, plan: RunPlan) -> str:
+    """Where a run stands, for a deadline's message when no retry said more."""
+    if not collector.examined:
+        return "no answer yet"
+    top = ", ".join(f"{k} {v}" for k, v in collector.dropped.most_common(3))
+    return (f"only {collector.accepted} of {plan.users} users passed the checks in "
+            f"{collector.examined} records" + (f" ({top})" if top else ""))
 
 
 def page_sizes(users: int, page_size: int) -> list[int]:
@@ -99,6 +159,8 @@ class _Run:
         self.retries = 0
         self.last = ""
         self.not_before = 0.0           # monotonic: nobody asks before this (429)
+        self.short_pages = 0            # consistent pages with fewer users than asked
+        self.describe: Callable[[], str] = lambda: "no answer yet"
         self.error: SourceError | None = None
         self._jitter = random.Random()  # jitter needs no reproducibility
 
@@ -112,7 +174,7 @@ class _Run:
 
     def deadline_error(self) -> SourceError:
         """The failure of a run whose deadline passed."""
-        last = self.last or "no answer yet"
+        last = self.last or self.describe()
         return self.fail(f"RandomUser API failed: {last} after {self.retries} retries (deadline reached)")
 
     def check(self) -> None:
@@ -236,8 +298,7 @@ class RandomUserSource:
     ) -> None:
         if options:
             raise ConfigError(f"unknown option(s) for the randomuser source: {', '.join(sorted(options))}")
-        if not api_url.startswith(("http://", "https://")):
-            raise ConfigError(f"API URL {api_url!r} must start with http:// or https://")
+        check_api_url(api_url)
         if not 1 <= page_size <= MAX_RESULTS:
             raise ConfigError(f"page size must be 1..{MAX_RESULTS}, not {page_size}")
         if concurrency < 1 or timeout <= 0 or retry_budget < 0 or backoff_base < 0:
@@ -260,6 +321,7 @@ class RandomUserSource:
             return
         collector = Collector(plan, check)
         run = _Run(plan, self)
+        run.describe = lambda: _progress(collector, plan)
         session = self._session()
         pool = _Workers(self.concurrency, "randomuser")
         planned: deque[int] = deque(page_sizes(plan.users, self.page_size))
@@ -282,8 +344,9 @@ class RandomUserSource:
                 for batch in collector.add(records):
                     run.check()
                     yield batch
-            logger.info("RandomUser API: %d users in %d pages, %d retries, dropped %s",
-                        collector.accepted, page, run.retries, dict(collector.dropped) or "none")
+            logger.info("RandomUser API: %d users in %d pages (%d short), %d retries, dropped %s",
+                        collector.accepted, page, run.short_pages, run.retries,
+                        dict(collector.dropped) or "none")
         finally:
             run.stop.set()
             for future in in_flight:
@@ -326,28 +389,71 @@ class RandomUserSource:
             run.pause_until(run.not_before)
             attempts += 1
             retry_after = None
+            resp = None
             try:
-                resp = session.get(self.api_url, params=params, timeout=run.request_timeout(self.timeout))
+                resp = session.get(self.api_url, params=params, timeout=run.request_timeout(self.timeout),
+                                   stream=True)
+                self._same_origin(resp)
+                body = self._body(resp, run)
             except requests.Timeout:
                 reason = f"no answer within {self.timeout:g}s"
+            except requests.exceptions.SSLError as e:
+                # A certificate no retry will change: say so at once.
+                raise run.fail(f"RandomUser API at {shown_url(self.api_url)}: TLS failed "
+                               f"({_cause(e)}) (not retried)") from None
             except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
-                    requests.exceptions.InvalidSchema) as e:
-                # No retry can mend the address itself.
-                raise run.fail(f"RandomUser API address {self.api_url!r} is not usable: {e} (not retried)") from None
+                    requests.exceptions.InvalidSchema, ValueError, UnicodeError) as e:
+                # No retry can mend an address: ours was checked, so a redirect's it is.
+                raise run.fail(f"RandomUser API at {shown_url(self.api_url)} led to an address that "
+                               f"cannot be used ({_one_line(e, 80)}) (not retried)") from None
             except requests.RequestException as e:
                 if run.stop.is_set():
                     raise _Stopped from None
-                reason = f"connection failed ({type(e).__name__})"
+                reason = f"connection failed ({_cause(e)})"
+            except _Retry as e:
+                reason = e.reason
+            except _Fatal as e:
+                raise run.fail(f"RandomUser API failed: {e} (not retried)") from None
             else:
                 try:
-                    return self._parse(resp, page, size), attempts
+                    return self._parse(resp, body, page, size, run), attempts
                 except _Retry as e:
                     reason, retry_after = e.reason, e.retry_after
                 except _Fatal as e:
                     raise run.fail(f"RandomUser API failed: {e} (not retried)") from None
+            finally:
+                if resp is not None:
+                    resp.close()  # a body not read to its end closes the connection
             run.retry(f"page {page}: {reason}", attempts, retry_after)
 
-    def _parse(self, resp: requests.Response, page: int, size: int) -> list[User]:
+    def _same_origin(self, resp: requests.Response) -> None:
+        """Refuse an answer that came through a redirect to another host, or down to plain http."""
+        if not resp.history:
+            return
+        want = urllib.parse.urlsplit(self.api_url)
+        got = urllib.parse.urlsplit(resp.url)
+        downgrade = want.scheme == "https" and got.scheme != "https"
+        if downgrade or (got.hostname, got.port) != (want.hostname, want.port):
+            raise _Fatal(f"{shown_url(self.api_url)} redirected to {shown_url(resp.url)}: "
+                         "another host, or plain http, is not followed")
+
+    def _body(self, resp: requests.Response, run: _Run) -> bytes:
+        """The response's body (decoded), read in pieces: at most :data:`MAX_BODY` bytes, and
+        no longer than the run lasts (a server trickling bytes or sending them for ever)."""
+        if resp.status_code != 200:
+            return b""
+        chunks: list[bytes] = []
+        size = 0
+        read = resp.raw.read1  # what has arrived, up to BODY_CHUNK: read() would wait for all of it
+        while chunk := read(BODY_CHUNK, decode_content=True):
+            run.check()
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise _Fatal(f"a response larger than {MAX_BODY >> 20} MB (a page of {MAX_RESULTS} users is ~6 MB)")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _parse(self, resp: requests.Response, body: bytes, page: int, size: int, run: _Run) -> list[User]:
         """The page's records, or the reason the response is unusable."""
         status = resp.status_code
         if status == 429:
@@ -355,9 +461,9 @@ class RandomUserSource:
         if status == 408 or status >= 500:
             raise _Retry(f"HTTP {status}")
         if status != 200:
-            raise _Fatal(f"HTTP {status} from {self.api_url}")
+            raise _Fatal(f"HTTP {status} from {shown_url(self.api_url)}")
         try:
-            data = parse_json(resp.content)
+            data = parse_json(body)
         except ValueError:
             raise _Retry("response is not valid JSON (truncated?)") from None
         if not isinstance(data, dict):
@@ -376,7 +482,22 @@ class RandomUserSource:
         if isinstance(info, dict) and info.get("page", page) != page:
             raise _Retry(f"asked page {page}, got page {_one_line(info.get('page'), 20)}")
         if len(results) < size:
-            # Consistent but short: keep it, the top-up pages make up the rest.
-            logger.warning("RandomUser API: page %d has %d users, %d were asked", page, len(results), size)
+            # Consistent but short: keep it, the top-up pages make up the rest. Said once a run
+            # (a server short on every page would fill the journal), counted in the run's summary.
+            with run.lock:
+                run.short_pages += 1
+                first = run.short_pages == 1
+            if first:
+                logger.warning("RandomUser API: page %d has %d users, %d were asked (later short pages "
+                               "are counted in the run's summary)", page, len(results), size)
         return results
+
+
+def _cause(e: Exception) -> str:
+    """The gist of a connection failure, from the innermost error requests wraps (no URL)."""
+    text = str(e)
+    for pattern, gist in _CAUSES:
+        if pattern.search(text):
+            return gist
+    return type(e).__name__
 
