@@ -175,7 +175,7 @@ def _run(role: str, settings_cls: Any, daemon_cls: Any, state_dir: Path | None, 
 @curve_secret_option
 @env_option("--curve-allow", type=PATH, default=None, help="CURVE: directory of public .key files of admitted peers.")
 @env_option("--zxcvbn-workers", type=click.IntRange(0, 1), default=1,
-            help="Helper processes scoring passwords ahead of the audit (0: in the daemon itself).")
+            help="1: a helper process scores passwords with zxcvbn ahead of the audit; 0: the daemon itself does.")
 @env_option("--batch-workers", type=click.IntRange(0, 16), default=config.BATCH_WORKERS,
             help="Helper processes that validate and aggregate data batches in parallel, one a core is "
                  "best (0: the daemon's main thread does it, with the zxcvbn helper ahead of it).")

@@ -36,17 +36,28 @@ class Progress:
         self.enabled = enabled
         self._last = ""
         self._t0 = time.monotonic()
+        self._row: dict[str, Any] = {}
 
     def __call__(self, row: dict[str, Any]) -> None:
+        self._row = row
+        self._draw("")
+
+    def unanswered(self, error: Exception) -> None:
+        """A poll went unanswered: say so, and keep the clock going, until one is."""
+        self._draw("  (the producer is not answering; retrying)")
+
+    def _draw(self, note: str) -> None:
         if not self.enabled:
             return
+        row = self._row
         done = row.get("applied_users") or 0
         width = 30
         filled = int(width * min(done, self.requested) / max(self.requested, 1))
         line = (f"\r[{'#' * filled}{'.' * (width - filled)}] fetched {row.get('produced', 0)}/{self.requested}"
-                f"  applied {done}/{self.requested}  {time.monotonic() - self._t0:5.1f}s")
+                f"  applied {done}/{self.requested}  {time.monotonic() - self._t0:5.1f}s{note}")
         if line != self._last:
-            click.echo(line, nl=False, err=True)
+            # Pad over the end of a longer line drawn before.
+            click.echo(line.ljust(len(self._last)), nl=False, err=True)
             self._last = line
 
     def close(self) -> None:

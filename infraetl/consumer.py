@@ -93,6 +93,8 @@ class Consumer:
                                       metrics=self.metrics.render, health=self._health)
         self.server.start()
         shown_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        if ":" in shown_host:
+            shown_host = f"[{shown_host}]"  # an IPv6 address, as URLs write it
         self.url = s.public_url or f"http://{shown_host}:{self.server.port}/"
         endpoints = {"data": bound_endpoint(self.data), "ack": bound_endpoint(self.acks),
                      "http": f"{shown_host}:{self.server.port}", "url": self.url, "pid": os.getpid()}

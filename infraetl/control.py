@@ -219,12 +219,14 @@ class ControlClient:
 
 
 def wait_run(client: ControlClient, run_id: str, *, timeout: float,
-             on_progress: Any = None, poll: float = 0.2, check: Any = None) -> dict[str, Any]:
+             on_progress: Any = None, poll: float = 0.2, check: Any = None,
+             on_error: Any = None) -> dict[str, Any]:
     """Poll the producer until ``run_id`` is complete, failed or cancelled; return its row.
 
     Raises ControlError when ``timeout`` passes first. A producer restart in the
-    middle is ridden out: unanswered polls are retried until the deadline. ``check``,
-    called before each poll, may raise to give up sooner (a daemon of ours has died).
+    middle is ridden out: unanswered polls are retried until the deadline, and each
+    is told to ``on_error``. ``check``, called before each poll, may raise to give up
+    sooner (a daemon of ours has died).
     """
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
@@ -244,6 +246,8 @@ def wait_run(client: ControlClient, run_id: str, *, timeout: float,
             if "no run" in str(e):
                 raise
             last_error = e
+            if on_error is not None:
+                on_error(e)
         if time.monotonic() > deadline:
             why = f" (last error: {last_error})" if last_error else ""
             raise ControlError(

@@ -142,7 +142,7 @@ def start_run(obj: Ctx, users: int, nat: list[str], seed: str | None, source: st
 def _follow(client: ControlClient, run_id: str, requested: int, timeout: float, as_json: bool) -> None:
     progress = Progress(requested, enabled=not as_json and sys.stderr.isatty())
     try:
-        row = wait_run(client, run_id, timeout=timeout, on_progress=progress)
+        row = wait_run(client, run_id, timeout=timeout, on_progress=progress, on_error=progress.unanswered)
     finally:
         progress.close()
     if as_json:
@@ -196,7 +196,8 @@ def cancel(obj: Ctx, run_id: str) -> None:
     (unless the consumer had already completed it: then it stays complete, and says so)."""
     with obj.client() as client:
         client.call("cancel", run_id=run_id)
-    click.echo(f"run {run_id}: cancelled")
+    click.echo(f"run {run_id}: cancelled; nothing of it is counted, unless the consumer had completed it "
+               "already (`infraetl-ctl status` then shows it complete)")
 
 
 @cli.command()
@@ -208,8 +209,10 @@ def cancel(obj: Ctx, run_id: str) -> None:
 @click.option("--seed", default="demo", show_default=True, help="Seed of the offline users.")
 def demo(users: int, once: bool, http_port: int, seed: str) -> None:
     """Start a consumer and a producer on 127.0.0.1 and run the offline source through them."""
+    from .bench import run_deadline
     from .localcluster import LocalCluster
 
+    _stop_on_sigterm()  # SIGTERM at any point stops both daemons, as Ctrl-C does
     with tempfile.TemporaryDirectory(prefix="infraetl-demo-") as tmp:
         port = http_port if http_port and _port_free(http_port) else 0
         cluster = LocalCluster(Path(tmp), http_port=port)
@@ -221,11 +224,10 @@ def demo(users: int, once: bool, http_port: int, seed: str) -> None:
             with ControlClient(cluster.control, sealer, timeout=10) as client:
                 started = client.call("start-run", users=users, seed=seed, source="synthetic")
                 click.echo(f"run {started['run_id']}: {users} synthetic users", err=True)
-                _follow(client, started["run_id"], users, 300.0, as_json=False)
+                _follow(client, started["run_id"], users, run_deadline(users), as_json=False)
             if once:
                 return
             click.echo("serving the dashboard; press Ctrl-C to stop", err=True)
-            _stop_on_sigterm()
             try:
                 while cluster.consumer.alive():
                     time.sleep(0.5)
@@ -261,7 +263,7 @@ def bench(users: int, repeat: int, batch_size: int, no_peer: bool, as_json: bool
     results = []
     for i in range(repeat):
         results.append(run_bench(users, batch_size=batch_size, peer=not no_peer))
-        if not as_json:
+        if not as_json and repeat > 1:
             click.echo(f"--- run {i + 1} of {repeat}", err=True)
             click.echo(format_report(results[-1]), err=True)
     report = median_report(results)

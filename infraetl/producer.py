@@ -86,8 +86,15 @@ def check_run_args(args: dict[str, Any]) -> dict[str, Any]:
     source = args.get("source") or "synthetic"
     if not isinstance(source, str) or not (source in SOURCES or source.startswith("file:")):
         raise InfraETLError(f"unknown source {source!r}: use randomuser, synthetic or file:PATH")
-    if source.startswith("file:") and not Path(source[5:]).is_file():
-        raise InfraETLError(f"no such file on the producer's host: {source[5:]}")
+    if source.startswith("file:"):
+        path = Path(source[5:])
+        if not path.exists():
+            raise InfraETLError(f"no such file on the producer's host: {path} (under systemd the producer "
+                                "sees its own /tmp, and no /home)")
+        if not path.is_file():
+            raise InfraETLError(f"{path} on the producer's host is not a regular file")
+        if not os.access(path, os.R_OK):
+            raise InfraETLError(f"{path} on the producer's host is not readable by the producer")
     seed = args.get("seed")
     seed = str(seed) if seed not in (None, "") else uuid.uuid4().hex[:12]
     if len(seed) > MAX_SEED or not seed.isprintable():

@@ -50,6 +50,7 @@ def test_ctl_with_wrong_key_is_not_authorised(cluster: LocalCluster) -> None:
     (["start-run", "--users", "5", "--nat", "GB,XX"], "XX"),
     (["start-run", "--users", "5", "--source", "ftp"], "unknown source"),
     (["start-run", "--users", "5", "--source", "file:/nonexistent.json"], "no such file"),
+    (["start-run", "--users", "5", "--source", "file:/tmp"], "/tmp on the producer's host is not a regular file"),
     (["cancel", "r-nope"], "no run r-nope"),
     (["--call-timeout", "nan", "status"], "--call-timeout"),
     (["--call-timeout", "1e300", "status"], "--call-timeout"),
@@ -275,5 +276,23 @@ def test_password_figures_stay_whole_across_a_key_rotation(tmp_path) -> None:
         three = get_json(c.url + "api/stats.json")["cumulative"]["audit"]
         assert three["reuse"]["distinct"] == one["reuse"]["distinct"]
         assert three["reuse"]["largest_group"] == 3 * one["reuse"]["largest_group"]
+    finally:
+        c.stop()
+
+
+def test_a_dashboard_on_an_ipv6_address_has_a_url_that_works(tmp_path: Path) -> None:
+    # Was "http://::1:PORT/": the URL start-run and wait print, which no client can open.
+    import socket
+
+    try:
+        socket.socket(socket.AF_INET6).bind(("::1", 0))
+    except OSError as e:
+        pytest.skip(f"no IPv6 loopback on this machine: {e}")
+    c = LocalCluster(tmp_path / "c", consumer_args=["--http-bind", "[::1]:0"])
+    try:
+        c.consumer.start()
+        url = c.consumer.endpoints["url"]
+        assert url.startswith("http://[::1]:") and url.endswith("/")
+        assert get_json(url + "healthz")["status"] == "ok"
     finally:
         c.stop()

@@ -221,6 +221,15 @@ def test_usage_errors_exit_2_with_one_clear_line(args: list[str], message: str, 
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
 
 
+@pytest.mark.parametrize("option, needs", [("--peer", "a HOST"), ("--key-file", "a FILE or -"),
+                                           ("--set", "NAME=VALUE"), ("--root", "a DIR")])
+def test_an_option_missing_its_value_is_a_usage_error(option: str, needs: str, tmp_path: Path) -> None:
+    # Was bash's own "line 69: 2: --peer needs a HOST", exit 1.
+    args = [] if option == "--root" else ["--root", str(tmp_path)]
+    proc = subprocess.run([str(INSTALL), "consumer", *args, option], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and f"{option} needs {needs}" in proc.stderr and "line " not in proc.stderr
+
+
 def test_producer_needs_the_consumers_address(tmp_path: Path) -> None:
     proc = subprocess.run([str(INSTALL), "producer", "--root", str(tmp_path), "--wheelhouse", str(wheelhouse())],
                           capture_output=True, text=True, timeout=60)

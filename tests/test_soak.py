@@ -129,7 +129,8 @@ def _ctl_command(*args: str):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", [["bench", "--users", "200000", "--no-peer"], ["soak", "--users", "200000"]])
+@pytest.mark.parametrize("command", [["bench", "--users", "200000", "--no-peer"], ["soak", "--users", "200000"],
+                                     ["demo", "--users", "2000000", "--http-port", "0"]])
 def test_sigterm_to_a_long_command_stops_its_daemons_and_removes_its_directory(command: list[str]) -> None:
     # timeout(1), a cancelled CI job: both daemons were left running, with their directory.
     from pathlib import Path
@@ -140,8 +141,10 @@ def test_sigterm_to_a_long_command_stops_its_daemons_and_removes_its_directory(c
     try:
         daemons = wait_for(lambda: (lambda c: c if len(c) >= 2 else None)(_children(proc.pid)), 120,
                            "both daemons started")
-        state = Path(next(a for a in Path(f"/proc/{daemons[0]}/cmdline").read_bytes().decode().split("\0")
-                          if a.startswith("/") and "infraetl-" in a and "/cluster" in a))
+        args = Path(f"/proc/{daemons[0]}/cmdline").read_bytes().decode().split("\0")
+        state_dir = Path(args[args.index("--state-dir") + 1])
+        # The command's own temporary directory, whatever lies under it.
+        state = next(d for d in [state_dir, *state_dir.parents] if d.name.startswith("infraetl-"))
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 130
     finally:

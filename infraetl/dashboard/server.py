@@ -387,7 +387,8 @@ class DashboardServer:
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="dashboard-http", daemon=True)
         self._thread.start()
-        logger.info("dashboard listening on http://%s:%d/", self.host, self.port)
+        logger.info("dashboard listening on http://%s:%d/",
+                    f"[{self.host}]" if ":" in self.host else self.host, self.port)
 
     def update(self, stats: dict[str, Any], generated_at: float) -> None:
         """Render ``stats`` once and swap it in as what every route answers."""
