@@ -222,14 +222,15 @@ def _run_frames(sealer: wire.Sealer, path: Path, users: int, batch_size: int, ru
     return frames
 
 
-def measure_consumer_alone(root: Path, path: Path, users: int, batch_size: int) -> dict[str, Any]:
+def measure_consumer_alone(root: Path, path: Path, users: int, batch_size: int,
+                           consumer_args: list[str] | None = None) -> dict[str, Any]:
     """A fresh consumer by itself, as on its own host: a run's sealed frames pushed as fast as
     it takes them, timed from the first frame to its ACK of the rendered run; then the same
     users again as a second run (warm caches). The frames are made by the producer's own
     functions before the clock starts."""
     import zmq
 
-    cluster = LocalCluster(root / "alone")
+    cluster = LocalCluster(root / "alone", consumer_args=consumer_args)
     ctx = zmq.Context()
     push, acks = ctx.socket(zmq.PUSH), ctx.socket(zmq.SUB)
     try:
@@ -284,7 +285,7 @@ def _wait_end_ack(acks: Any, sealer: wire.Sealer, run: str, deadline: float, che
 
 
 def run_bench(users: int, *, workdir: Path | None = None, batch_size: int = config.BATCH_SIZE,
-              peer: bool = True) -> dict[str, Any]:
+              peer: bool = True, batch_workers: int = config.BATCH_WORKERS) -> dict[str, Any]:
     """Run the whole benchmark once; return its figures."""
     import urllib.request
 
@@ -294,8 +295,9 @@ def run_bench(users: int, *, workdir: Path | None = None, batch_size: int = conf
         t = time.perf_counter()
         generate(data, users)
         gen_s = time.perf_counter() - t
-        cluster = LocalCluster(root / "cluster", producer_args=["--batch-size", str(batch_size),
-                                                                "--window", "128"])
+        consumer_args = ["--batch-workers", str(batch_workers)]
+        cluster = LocalCluster(root / "cluster", consumer_args=consumer_args,
+                               producer_args=["--batch-size", str(batch_size), "--window", "128"])
         try:
             cluster.start()
             keys = config.parse_keys(cluster.key_file.read_text(), "the bench key")
@@ -328,11 +330,11 @@ def run_bench(users: int, *, workdir: Path | None = None, batch_size: int = conf
         finally:
             cluster.stop()
         floor_s, n_frames = measure_floor(data, sealer, users, batch_size)
-        alone = measure_consumer_alone(root, data, users, batch_size)
+        alone = measure_consumer_alone(root, data, users, batch_size, consumer_args)
         dict_floor_s = measure_dict_floor(data, sealer, batch_size)
         consumer_total = sum(consumer_stages.values())
         result: dict[str, Any] = {
-            "users": users, "batches": n_frames, "batch_size": batch_size,
+            "users": users, "batches": n_frames, "batch_size": batch_size, "batch_workers": batch_workers,
             "generate_s": round(gen_s, 3),
             "end_to_end_s": round(e2e, 3), "end_to_end_users_per_s": round(users / e2e),
             "consumer_stages_s": {k: round(v, 4) for k, v in consumer_stages.items()},
@@ -396,7 +398,8 @@ def peer_figures(peer: dict[str, Any], e2e: float) -> dict[str, Any]:
 def format_report(r: dict[str, Any]) -> str:
     """The human-readable report."""
     lines = [
-        f"users: {r['users']:,} in {r['batches']} batches of {r['batch_size']} (2-core shared machine: noisy)",
+        f"users: {r['users']:,} in {r['batches']} batches of {r['batch_size']}; consumer --batch-workers "
+        f"{r.get('batch_workers', 0)} (2-core shared machine: noisy)",
         f"end to end (start-run → rendered dashboard): {r['end_to_end_s']:.2f} s = "
         f"{r['end_to_end_users_per_s']:,} users/s",
         "consumer stages (wall s, sharing the cores with the producer): " + ", ".join(

@@ -251,8 +251,10 @@ def demo(users: int, once: bool, http_port: int, seed: str) -> None:
 @click.option("--no-peer", is_flag=True,
               help="Skip InfraETL1's approach (the peer; like the original it holds the whole run in "
                    "memory, ~17 KB a user).")
+@click.option("--batch-workers", type=click.IntRange(0, 16), default=config.BATCH_WORKERS, show_default=True,
+              help="The consumer's --batch-workers.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-def bench(users: int, repeat: int, batch_size: int, no_peer: bool, as_json: bool) -> None:
+def bench(users: int, repeat: int, batch_size: int, no_peer: bool, batch_workers: int, as_json: bool) -> None:
     """Benchmark both daemons end to end against the floor and InfraETL1's approach."""
     from .bench import PEER_MAX_USERS, format_report, median_report, run_bench
 
@@ -262,7 +264,7 @@ def bench(users: int, repeat: int, batch_size: int, no_peer: bool, as_json: bool
     _stop_on_sigterm()
     results = []
     for i in range(repeat):
-        results.append(run_bench(users, batch_size=batch_size, peer=not no_peer))
+        results.append(run_bench(users, batch_size=batch_size, peer=not no_peer, batch_workers=batch_workers))
         if not as_json and repeat > 1:
             click.echo(f"--- run {i + 1} of {repeat}", err=True)
             click.echo(format_report(results[-1]), err=True)
