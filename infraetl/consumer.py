@@ -231,11 +231,12 @@ class Consumer:
                     # Too late: every batch and the END were here first, and the run is counted.
                     self._ack(msg, "abort", "complete", **self._counted(row))
                     return
-                self.store.fail_run(msg["run"], producer=msg["producer"], reason=msg["reason"])
+                state = "cancelled" if msg.get("cancelled") is True else "failed"
+                self.store.fail_run(msg["run"], producer=msg["producer"], reason=msg["reason"], state=state)
                 self._ack(msg, "abort", "applied")
-                if row.get("state") != "failed":
-                    logger.warning("run %s failed on the producer: %s", msg["run"], msg["reason"])
-                    self.render(run_id=msg["run"], state="failed")
+                if row.get("state") not in ("failed", "cancelled"):
+                    logger.warning("run %s %s on the producer: %s", msg["run"], state, msg["reason"])
+                    self.render(run_id=msg["run"], state=state)
             else:
                 self._reject("bad_schema", f"{kind} message on the data socket")
         except StoreError as e:

@@ -198,6 +198,8 @@ class RunWorker(threading.Thread):
 
     def _hand(self, out: zmq.Socket, kind: str, seq: int, users: int, **fields: Any) -> None:
         cancelled = fields.pop("cancelled", False)
+        if cancelled:
+            fields["cancelled"] = True  # the consumer shows the run cancelled, not failed
         if kind == "begin":
             fields = begin_fields(self._spec)
         elif kind == "end":
@@ -483,7 +485,9 @@ class Producer:
         """Give up a run that can no longer complete: close it as ``state``, forget its frames,
         and tell the consumer with an ABORT (sealed now, with the current key). The spool first:
         if it refuses the write, nothing changes here (False; the caller tries again later)."""
-        abort = self.sealer.seal(wire.make("abort", run_id, END_SEQ, producer=self.producer_id, reason=why))
+        extra = {"cancelled": True} if state == "cancelled" else {}
+        abort = self.sealer.seal(wire.make("abort", run_id, END_SEQ, producer=self.producer_id, reason=why,
+                                           **extra))
         try:
             self.spool.fail_run(run_id, END_SEQ, abort, why, state=state)
         except StoreError as e:

@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS runs (
     source       TEXT NOT NULL DEFAULT '',
     requested    INTEGER,
     meta         TEXT NOT NULL DEFAULT '{}',
-    state        TEXT NOT NULL DEFAULT 'running',   -- running | complete | failed
+    state        TEXT NOT NULL DEFAULT 'running',   -- running | complete | failed | cancelled
     reason       TEXT,
     started_at   REAL NOT NULL,
     finished_at  REAL,
@@ -343,7 +343,7 @@ class Store:
                                              (run_id,)).fetchone()
             if state != "running":
                 return Applied(duplicate=state == "complete", run_complete=False,
-                               failed=(reason or "failed") if state == "failed" else None)
+                               failed=(reason or state) if state in ("failed", "cancelled") else None)
             if type(delivered) is int:
                 self._db.execute("UPDATE runs SET meta=? WHERE run_id=?",
                                  (json.dumps({**self._meta(run_id), "end_delivered": delivered}), run_id))
@@ -375,16 +375,18 @@ class Store:
             out.extend(range(first, end + 1)[:limit - len(out)])
         return out
 
-    def fail_run(self, run_id: str, *, producer: str, reason: str) -> None:
-        """Mark a run failed; its batches never reach the cumulative figures."""
+    def fail_run(self, run_id: str, *, producer: str, reason: str, state: str = "failed") -> None:
+        """Mark a run failed (or ``cancelled`` by its operator); its batches never reach the
+        cumulative figures."""
         with self._tx():
             self._ensure_run(run_id, producer)
-            self._fail(run_id, reason)
+            self._fail(run_id, reason, state)
 
-    def _fail(self, run_id: str, reason: str) -> None:
+    def _fail(self, run_id: str, reason: str, state: str = "failed") -> None:
+        assert state in ("failed", "cancelled")
         self._db.execute(
-            "UPDATE runs SET state='failed', reason=?, finished_at=? WHERE run_id=? AND state='running'",
-            (reason, time.time(), run_id),
+            "UPDATE runs SET state=?, reason=?, finished_at=? WHERE run_id=? AND state='running'",
+            (state, reason, time.time(), run_id),
         )
         self._drop_batches(run_id)
         self._live.pop(run_id, None)

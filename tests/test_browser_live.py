@@ -64,13 +64,13 @@ def test_a_failed_sections_fetch_is_retried_until_it_lands(watched: Watched, clu
     assert failures == [0]
 
 
-def test_a_cancelled_run_is_named_failed_on_the_open_page(watched: Watched, cluster: LocalCluster) -> None:
-    """The page said the previous run was "complete" when a run was cancelled."""
+def test_a_cancelled_run_is_named_cancelled_on_the_open_page(watched: Watched, cluster: LocalCluster) -> None:
+    """The page said the previous run was "complete" when a run was cancelled (then "failed")."""
     page = watched.open_live()
     run_id = start(cluster, 2_000_000, "to-cancel")
     wait_until(lambda: metric(cluster, "infraetl_batches_applied_total") >= 2, 60)
     ctl(cluster, "cancel", run_id)
-    page.wait_for_function("(run) => document.getElementById('progress').textContent === `Run ${run} failed.`",
+    page.wait_for_function("(run) => document.getElementById('progress').textContent === `Run ${run} cancelled.`",
                            arg=run_id, timeout=30_000)
 
 

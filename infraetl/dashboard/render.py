@@ -58,7 +58,7 @@ STATIC_FILES: dict[str, str] = {
 }
 #: The ids of the swappable sections, in page order.
 SECTION_IDS: tuple[str, ...] = ("status", "last", "all", "runs")
-_STATES = {"running", "complete", "failed"}
+_STATES = {"running", "complete", "failed", "cancelled"}
 
 
 def _finalize(value: Any) -> Any:
