@@ -7,6 +7,7 @@ lives in ``cli_output``). Library errors become one line on stderr and exit
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
 import tempfile
@@ -58,8 +59,15 @@ class Group(click.Group):
             sys.exit(130)
 
 
+def _endpoint(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not re.fullmatch(r"(tcp|ipc)://\S+", value or ""):
+        raise click.BadParameter(f"{value[:100]!r} is not a ZeroMQ endpoint: tcp://HOST:PORT (or ipc://PATH)")
+    return value
+
+
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
-@env_option("--producer", default=config.PRODUCER, help="The producer's control endpoint.")
+@env_option("--producer", default=config.PRODUCER, callback=_endpoint,
+            help="The producer's control endpoint (tcp://HOST:PORT).")
 @env_option("--call-timeout", type=Seconds(0.1, 86_400), default=5.0,
             help="Seconds to wait for each answer from the producer.")
 @env_option("--curve-secret", type=PATH, default=None, help="CURVE: this client's .key_secret file.")
@@ -69,15 +77,22 @@ class Group(click.Group):
 def cli(ctx: click.Context, producer: str, call_timeout: float, curve_secret: Path | None,
         curve_server_key: Path | None) -> None:
     """Operate an infraetl pipeline: start and follow runs, make keys, run the demo."""
+    if bool(curve_secret) != bool(curve_server_key):
+        # Half of it would leave CURVE off for the server key alone, unnoticed.
+        raise click.UsageError("CURVE needs both --curve-secret (this client's .key_secret) and "
+                               "--curve-server-key (the producer's public .key)")
     ctx.obj = Ctx(producer, call_timeout, curve_secret, curve_server_key)
 
 
 @cli.command()
 @click.option("--curve", "curve_dir", type=PATH, default=None,
               help="Instead of a Fernet key, write a CURVE key pair NAME.key / NAME.key_secret into DIR.")
-@click.option("--name", default="infraetl", show_default=True, help="Base name of the CURVE key files.")
-def keygen(curve_dir: Path | None, name: str) -> None:
+@click.option("--name", default=None, help="Base name of the CURVE key files (with --curve; default: infraetl).")
+def keygen(curve_dir: Path | None, name: str | None) -> None:
     """Print a new Fernet key on stdout (redirect it into a 0600 file)."""
+    if name is not None and curve_dir is None:
+        raise click.UsageError("--name names CURVE key files: it goes with --curve DIR")
+    name = name or "infraetl"
     if curve_dir is not None:
         from .curve import create_keypair
 

@@ -58,6 +58,9 @@ def test_ctl_with_wrong_key_is_not_authorised(cluster: LocalCluster) -> None:
     (["wait", "r-nope", "--timeout", "nan"], "--timeout"),
     (["keygen", "--curve", "{root}/etl-key"], "cannot write the key pair"),
     (["keygen", "--curve", "{root}/curve", "--name", "a/b"], "not a file name"),
+    (["keygen", "--name", "foo"], "goes with --curve DIR"),  # was ignored
+    (["--producer", "127.0.0.1:5557", "status"], "not a ZeroMQ endpoint"),  # was exit 1, "Invalid argument"
+    (["--curve-server-key", "{root}/etl-key", "status"], "CURVE needs both"),  # was CURVE off, silently
 ])
 def test_bad_arguments_one_line_no_traceback(cluster: LocalCluster, args: list[str], message: str) -> None:
     proc = ctl(cluster, *(a.format(root=cluster.root) for a in args), check=False)
