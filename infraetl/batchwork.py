@@ -77,7 +77,10 @@ def _serve(conn: Connection) -> None:
     """
     from .wire import _unpack
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the daemon, which stops us
+    # Ctrl-C and systemd's SIGTERM to the whole unit are for the daemon; we end when it closes
+    # the socket (a worker dying first would be logged as a failure).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
     def read() -> None:
@@ -168,9 +171,8 @@ class BatchWorkers:
             while w is not None and ticket in w.pending and w.helper.conn is not None:
                 if not self._receive(w, limit):
                     break
-        self._done_upto = max(self._done_upto, ticket)
-        self._where.pop(ticket, None)
         answer = self._answers.pop(ticket, None)
+        self._done_with(ticket)
         if answer is None or answer[0] != "ok":
             return None
         _, stats, audit, kept, quarantined, seconds = answer
@@ -180,8 +182,15 @@ class BatchWorkers:
     def forget(self, ticket: int | None) -> None:
         """The batch of ``ticket`` will not be taken (a duplicate, or dropped unACKed)."""
         if ticket is not None:
-            self._done_upto = max(self._done_upto, ticket)
-            self._answers.pop(ticket, None)
+            self._done_with(ticket)
+
+    def _done_with(self, ticket: int) -> None:
+        """Every ticket up to ``ticket`` is taken or will never be: drop what is kept of them (an
+        answer kept for a batch whose handling failed before it was taken, say)."""
+        self._done_upto = max(self._done_upto, ticket)
+        self._where.pop(ticket, None)
+        for t in [t for t in self._answers if t <= ticket]:
+            del self._answers[t]
 
     def _reset(self, w: _Worker) -> None:
         """``w`` failed: nothing it owed will come."""

@@ -139,9 +139,14 @@ def _run(role: str, settings_cls: Any, daemon_cls: Any, state_dir: Path | None, 
     if half and not opts.get("curve_secret"):
         # CURVE stays off without this host's secret: the ports would take any peer, unnoticed.
         raise click.UsageError(f"{' and '.join(half)} need(s) --curve-secret: without it CURVE is off")
-    if role == "consumer" and opts.get("curve_secret") and not opts.get("curve_allow"):
-        raise click.UsageError("--curve-secret needs --curve-allow DIR, a directory of the producers' and "
-                               "ctl hosts' public .key files: without it no peer could connect")
+    if opts.get("curve_secret"):
+        needs = {"consumer": [("curve_allow", "--curve-allow DIR, a directory of the producers' public .key files")],
+                 "producer": [("curve_allow", "--curve-allow DIR, a directory of the ctl hosts' public .key files"),
+                              ("curve_server_key", "--curve-server-key FILE, the consumer's public .key")]}[role]
+        missing = [what for name, what in needs if not opts.get(name)]
+        if missing:
+            raise click.UsageError(f"--curve-secret needs {' and '.join(missing)}: without it no peer could "
+                                   "connect")
     for name in ("curve_secret", "curve_allow", "curve_server_key"):
         path = opts.get(name)
         if path is not None and not Path(path).exists():

@@ -42,9 +42,15 @@ from .store import Store
 logger = logging.getLogger(__name__)
 
 STORE_RETRY = 2.0  # seconds between attempts to write while the disk is failing
-#: Frames opened ahead of the one in hand: they keep the batch workers (or the zxcvbn helper)
-#: busy while the main thread commits.
-LOOKAHEAD = 8
+#: Frames opened ahead of the one in hand, so the zxcvbn helper scores their passwords while the
+#: main thread works; with batch workers, enough to keep each of them busy (see :func:`lookahead`).
+LOOKAHEAD = 4
+
+
+def lookahead(batch_workers: int) -> int:
+    """Frames the consumer keeps opened ahead: each opened frame is a decoded batch in memory."""
+    return max(LOOKAHEAD, 2 * batch_workers + 2)
+
 #: Frames one :meth:`Consumer._drain` takes before the loop looks at its other duties.
 DRAIN_MAX = 256
 
@@ -74,6 +80,7 @@ class Consumer:
         self.server: Any = None
         self.scorer = Scorer(settings.zxcvbn_workers, on_failure=self._scorer_failed)
         self.workers = BatchWorkers(settings.batch_workers, on_failure=self._worker_failed)
+        self._lookahead = lookahead(settings.batch_workers)
 
     # -- set-up --
     def _open(self) -> None:
@@ -168,7 +175,7 @@ class Consumer:
         handled = taken = 0
         try:
             while True:
-                while len(ahead) < LOOKAHEAD and taken < DRAIN_MAX:
+                while len(ahead) < self._lookahead and taken < DRAIN_MAX:
                     try:
                         parts = self.data.recv_multipart(zmq.NOBLOCK, copy=True)
                     except zmq.Again:
@@ -191,7 +198,7 @@ class Consumer:
                 self.notifier.ping()
                 if self.store_error or self.signals.stop:
                     return
-                if handled % LOOKAHEAD == 0:
+                if handled % self._lookahead == 0:
                     self._send_acks()
         finally:
             for _, _, job in ahead:  # dropped unACKed: the producer sends them again

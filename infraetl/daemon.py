@@ -81,6 +81,9 @@ def setup_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # urllib3's debug lines hold each request's path and query: the API address's query (a token?)
+    # is never shown, at any level.
+    logging.getLogger("urllib3").setLevel(max(logging.INFO, root.level))
 
 
 class Notifier:

@@ -64,7 +64,10 @@ class HelperProcess:
             theirs.close()
         # A helper that stops reading must not block the main thread in a send once the pipe
         # is full: such a send fails, and the helper with it.
-        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", int(TAKE_TIMEOUT), 0))
+        # Nor one that stops part-way through an answer block it in a receive.
+        timeout = struct.pack("ll", int(TAKE_TIMEOUT), 0)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeout)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeout)
         self.conn, self._proc = Connection(ours.detach()), proc
         return True
 

@@ -41,7 +41,10 @@ def _serve(conn: Connection) -> None:
     The consumer sends every distinct password of a batch (it cannot cheaply ask its own
     cache which are new), so the helper keeps an LRU of the same size as the audit's.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the daemon, which stops us
+    # Ctrl-C and systemd's SIGTERM to the whole unit are for the daemon; we end when it closes
+    # the socket (a helper dying first would be logged as a failure).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     strength = lru_cache(maxsize=entropy.CACHE_SIZE)(entropy.zxcvbn_strength)
     while True:
         try:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from helpers import wait_for
@@ -135,3 +137,41 @@ def test_no_workers_start_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(helperproc.sys, "executable", "/nonexistent/python")
     w = BatchWorkers(0)
     assert w.submit(b"x", FP_KEY, False) is None and w.pids == []
+
+
+def test_an_answer_kept_for_a_batch_never_taken_is_dropped_once_a_later_one_is(
+        workers: tuple[BatchWorkers, list[str]]) -> None:
+    # A store error before take() left its answer in the table for good (~35 KB a time).
+    w, _ = workers
+    plains = _plains(2, size=10)
+    first = w.submit(plains[0], FP_KEY, False)
+    assert first is not None
+    worker = w._where[first]
+    assert worker.helper.conn is not None
+    wait_for(lambda: worker.helper.conn.poll(0), 30, "the first answer")
+    second = wait_for(lambda: w.submit(plains[1], FP_KEY, False), 30, "the second batch taken")
+    assert first in w._answers  # collected while submitting, for a batch that is then never taken
+    assert w.take(second) is not None
+    assert w._answers == {} and w._where == {}
+
+
+def test_a_helper_stopping_in_the_middle_of_an_answer_cannot_hang_the_daemon(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # poll() said an answer was there; recv() then waited for its rest for ever.
+    (tmp_path / "halfanswer.py").write_text(
+        "import os, sys, time\n"
+        "fd = int(sys.argv[1])\n"
+        "os.read(fd, 1 << 16)\n"
+        "os.write(fd, (1000).to_bytes(4, 'big') + b'x' * 10)  # a header promising 1000 bytes, then 10\n"
+        "time.sleep(60)\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setattr(helperproc, "TAKE_TIMEOUT", 1.0)
+    failures: list[str] = []
+    h = helperproc.HelperProcess("halfanswer", "test helper", on_failure=failures.append)
+    try:
+        assert h.alive() and h.send(["anything"])
+        t = time.monotonic()
+        ok, _ = h.receive(5.0)
+        assert not ok and time.monotonic() - t < 4 and failures and "died" in failures[0]
+    finally:
+        h.close()

@@ -156,6 +156,9 @@ def test_trusted_addresses_match_clients_on_either_socket_family() -> None:
     ("producer", ["--producer-id", "a\nb"], "control characters"),
     ("producer", ["--api-url", "file:///etc/passwd"], "is not an http:// or https:// address"),
     ("consumer", ["--curve-secret", "/etc/hostname"], "--curve-secret needs --curve-allow DIR"),
+    ("producer", ["--curve-secret", "/etc/hostname", "--curve-allow", "/tmp"], "needs --curve-server-key FILE"),
+    ("producer", ["--curve-secret", "/etc/hostname", "--curve-server-key", "/etc/hostname"],
+     "needs --curve-allow DIR"),
     ("consumer", ["--curve-secret", "/nonexistent.key_secret", "--curve-allow", "/tmp"], "no such file"),
     ("consumer", ["--curve-secret", "/etc/hostname", "--curve-allow", "/etc/hostname"], "not a directory"),
 ])

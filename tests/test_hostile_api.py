@@ -7,6 +7,7 @@ import gzip
 import json
 import re
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,8 +27,9 @@ Handler = Callable[[socket.socket, bytes], None]
 class Hostile:
     """A server answering every request with ``handler(conn, request_head)``."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, *, raw: bool = False) -> None:
         self.handler = handler
+        self.raw = raw  # the handler reads the request itself (TLS, say)
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
@@ -46,6 +48,10 @@ class Hostile:
 
     def _serve(self, conn: socket.socket) -> None:
         with conn:
+            if self.raw:
+                self.requests += 1
+                self.handler(conn, b"")
+                return
             head = b""
             while b"\r\n\r\n" not in head:
                 got = conn.recv(4096)
@@ -67,8 +73,8 @@ class Hostile:
 def hostile() -> Iterator[Callable[[Handler], Hostile]]:
     servers: list[Hostile] = []
 
-    def start(handler: Handler) -> Hostile:
-        servers.append(Hostile(handler))
+    def start(handler: Handler, raw: bool = False) -> Hostile:
+        servers.append(Hostile(handler, raw=raw))
         return servers[-1]
 
     yield start
@@ -190,3 +196,99 @@ def test_retry_after_dates_in_utc_whatever_the_local_zone(monkeypatch: pytest.Mo
 def test_an_unusable_api_url_is_refused_up_front(url: str) -> None:
     with pytest.raises(ConfigError, match="is not an http:// or https:// address"):
         RandomUserSource(api_url=url)
+
+
+def _good_page(head: bytes) -> bytes:
+    path = head.split(b" ", 2)[1].decode()
+    return ApiServer().answer(path).body
+
+
+@pytest.mark.parametrize("first", ["truncated", "reset", "bad gzip"])
+def test_a_body_cut_short_is_retried_not_a_failed_run(hostile, first: str) -> None:  # noqa: ANN001
+    # Reading the body in pieces let urllib3's own errors through: the run failed as an internal error.
+    seen = []
+
+    def flaky(conn: socket.socket, head: bytes) -> None:
+        seen.append(head)
+        if len(seen) > 1:
+            _reply(conn, "200 OK", _good_page(head), Content_Type="application/json")
+        elif first == "truncated":
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n{\"results\": [")
+        elif first == "reset":
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n{")
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        else:
+            _reply(conn, "200 OK", b"\x1f\x8b\x08\x00not gzip at all" * 100, Content_Encoding="gzip")
+
+    srv = hostile(flaky)
+    source = RandomUserSource(api_url=f"http://127.0.0.1:{srv.port}/api/", backoff_base=0.01, backoff_cap=0.02,
+                              timeout=2.0, retry_budget=3)
+    batches = list(source.batches(RunPlan(users=10, batch_size=10), accept_all))
+    assert sum(len(b.users) for b in batches) == 10 and len(seen) == 2
+
+
+def _hang_up_after_client_hello(conn: socket.socket, _: bytes) -> None:
+    head = conn.recv(5, socket.MSG_WAITALL)
+    if len(head) == 5:
+        conn.recv(struct.unpack(">H", head[3:5])[0], socket.MSG_WAITALL)
+    conn.shutdown(socket.SHUT_WR)  # an orderly end in the middle of the handshake
+    conn.recv(1 << 16)
+
+
+def test_a_tls_handshake_cut_short_is_retried(hostile) -> None:  # noqa: ANN001
+    srv = hostile(_hang_up_after_client_hello, raw=True)
+    why = _failure(f"https://127.0.0.1:{srv.port}/api/")
+    assert "TLS failed" in why and "after 3 retries" in why and srv.requests == 4, why
+
+
+def test_a_certificate_that_does_not_verify_is_not_retried(hostile, tmp_path) -> None:  # noqa: ANN001
+    import ssl
+    import subprocess
+
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=x",
+                    "-keyout", str(tmp_path / "k.pem"), "-out", str(tmp_path / "c.pem")],
+                   check=True, capture_output=True, timeout=60)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
+
+    def tls(conn: socket.socket, _: bytes) -> None:
+        try:
+            ctx.wrap_socket(conn, server_side=True).recv(1)
+        except (ssl.SSLError, OSError):
+            pass
+
+    srv = hostile(tls, raw=True)
+    why = _failure(f"https://127.0.0.1:{srv.port}/api/")
+    assert "certificate verify failed" in why and "not retried" in why and srv.requests == 1, why
+
+
+def test_redirects_within_the_origin_are_followed() -> None:
+    from types import SimpleNamespace
+
+    def answer(api: str, final: str) -> None:
+        RandomUserSource(api_url=api)._same_origin(SimpleNamespace(history=[object()], url=final))  # type: ignore[arg-type]
+
+    answer("https://randomuser.me/api/", "https://randomuser.me:443/api/1.4/")  # a default port named
+    answer("http://randomuser.me/api/", "https://randomuser.me/api/")            # up to https
+    answer("http://randomuser.me:80/api/", "https://randomuser.me/api/")
+    for api, final in [("https://randomuser.me/api/", "http://randomuser.me/api/"),   # down to http
+                       ("https://randomuser.me/api/", "https://evil.example/api/"),
+                       ("http://randomuser.me:8080/api/", "https://randomuser.me/api/")]:
+        with pytest.raises(ru._Fatal, match="is not followed"):
+            answer(api, final)
+
+
+def test_debug_logging_never_shows_the_api_query() -> None:
+    # urllib3's debug line is the request line: "GET /api/?token=…&results=…".
+    import logging
+
+    from infraetl.daemon import setup_logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level, logging.getLogger("urllib3").level
+    try:
+        setup_logging("DEBUG")
+        assert logging.getLogger("urllib3").getEffectiveLevel() == logging.INFO
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
+        logging.getLogger("urllib3").setLevel(saved[2])

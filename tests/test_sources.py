@@ -611,7 +611,12 @@ def test_json_nested_too_deeply_is_a_broken_line_not_a_failed_run(tmp_path: Path
     assert len(users_of(batches)) == 5 and quarantine_of(batches) == {"parse:line": 1}
 
 
-@pytest.mark.parametrize("url", ["http://exa mple.com/api/", "http://[::1/api/"])
+def test_an_api_address_that_cannot_be_parsed_is_refused_before_any_run() -> None:
+    with pytest.raises(ConfigError, match="is not an http:// or https:// address"):
+        RandomUserSource(api_url="http://[::1/api/")
+
+
+@pytest.mark.parametrize("url", ["http://exa mple.com/api/"])
 def test_an_api_address_no_retry_can_mend_fails_the_run_at_once(url: str) -> None:
     source = RandomUserSource(api_url=url, retry_budget=50, backoff_base=1.0, backoff_cap=5.0)
     t = time.monotonic()

@@ -30,6 +30,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from .. import __version__
@@ -46,6 +47,7 @@ MAX_RESULTS = 5000
 #: (or a compression bomb) has its page retried, not the producer's memory filled.
 MAX_BODY = 64 << 20
 BODY_CHUNK = 1 << 16
+_CERTIFICATE = re.compile(r"certificate verify failed|CERTIFICATE_VERIFY_FAILED|hostname mismatch", re.I)
 #: Connection failures worth naming, from the text of what requests raises.
 _CAUSES = tuple((re.compile(p, re.I), gist) for p, gist in (
     (r"certificate verify failed", "certificate verify failed"),
@@ -398,9 +400,11 @@ class RandomUserSource:
             except requests.Timeout:
                 reason = f"no answer within {self.timeout:g}s"
             except requests.exceptions.SSLError as e:
-                # A certificate no retry will change: say so at once.
-                raise run.fail(f"RandomUser API at {shown_url(self.api_url)}: TLS failed "
-                               f"({_cause(e)}) (not retried)") from None
+                if not _CERTIFICATE.search(str(e)):
+                    reason = f"TLS failed ({_cause(e)})"  # a handshake cut short: worth another try
+                else:  # a certificate no retry will change: say so at once
+                    raise run.fail(f"RandomUser API at {shown_url(self.api_url)}: TLS failed "
+                                   f"({_cause(e)}) (not retried)") from None
             except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
                     requests.exceptions.InvalidSchema, ValueError, UnicodeError) as e:
                 # No retry can mend an address: ours was checked, so a redirect's it is.
@@ -427,13 +431,17 @@ class RandomUserSource:
             run.retry(f"page {page}: {reason}", attempts, retry_after)
 
     def _same_origin(self, resp: requests.Response) -> None:
-        """Refuse an answer that came through a redirect to another host, or down to plain http."""
+        """Refuse an answer that came through a redirect to another host, or down to plain http
+        (http up to https on the same host is fine)."""
         if not resp.history:
             return
         want = urllib.parse.urlsplit(self.api_url)
         got = urllib.parse.urlsplit(resp.url)
         downgrade = want.scheme == "https" and got.scheme != "https"
-        if downgrade or (got.hostname, got.port) != (want.hostname, want.port):
+        upgrade = want.scheme == "http" and got.scheme == "https" and want.port in (None, 80) \
+            and got.port in (None, 443)
+        same = (got.hostname, _port(got)) == (want.hostname, _port(want))
+        if downgrade or not (same or (upgrade and got.hostname == want.hostname)):
             raise _Fatal(f"{shown_url(self.api_url)} redirected to {shown_url(resp.url)}: "
                          "another host, or plain http, is not followed")
 
@@ -445,13 +453,20 @@ class RandomUserSource:
         chunks: list[bytes] = []
         size = 0
         read = resp.raw.read1  # what has arrived, up to BODY_CHUNK: read() would wait for all of it
-        while chunk := read(BODY_CHUNK, decode_content=True):
+        while True:
+            try:
+                chunk = read(BODY_CHUNK, decode_content=True)
+            except urllib3.exceptions.ReadTimeoutError:
+                raise _Retry(f"no answer within {self.timeout:g}s (mid-body)") from None
+            except urllib3.exceptions.HTTPError as e:  # cut short, reset, bad gzip: as requests would
+                raise _Retry(f"connection failed mid-body ({_cause(e)})") from None
+            if not chunk:
+                return b"".join(chunks)
             run.check()
             size += len(chunk)
             if size > MAX_BODY:
                 raise _Fatal(f"a response larger than {MAX_BODY >> 20} MB (a page of {MAX_RESULTS} users is ~6 MB)")
             chunks.append(chunk)
-        return b"".join(chunks)
 
     def _parse(self, resp: requests.Response, body: bytes, page: int, size: int, run: _Run) -> list[User]:
         """The page's records, or the reason the response is unusable."""
@@ -491,6 +506,11 @@ class RandomUserSource:
                 logger.warning("RandomUser API: page %d has %d users, %d were asked (later short pages "
                                "are counted in the run's summary)", page, len(results), size)
         return results
+
+
+def _port(parts: urllib.parse.SplitResult) -> int | None:
+    """The port of an address, the scheme's own when it names none."""
+    return parts.port or {"http": 80, "https": 443}.get(parts.scheme)
 
 
 def _cause(e: Exception) -> str:
