@@ -24,14 +24,18 @@ from collections.abc import Iterable
 
 import zxcvbn_rs_py
 
-#: Character pools of the original charset estimator and their sizes.
+#: Character pools of the original charset estimator and their sizes. A pool is present when a
+#: character passes the original's own test: ``str.islower``, ``isupper``, ``isdigit`` (Unicode:
+#: a Cyrillic lower-case letter is lower case, an Arabic-Indic digit a digit), membership of
+#: ``string.punctuation``, ``str.isspace``. The sets are those tests on ASCII, for the fast path.
 POOLS: tuple[tuple[str, frozenset[str], int], ...] = (
     ("lower", frozenset(string.ascii_lowercase), 26),
     ("upper", frozenset(string.ascii_uppercase), 26),
     ("digit", frozenset(string.digits), 10),
     ("punctuation", frozenset(string.punctuation), 32),
-    ("space", frozenset(" "), 1),
+    ("space", frozenset(c for c in map(chr, range(128)) if c.isspace()), 1),
 )
+_POOL_TESTS = (str.islower, str.isupper, str.isdigit, string.punctuation.__contains__, str.isspace)
 #: The four classes of the "strong" rule and of the "most secure" score.
 CLASSES: tuple[str, ...] = ("lower", "upper", "digit", "punctuation")
 #: Original complexity classes, plus ``empty`` (our deviation, see complexity()).
@@ -69,9 +73,14 @@ def pool_mask(password: str) -> int:
     """Bit set of the :data:`POOLS` present in ``password`` (bit i = POOLS[i])."""
     chars = set(password)
     mask = 0
-    for bit, pool in _POOL_SETS:
-        if not chars.isdisjoint(pool):
-            mask |= bit
+    if password.isascii():
+        for bit, pool in _POOL_SETS:
+            if not chars.isdisjoint(pool):
+                mask |= bit
+        return mask
+    for i, test in enumerate(_POOL_TESTS):
+        if any(map(test, chars)):
+            mask |= 1 << i
     return mask
 
 
@@ -102,10 +111,10 @@ def charset_bits(length: int, mask: int) -> float:
 
 
 def charset_entropy(password: str) -> float:
-    """Original estimate L·log2(R); 0.0 when R is 0 (only non-ASCII letters).
+    """Original estimate L·log2(R); 0.0 when R is 0 (no character in any pool).
 
-    The original would raise on R == 0 (log of zero); characters outside
-    the five pools add nothing to R, as in the original.
+    Characters in none of the five pools (a CJK ideograph, an emoji) add nothing to R, and
+    R == 0 gives 0.0, as in the original.
     """
     return charset_bits(len(password), pool_mask(password))
 

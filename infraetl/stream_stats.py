@@ -251,7 +251,11 @@ class StatsSummary:
         decades: Counter[str] = Counter()
         for a, c in h["age"].counts.items():
             decades[f"{a // 10 * 10}s"] += c
-        plen = h["password_length"]
+        # As the original, the length figures are those of the passwords there are: an empty one
+        # is counted apart ("empty"), not as a password of length 0.
+        empty = h["password_length"].counts.get(0, 0)
+        plen = IntHistogram({k: c for k, c in h["password_length"].counts.items() if k})
+        n_pw = n - empty
         short = sum(c for k, c in plen.counts.items() if k < SHORT_PASSWORD)
         ulen = h["username_length"]
         at_reg = h["age_at_registration"]
@@ -264,8 +268,8 @@ class StatsSummary:
             "email_domains": self.cats["email_domains"].to_dict(),
             "username_length": {"min": _extreme(ulen, min), "max": _extreme(ulen, max), "mean": ulen.mean()},
             "password_length": {"min": _extreme(plen, min), "max": _extreme(plen, max), "mean": plen.mean(),
-                                "histogram": plen.to_dict(),
-                                "short_pct": 100 * short / n if n else None},
+                                "histogram": plen.to_dict(), "empty": empty,
+                                "short_pct": 100 * short / n_pw if n_pw else None},
             "registration_years": h["registration_years"].to_dict(),
             "timezones": self.cats["timezones"].to_dict(),
             "quarantine": dict(sorted(self.quarantine.items(), key=lambda kv: (-kv[1], kv[0]))),

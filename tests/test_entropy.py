@@ -21,7 +21,11 @@ from infraetl import entropy, pwshape
     ("aB1!", 94),
     ("aB1! ", 95),
     ("", 0),
-    ("üé", 0),  # outside the five pools, as in the original
+    ("üé", 26),  # lower case by str.islower, as in the original (was 0: ASCII pools only)
+    ("ПАРОЛЬпароль1!", 94),
+    ("\u0663\u0664", 10),  # Arabic-Indic digits are digits to str.isdigit
+    ("a\u00a0b", 27),  # a no-break space is a space to str.isspace
+    ("漢字", 0),  # in no pool
 ])
 def test_charset_size_sums_the_pools_present(password: str, size: int) -> None:
     assert entropy.charset_size(password) == size
@@ -31,7 +35,23 @@ def test_charset_entropy_is_length_times_log2_of_pool() -> None:
     assert entropy.charset_entropy("abc") == pytest.approx(3 * math.log2(26))
     assert entropy.charset_entropy("aB1!xyz") == pytest.approx(7 * math.log2(94))
     assert entropy.charset_entropy("") == 0.0
-    assert entropy.charset_entropy("ü") == 0.0  # the original would take log2(0)
+    assert entropy.charset_entropy("漢") == 0.0  # R == 0: the original's 0.0
+
+
+def test_the_charset_rules_are_the_originals_on_any_text() -> None:
+    # The docs say the original's definitions are kept exactly; they were ASCII-only here, so
+    # "Пароль123!" was weak where the original calls it strong (a review).
+    import random
+
+    from infraetl.bench_original import _entropy, _kinds
+
+    rng = random.Random(8)
+    alphabet = "aZ9!  \t\u00a0üÉПп\u0663²漢😀_-~"
+    for _ in range(3000):
+        pw = "".join(rng.choices(alphabet, k=rng.randint(0, 12)))
+        assert entropy.charset_entropy(pw) == pytest.approx(_entropy(pw)), pw
+        assert entropy.class_count(entropy.pool_mask(pw)) == _kinds(pw), pw
+    assert entropy.is_strong("Пароль123!") and entropy.is_strong("ЯрославКиїв1")
 
 
 @pytest.mark.parametrize(("password", "expected"), [

@@ -28,7 +28,7 @@ def original_figures(users: list[dict[str, Any]]) -> dict[str, Any]:
     """The original's figures, by its own definitions."""
     ages = [u["dob"]["age"] for u in users]
     usernames = [len(u["login"]["username"]) for u in users]
-    passwords = [len(u["login"]["password"]) for u in users]
+    passwords = [len(u["login"]["password"]) for u in users if u["login"]["password"]]  # as the original
 
     def value_counts(values: list[Any]) -> dict[Any, int]:
         counts: dict[Any, int] = {}
@@ -45,8 +45,8 @@ def original_figures(users: list[dict[str, Any]]) -> dict[str, Any]:
         "email_domains": value_counts([u["email"].split("@")[1] for u in users]),
         "username_length": {"min": min(usernames), "max": max(usernames),
                             "mean": sum(usernames) / len(usernames)},
-        "password_length": {"min": min(passwords), "max": max(passwords),
-                            "mean": sum(passwords) / len(passwords)},
+        "password_length": {"min": min(passwords, default=None), "max": max(passwords, default=None),
+                            "mean": sum(passwords) / len(passwords) if passwords else None},
         "registration_years": value_counts([u["registered"]["date"][:4] for u in users]),
         "timezones": value_counts([u["location"]["timezone"]["offset"] for u in users]),
     }

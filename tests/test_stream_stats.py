@@ -103,12 +103,19 @@ def test_exact_figures_equal_plain_computations(users: list[dict[str, Any]]) -> 
                       ("nationalities", ("nat",)), ("timezones", ("location", "timezone", "offset"))):
         assert f[key] == dict(Counter(schema.get_path(u, path) for u in users))
     assert f["email_domains"] == dict(Counter(u["email"].split("@")[1] for u in users))
-    for key, field in (("username_length", "username"), ("password_length", "password")):
-        lens = [len(u["login"][field]) for u in users]
-        assert (f[key]["min"], f[key]["max"], f[key]["mean"]) == (min(lens), max(lens), statistics.mean(lens))
-    plens = [len(u["login"]["password"]) for u in users]
-    assert f["password_length"]["histogram"] == {str(k): v for k, v in Counter(plens).items()}
-    assert f["password_length"]["short_pct"] == 100 * sum(n < 8 for n in plens) / len(users)
+    lens = [len(u["login"]["username"]) for u in users]
+    assert (f["username_length"]["min"], f["username_length"]["max"], f["username_length"]["mean"]) == \
+        (min(lens), max(lens), statistics.mean(lens))
+    # Password lengths are those of the passwords there are, as the original's (empty ones apart).
+    plens = [len(u["login"]["password"]) for u in users if u["login"]["password"]]
+    pl = f["password_length"]
+    if plens:
+        assert (pl["min"], pl["max"], pl["mean"]) == (min(plens), max(plens), statistics.mean(plens))
+        assert pl["short_pct"] == 100 * sum(n < 8 for n in plens) / len(plens)
+    else:
+        assert (pl["min"], pl["max"], pl["mean"], pl["short_pct"]) == (None, None, None, None)
+    assert pl["histogram"] == {str(k): v for k, v in Counter(plens).items()}
+    assert pl["empty"] == len(users) - len(plens)
     assert f["registration_years"] == dict(Counter(u["registered"]["date"][:4] for u in users))
     reg = np.array([u["registered"]["age"] for u in users])
     assert f["account_age"]["median"] == np.median(reg)
