@@ -128,6 +128,23 @@ def test_a_trickling_body_ends_with_the_run_and_leaves_no_thread(hostile) -> Non
     wait_for(lambda: set(_source_threads()) <= before, 5, "the source's threads to end")
 
 
+def test_trickled_headers_end_with_the_run_and_leave_no_thread(hostile) -> None:  # noqa: ANN001
+    # The headers are read inside requests, before any body: only hanging up ends that read.
+    before = set(_source_threads())
+
+    def trickle(conn: socket.socket, _: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\n")
+        while True:
+            conn.sendall(b"X")
+            time.sleep(0.2)  # the hostile server's pace, not a synchronisation
+
+    srv = hostile(trickle)
+    t = time.monotonic()
+    why = _failure(f"http://127.0.0.1:{srv.port}/api/", deadline=2.0)
+    assert "deadline reached" in why and time.monotonic() - t < 5
+    wait_for(lambda: set(_source_threads()) <= before, 5, "the source's threads to end")
+
+
 def test_credentials_in_the_api_url_are_never_shown(hostile) -> None:  # noqa: ANN001
     srv = hostile(lambda c, _: _reply(c, "401 Unauthorized", b"no"))
     why = _failure(f"http://apiuser:S3cretPass@127.0.0.1:{srv.port}/api/?token=T0ken")

@@ -13,6 +13,7 @@ the plan's deadline; past either, the run fails with a one-line reason.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import email.utils
 import logging
@@ -20,6 +21,7 @@ import math
 import queue
 import random
 import re
+import socket
 import threading
 import time
 import urllib.parse
@@ -31,6 +33,8 @@ from typing import Any
 
 import requests
 import urllib3
+import urllib3.connection
+import urllib3.connectionpool
 from requests.adapters import HTTPAdapter
 
 from .. import __version__
@@ -239,6 +243,32 @@ class _Run:
         return self.error
 
 
+#: The socket each thread last connected (see :class:`_Conn`), for a run to hang up on its own.
+_SOCKETS: dict[int, socket.socket] = {}
+
+
+class _Conn(urllib3.connection.HTTPConnection):
+    """An HTTP connection that records its socket under the thread that opened it."""
+
+    def connect(self) -> None:
+        super().connect()
+        _SOCKETS[threading.get_ident()] = self.sock
+
+
+class _TLSConn(urllib3.connection.HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        _SOCKETS[threading.get_ident()] = self.sock
+
+
+class _Pool(urllib3.connectionpool.HTTPConnectionPool):
+    ConnectionCls = _Conn
+
+
+class _TLSPool(urllib3.connectionpool.HTTPSConnectionPool):
+    ConnectionCls = _TLSConn
+
+
 class _Workers:
     """A fixed number of daemon threads running submitted calls (a minimal thread pool)."""
 
@@ -264,6 +294,15 @@ class _Workers:
         """Let each worker finish its current call and exit; queued calls are dropped."""
         for _ in self._threads:
             self._jobs.put(None)
+
+    def hang_up(self) -> None:
+        """End the connections the workers opened: a request blocked in a read (a server
+        trickling its headers, say) ends now, not when the server stops."""
+        for t in self._threads:
+            sock = _SOCKETS.pop(t.ident, None) if t.ident is not None else None
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
     def _work(self) -> None:
         while True:
@@ -354,12 +393,14 @@ class RandomUserSource:
             for future in in_flight:
                 future.cancel()
             pool.shutdown()
+            pool.hang_up()
             session.close()
 
     def _session(self) -> requests.Session:
         session = requests.Session()
         # One pooled connection per worker; retries are ours, not urllib3's.
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self.concurrency, max_retries=0)
+        adapter.poolmanager.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         session.headers["User-Agent"] = USER_AGENT
