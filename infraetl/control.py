@@ -78,6 +78,11 @@ class ReplayGuard:
 
 # --- producer side --------------------------------------------------------
 
+def _where(e: InfraETLError) -> str:
+    """An error for the ctl, which may run on another host: a store's is the producer's spool."""
+    return f"the producer's spool: {e}" if isinstance(e, StoreError) else str(e)
+
+
 def handle_control(producer: Producer, frame: bytes) -> bytes:
     """Open one control request, run it, and return the sealed reply frame."""
     try:
@@ -93,13 +98,16 @@ def handle_control(producer: Producer, frame: bytes) -> bytes:
         producer._warn.warning("control-" + e.reason, "rejected control frame: %s", e)
         return NOT_AUTHORISED
     except StoreError as e:
-        return producer.sealer.seal(wire.make("reply", msg["run"], msg["seq"], ok=False, error=str(e)))
+        return producer.sealer.seal_like(frame, wire.make("reply", msg["run"], msg["seq"], ok=False,
+                                                          error=_where(e)))
     try:
         result = _dispatch(producer, msg["cmd"], msg["args"], msg["run"])
         reply = wire.make("reply", msg["run"], msg["seq"], ok=True, result=result)
     except InfraETLError as e:
-        reply = wire.make("reply", msg["run"], msg["seq"], ok=False, error=str(e))
-    return producer.sealer.seal(reply)
+        reply = wire.make("reply", msg["run"], msg["seq"], ok=False, error=_where(e))
+    # Under the key that opened the request: an operator whose key file still has only the old
+    # key (mid-rotation) can read that the run started, instead of retrying it (a review).
+    return producer.sealer.seal_like(frame, reply)
 
 
 def _dispatch(producer: Producer, cmd: str, args: dict[str, Any], nonce: str) -> Any:
@@ -205,12 +213,14 @@ class ControlClient:
                 raise NotAuthorised(
                     f"not authorised: the producer at {self.endpoint} could not open our command "
                     "(different encryption key, or a clock more than "
-                    f"{CONTROL_WINDOW / 60:.0f} minutes behind the producer's?)"
+                    f"{CONTROL_WINDOW / 60:.0f} minutes off the producer's?)"
                 )
             try:
                 reply = self._sealer.open(frame, check_time=False)  # fresh: it answers our nonce
             except WireError as e:
-                raise ControlError(f"unreadable reply from the producer ({e.reason})") from None
+                # The command may well have been carried out: say so, so nobody repeats a start-run.
+                raise ControlError(f"unreadable reply from the producer ({e.reason}): the command may have "
+                                   "been carried out; check with `infraetl-ctl status` before repeating it") from None
             if reply["kind"] != "reply" or reply["run"] != nonce:
                 continue  # a late answer to an earlier, timed-out request
             if not reply["ok"]:

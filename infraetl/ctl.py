@@ -7,6 +7,7 @@ lives in ``cli_output``). Library errors become one line on stderr and exit
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import sys
@@ -52,6 +53,9 @@ class Group(click.Group):
             return super().invoke(ctx)
         except InfraETLError as e:
             raise click.ClickException(str(e)) from None
+        except BrokenPipeError:  # `infraetl-ctl status | head -1`: the reader has all it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+            sys.exit(141)  # as a shell reports a command SIGPIPE ended
         except OSError as e:  # writing the output (keygen > a full disk), a work directory...
             raise click.ClickException(f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}") from None
         except KeyboardInterrupt:

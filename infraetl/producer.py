@@ -312,9 +312,10 @@ class Producer:
         foreign = sum(not self.sealer.holds_key_of(e[0]) for e in self.in_flight.values())
         if foreign:
             logger.warning("%d spooled frame(s) are sealed with a key this producer no longer holds: they "
-                           "are sent as they are while the consumer may still hold it; past half the token "
-                           "TTL (%g s) they cannot be re-sealed and their runs fail", foreign,
-                           self.s.token_ttl)
+                           "are sent as they are while the consumer may still hold it; %g s after their "
+                           "sealing (half the token TTL) they cannot be re-sealed and their runs fail: after a "
+                           "leak, cancel those runs (`infraetl-ctl cancel`), or they hold the window until then",
+                           foreign, self.s.token_ttl / 2)
 
     def _start_worker(self, run_id: str, spec: dict[str, Any], skip: int = 0) -> None:
         # The worker seals with whatever keys the producer holds now (SIGHUP swaps them).
@@ -467,7 +468,15 @@ class Producer:
         try:
             entry[0] = self.sealer.reseal(entry[0], opener=self._opener(entry[0]))
         except WireError as e:
-            self._fail_run(run_id, f"its frame {seq} cannot be re-sealed ({e}); start the run again")
+            if seq == END_SEQ:
+                # The END went out before: the consumer may have completed the run. Its answer to
+                # the ABORT says so, and the run then shows complete here (a review: an operator
+                # told to start it again counted it twice).
+                why = (f"its END cannot be re-sealed ({e}); unless the consumer had completed the run "
+                       "(`infraetl-ctl status` then shows it complete once the consumer answers), start it again")
+            else:
+                why = f"its batch {seq} cannot be re-sealed ({e}); start the run again"
+            self._fail_run(run_id, why)
             return False
         try:
             self.spool.replace_frame(run_id, seq, entry[0])

@@ -160,6 +160,15 @@ class Sealer:
         """
         return check_schema(self.open_raw(frame, check_time=check_time))
 
+    def seal_like(self, frame: bytes, msg: Message) -> bytes:
+        """Seal ``msg`` under the key ``frame`` was sealed with (one of this ring's, as an
+        opened frame's is), else under the sealing key."""
+        kid = frame[:KID_LEN]
+        fernet = self._ring.get(kid)
+        if fernet is None:
+            return self.seal(msg)
+        return kid + fernet.encrypt_at_time(msgpack.packb(msg, use_bin_type=True), int(self._clock()))
+
     def open_plain(self, frame: bytes) -> tuple[Message, bytes]:
         """:meth:`open`, and the msgpack plaintext the message was decoded from (for a helper
         process to decode again: cheaper than encoding the message a second time)."""

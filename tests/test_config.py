@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -209,3 +210,13 @@ def test_a_second_daemon_on_the_same_state_directory_exits_with_one_sentence(rol
         first.kill9()
         c.restart_consumer() if role == "consumer" else c.start_producer()
         assert json.loads(ctl(c, "status", "--json").stdout)["runs"] == []
+
+
+def test_a_reader_that_stops_early_is_no_error(tmp_path: Path) -> None:
+    # `infraetl-ctl status | head -1` printed "Error: Broken pipe" and exited 1 (a review).
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before the ctl writes
+    proc = subprocess.run([sys.executable, "-m", "infraetl.ctl", "keygen"], stdout=w, stderr=subprocess.PIPE,
+                          text=True, timeout=30, cwd=tmp_path)
+    os.close(w)
+    assert proc.returncode == 141 and proc.stderr == "", proc.stderr

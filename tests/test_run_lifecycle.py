@@ -336,3 +336,19 @@ def test_the_progress_line_says_when_the_producer_stops_answering(capsys: pytest
     err = capsys.readouterr().err
     assert "applied 40/100" in err and "the producer is not answering; retrying" in err
 
+
+
+def test_an_operator_still_on_the_old_key_mid_rotation_reads_the_answer(tmp_path: Path) -> None:
+    # Step 2 of a rotation (every daemon seals with the new key, still opens the old): the reply
+    # was sealed with the new key, so the ctl said "unreadable reply" for a run it had started,
+    # and a retry counted it twice (a review).
+    from infraetl import config
+    from infraetl.localcluster import write_key_file
+
+    old, new = config.new_key(), config.new_key()
+    keys = write_key_file(tmp_path / "ring", f"{new}\n{old}")
+    with LocalCluster(tmp_path / "c", key_file=keys) as c:
+        env = {**c.env, "ETL_ENCRYPTION_KEY_FILE": str(write_key_file(tmp_path / "old", old))}
+        done = ctl(c, "start-run", "--users", "300", env=env, check=False)
+        assert done.returncode == 0 and "300 users applied" in done.stdout, done.stderr
+        assert get_json(c.url + "api/stats.json")["cumulative"]["total_users"] == 300
