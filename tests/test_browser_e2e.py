@@ -70,8 +70,10 @@ def table_problems(name: str, table: dict[str, Any], figures: dict[str, Any]) ->
     if chart == "weak_by_nationality":
         for nat, (_, n, weak, pct) in rows.items():
             want = source.get(nat, {})
-            if (_num(n), _num(weak), _num(pct)) != (want.get("users"), want.get("weak"),
-                                                     want.get("percent_weak")):
+            # The share from the counts (the JSON's is rounded to 2 decimals; the page's was rounded twice).
+            exact = 100 * want["weak"] / want["users"] if want.get("users") else None
+            if (_num(n), _num(weak)) != (want.get("users"), want.get("weak")) or exact is None \
+                    or abs(_num(pct) - exact) > 1e-9 or abs(exact - want.get("percent_weak", -1)) > 0.005 + 1e-9:
                 problems.append(f"{name}/{nat}: page {n}, {weak}, {pct}% but JSON {want}")
         if len(rows) != min(len(source), 25):
             problems.append(f"{name}: {len(rows)} rows for {len(source)} nationalities")
@@ -113,7 +115,8 @@ def expected_cards(f: dict[str, Any]) -> dict[str, tuple[str, str | None]]:
         "countries": (f"{len(f['countries']):,}", None),
         "password_length": (f"{plen['mean']:,.1f}", f"{plen['short_pct']:.1f}% shorter than 8"),
         "password_length_range": (f"{plen['min']} / {plen['max']}", None),
-        "strong_share": (f"{strength['percent_strong']:.1f}%", f"{strength['strong']:,} strong"),
+        "strong_share": (f"{100 * strength['strong'] / (strength['strong'] + strength['weak']):.1f}%",
+                         f"{strength['strong']:,} strong"),
         **{k: (f"{audit[k]:,}", share(audit[k]))
            for k in ("name_in_password", "birthyear_in_password", "username_in_password")},
         "most_secure_password": (audit["most_secure_password"]["password"],
