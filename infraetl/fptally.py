@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Hashable
-from itertools import repeat
-from operator import add, itemgetter
+from itertools import compress, repeat
+from operator import add, ge, itemgetter
 from typing import Any, Generic, TypeVar
 
 from infraetl.pwshape import mask
@@ -94,7 +94,14 @@ class Tally(Generic[K]):
 
     def top(self, k: int) -> list[tuple[K, int]]:
         """The ``k`` most frequent (key, count), ties broken by key."""
-        return heapq.nsmallest(k, self.counts.items(), key=_rank)
+        if k <= 0 or not self.counts:
+            return []
+        # The k-th largest count first (ints compared in C), then rank only the keys that reach
+        # it: a Python key function over 200,000 keys was ~a fifth of a dashboard render.
+        floor = heapq.nlargest(k, self.counts.values())[-1]
+        items = self.counts.items()
+        near = compress(items, map(ge, self.counts.values(), repeat(floor)))
+        return heapq.nsmallest(k, near, key=_rank)
 
     def remask(self) -> None:
         """Mask every label (when plaintext labels meet masked ones)."""
@@ -114,10 +121,11 @@ class Tally(Generic[K]):
         exact, evicted_keys, evicted_sharing, keys, counts, labels = wire
         tally.exact = bool(exact)
         tally.evicted_keys, tally.evicted_sharing = int(evicted_keys), int(evicted_sharing)
-        if not all(type(n) is int for n in counts):
+        if not set(map(type, counts)) <= {int}:
             raise TypeError("tally counts must be integers")
         tally.counts = dict(zip(keys, counts, strict=True))
         if labels is not None:
-            tally.labels = {k: v for k, v in zip(keys, labels, strict=True) if v is not None}
+            tally.labels = (dict(zip(keys, labels, strict=True)) if None not in labels
+                            else {k: v for k, v in zip(keys, labels, strict=True) if v is not None})
         tally.prune()
         return tally

@@ -452,3 +452,18 @@ def test_weak_by_nationality_does_not_depend_on_the_order_of_merges() -> None:
     ba = AuditSummary.from_bytes(b.to_bytes()).merge(AuditSummary.from_bytes(a.to_bytes())).figures()
     assert ab["by_nationality"] == ba["by_nationality"]
     assert set(ab["by_nationality"]) == set(codes)
+
+
+def test_tally_top_is_the_full_ranking_s_head() -> None:
+    # top() looks at the keys reaching the k-th count only: the same answer, ties by key.
+    import heapq
+    import random
+
+    from infraetl.fptally import Tally, _rank
+
+    rng = random.Random(3)
+    for _ in range(300):
+        t: Tally[bytes] = Tally(10**6)
+        t.counts = {rng.randbytes(rng.randint(1, 3)): rng.randint(1, 5) for _ in range(rng.randint(0, 300))}
+        for k in (0, 1, 3, 10, 50):
+            assert t.top(k) == (heapq.nsmallest(k, t.counts.items(), key=_rank) if k else [])
