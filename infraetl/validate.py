@@ -28,10 +28,12 @@ the first failing field in column order) for:
 Every real script is **accepted** with its marks: Persian with ZWNJ, ZWJ,
 LRM/RLM/ALM, soft hyphens, no-break spaces, diacritics, apostrophes (' ’ ʼ),
 dashes. Hostile markup (``<script>``) is data: kept verbatim (the dashboard
-escapes it). Only **warned** (counted as ``"<kind>:<field>"``, record kept
+escapes it), but counted. Only **warned** (counted as ``"<kind>:<field>"``, record kept
 and cleaned): ``whitespace`` at either end (trimmed), ``not-nfc``
 (normalised) and, in names and places, ``mixed-script`` (a word mixing
-scripts: Latin with a Cyrillic ``Ј``). Passwords are never changed.
+scripts: Latin with a Cyrillic ``Ј``), ``markup`` (a tag, an entity,
+``javascript:``) and ``formula`` (a leading ``=``, ``+``, ``@`` or ``-``, which
+a spreadsheet would run). Passwords are never changed.
 
 Speed: each column is joined into one string and judged in C-speed passes
 (one ``bytes.translate`` of its UTF-8 for ASCII controls, substring tests for
@@ -204,14 +206,18 @@ _BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 _CATEGORY_KIND = {"Cc": "control", "Zl": "control", "Zp": "control", "Cs": "surrogate",
                   "Co": "private-use", "Cn": "unassigned", "Cf": "invisible"}
 # UTF-8 bytes read as Latin-1 or cp1252. A lead Ã/Â followed by any continuation
-# (Latin-1 symbols or cp1252's punctuation), other 2-byte leads only by a Latin-1
-# symbol (an accented capital before "–" is real text: "JOSÉ–MARÍA"), 3-byte leads
+# (Latin-1 symbols or cp1252's punctuation); so the leads of the scripts whose mojibake
+# is common: Latin Extended-A (Ä Å: Turkish ğ = "ÄŸ", Polish ł = "Å‚"), Greek (Î Ï),
+# Cyrillic (Ð Ñ Ò Ó: "Ð¸"), Hebrew and Arabic (× Ø Ù Ú Û). The other 2-byte leads are
+# the accented capitals of upper-case names (É Í Ç Ê …): only by a Latin-1 symbol other
+# than the no-break space ("JOSÉ\u00a0MARÍA", "JOSÉ–MARÍA" are real text). 3-byte leads
 # by two continuations ("â€™").
 _CONT = "\u0080-\u00bf\u20ac\u201a\u0192\u201e\u2026\u2020\u2021\u02c6\u2030\u0160\u2039\u0152" \
         "\u017d\u2018\u2019\u201c\u201d\u2022\u2013\u2014\u02dc\u2122\u0161\u203a\u0153\u017e\u0178"
 # Deleting these from UTF-8 leaves only ASCII control characters (and DEL).
 _NOT_ASCII_CONTROL = bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
-_MOJIBAKE = re.compile(f"[\u00c2\u00c3][{_CONT}]|[\u00c4-\u00df][\u00a0-\u00bf]"
+_MOJIBAKE = re.compile(f"[\u00c2-\u00c5\u00ce-\u00d3\u00d7-\u00db][{_CONT}]"
+                       f"|[\u00c6-\u00cd\u00d4-\u00d6\u00dc-\u00df][\u00a1-\u00bf]"
                        f"|[\u00e0-\u00ef][{_CONT}]{{2}}")
 
 
@@ -293,9 +299,20 @@ def judge(value: str, policy: str = PLAIN) -> Verdict:
     if not unicodedata.is_normalized("NFC", clean):
         warnings.append("not-nfc")
         clean = unicodedata.normalize("NFC", clean)
-    if policy == NAME and not clean.isascii() and mixed_script(clean):
-        warnings.append("mixed-script")
+    if policy == NAME:
+        if not clean.isascii() and mixed_script(clean):
+            warnings.append("mixed-script")
+        if _MARKUP.search(clean):
+            warnings.append("markup")  # kept verbatim and escaped on the page, but counted
+        elif clean[:1] in _FORMULA:
+            warnings.append("formula")  # a spreadsheet would run it: "=cmd|…"
     return Verdict(None, tuple(warnings), clean)
+
+
+#: Markup or a script URL in a name or a place: a tag, an entity, ``javascript:``.
+_MARKUP = re.compile(r"<\s*[a-z/!?]|&#?[a-z0-9]+;|javascript\s*:", re.IGNORECASE)
+#: What starts a spreadsheet formula (no name or place begins so).
+_FORMULA = frozenset("=+@-")
 
 
 class _Verdicts:
@@ -472,7 +489,11 @@ class _Batch:
         spaces = policy != SECRET and " " in joined and (
             joined[0] == " " or joined[-1] == " " or "\n " in joined or " \n" in joined)
         non_ascii = len(utf8) != len(joined)
-        if not (controls or empties or spaces or non_ascii):
+        # Markup or a formula in a name or a place (a warning): one regex and four substring
+        # tests over the column, separated by newlines.
+        suspect = policy == NAME and bool(_MARKUP.search(joined) or joined[:1] in _FORMULA
+                                          or any("\n" + c in joined for c in _FORMULA))
+        if not (controls or empties or spaces or non_ascii or suspect):
             return
         # Every non-ASCII value is judged (once per process, see _Verdicts); of the ASCII
         # ones only those with a control character or outer white space.
@@ -481,6 +502,8 @@ class _Batch:
             cands.update(filterfalse(str.isprintable, values))
         if spaces:  # str.strip returns the very same object when there is nothing to strip
             cands.update(compress(values, map(is_not, values, map(str.strip, values))))
+        if suspect:
+            cands.update(v for v in values if _MARKUP.search(v) or v.lstrip()[:1] in _FORMULA)
         verdicts = _VERDICTS[policy].judge(cands) if cands else {}
         if empties:
             verdicts[""] = Verdict(None, (), "")
