@@ -14,13 +14,15 @@ the first failing field in column order) for:
 ``control``      C0/C1 controls, DEL, U+2028/U+2029 line/paragraph separators
 ``bidi``         bidirectional embeddings, overrides, isolates (U+202A–E, U+2066–9)
 ``invisible``    format characters that are not joiners or marks: U+200B, U+FEFF,
-                 U+180E, U+2061–4, U+206A–F, U+FFF9–B, tags (U+E0000–7F), …
+                 U+180E, U+2061–4, U+206A–F, U+FFF9–B, tags (U+E0000–7F), …; and the
+                 fillers that print nothing (Hangul U+3164 …, the blank Braille cell)
 ``private-use``  U+E000–U+F8FF and planes 15–16
 ``unassigned``   code points unassigned in the running Python's Unicode (incl. nonchars)
 ``surrogate``    lone surrogates (only a JSON replay can carry them)
 ``replacement``  U+FFFD: the text was already damaged upstream
 ``mojibake``     UTF-8 read as Latin-1/cp1252: ``Ã©``, ``Ã¶``, ``â€™``, ``Ð¸``
-``type``         a value of the wrong type (``missing`` for null, ``empty`` for "")
+``type``         a value of the wrong type (``missing`` for null, ``empty`` for "" or a
+                 value of nothing that shows: only joiners, soft hyphens, marks)
 ``range``        an age outside 0–150;  ``format``: a date, e-mail, nat or offset
                  the statistics could not read
 ===============  ==============================================================
@@ -202,6 +204,8 @@ check_rows.rows = True  # type: ignore[attr-defined]  # Collector: records come 
 
 #: Invisible or directional characters that belong in real text: kept.
 ALLOWED_FORMAT = frozenset("\u00ad\u061c\u200c\u200d\u200e\u200f\u2060")
+#: Printable characters that show nothing (Hangul fillers, the blank Braille cell): ``invisible``.
+_FILLERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 _BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 _CATEGORY_KIND = {"Cc": "control", "Zl": "control", "Zp": "control", "Cs": "surrogate",
                   "Co": "private-use", "Cn": "unassigned", "Cf": "invisible"}
@@ -255,8 +259,8 @@ def mixed_script(text: str) -> bool:
             s = script_of(c)
             if s is not None:
                 scripts.add(s)
-        elif c in "\u200c\u200d" or unicodedata.category(c)[0] == "M":
-            continue
+        elif c in ALLOWED_FORMAT or unicodedata.category(c)[0] == "M":
+            continue  # inside the word: a soft hyphen or an LRM must not split "ра\u00adypal" in two
         else:
             if len(scripts) > 1:
                 return True
@@ -291,6 +295,8 @@ def judge(value: str, policy: str = PLAIN) -> Verdict:
         return Verdict("replacement", (), value)
     if not value.isascii() and _MOJIBAKE.search(value):
         return Verdict("mojibake", (), value)
+    if not value.isascii() and not _FILLERS.isdisjoint(value):
+        return Verdict("invisible", (), value)
     if policy == SECRET:
         return Verdict(None, (), value)
     warnings, clean = [], value.strip()
@@ -299,6 +305,9 @@ def judge(value: str, policy: str = PLAIN) -> Verdict:
     if not unicodedata.is_normalized("NFC", clean):
         warnings.append("not-nfc")
         clean = unicodedata.normalize("NFC", clean)
+    if clean and not clean.isascii() and all(c in ALLOWED_FORMAT or unicodedata.category(c)[0] == "M"
+                                             for c in clean):
+        return Verdict("empty", (), value)  # nothing that shows: joiners, soft hyphens, marks
     if policy == NAME:
         if not clean.isascii() and mixed_script(clean):
             warnings.append("mixed-script")

@@ -242,6 +242,7 @@ REJECTED = {
     "mojibake ğ": ("DoÄŸan", "mojibake"), "mojibake ş": ("BeÅŸiktaÅŸ", "mojibake"),
     "mojibake ł ę": ("WaÅ‚Ä™sa", "mojibake"), "mojibake ő": ("GyÅ‘r", "mojibake"),
     "mojibake ć": ("NoviÄ‡", "mojibake"),
+    "Hangul filler": ("\u3164", "invisible"), "Braille blank": ("Ann\u2800", "invisible"),
 }
 
 
@@ -251,6 +252,19 @@ def test_strange_characters_are_quarantined_with_field_and_reason(value: str, ki
         v = validated(path, value)
         assert v.quarantine == {f"{kind}:{path}": 1}
         assert schema.column_length(v.cols) == 3 and value not in v.cols[path]
+
+
+@pytest.mark.parametrize("value", ["\u200c", "\u00ad", "\u200e\u0301", "\u2060\u200d"])
+def test_a_name_of_nothing_that_shows_is_empty(value: str) -> None:
+    # Kept as a name before (a review): only joiners, soft hyphens, marks.
+    for path in ("name.first", "location.city", "login.username"):
+        assert validated(path, value).quarantine == {f"empty:{path}": 1}
+    assert not validated("login.password", value).quarantine  # passwords are never judged so
+
+
+@pytest.mark.parametrize("value", ["ра\u00adypal", "ра\u2060ypal", "ра\u200eypal"])
+def test_an_allowed_invisible_character_does_not_split_a_word_for_the_script_check(value: str) -> None:
+    assert validated("name.first", value).warnings == {"mixed-script:name.first": 1}
 
 
 WARNED = {
