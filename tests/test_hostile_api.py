@@ -111,13 +111,18 @@ def test_a_compression_bomb_fails_the_run_without_filling_memory(hostile, monkey
     assert srv.requests == 1
 
 
-def test_a_trickling_body_ends_with_the_run_and_leaves_no_thread(hostile) -> None:  # noqa: ANN001
+@pytest.mark.parametrize(("head", "byte"), [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n", b" "),  # a body, a byte at a time
+    # Headers are read inside requests, before any body: only hanging up ends that read.
+    (b"HTTP/1.1 200 OK\r\n", b"X"),
+], ids=["body", "headers"])
+def test_a_trickling_answer_ends_with_the_run_and_leaves_no_thread(hostile, head: bytes, byte: bytes) -> None:  # noqa: ANN001
     before = set(_source_threads())
 
     def trickle(conn: socket.socket, _: bytes) -> None:
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n")
+        conn.sendall(head)
         while True:
-            conn.sendall(b" ")
+            conn.sendall(byte)
             time.sleep(0.2)  # the hostile server's pace, not a synchronisation
 
     srv = hostile(trickle)
@@ -125,23 +130,6 @@ def test_a_trickling_body_ends_with_the_run_and_leaves_no_thread(hostile) -> Non
     why = _failure(f"http://127.0.0.1:{srv.port}/api/", deadline=2.0)
     assert "deadline reached" in why and time.monotonic() - t < 5
     # The request in flight ends with the run: no thread (nor its socket) outlives it.
-    wait_for(lambda: set(_source_threads()) <= before, 5, "the source's threads to end")
-
-
-def test_trickled_headers_end_with_the_run_and_leave_no_thread(hostile) -> None:  # noqa: ANN001
-    # The headers are read inside requests, before any body: only hanging up ends that read.
-    before = set(_source_threads())
-
-    def trickle(conn: socket.socket, _: bytes) -> None:
-        conn.sendall(b"HTTP/1.1 200 OK\r\n")
-        while True:
-            conn.sendall(b"X")
-            time.sleep(0.2)  # the hostile server's pace, not a synchronisation
-
-    srv = hostile(trickle)
-    t = time.monotonic()
-    why = _failure(f"http://127.0.0.1:{srv.port}/api/", deadline=2.0)
-    assert "deadline reached" in why and time.monotonic() - t < 5
     wait_for(lambda: set(_source_threads()) <= before, 5, "the source's threads to end")
 
 
