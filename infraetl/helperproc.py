@@ -12,6 +12,7 @@ meanwhile the daemon does the work itself.
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 import struct
 import subprocess
@@ -83,8 +84,6 @@ class HelperProcess:
 
     def receive(self, timeout: float) -> tuple[bool, Any]:
         """(True, the next answer), or (False, None) with the helper failed."""
-        import pickle
-
         assert self.conn is not None
         try:
             if not self.conn.poll(timeout):

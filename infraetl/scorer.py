@@ -12,7 +12,7 @@ The helper runs the very same function (``entropy.zxcvbn_strength``), so the
 figures cannot change; whatever it does not deliver (it died, it hangs, or
 ``workers=0``) the audit computes in-process, as before. A dead or hung helper
 is killed and counted, and a new one is started at most every
-:data:`RESTART_EVERY` seconds. Plaintext passwords cross a local pipe to a
+``helperproc.RESTART_EVERY`` seconds. Plaintext passwords cross a local pipe to a
 child of the same daemon (same user, same sandbox); nothing is written.
 """
 

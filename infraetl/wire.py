@@ -148,9 +148,11 @@ class Sealer:
 
     def seal(self, msg: Message, *, at: float | None = None) -> bytes:
         """Encode and encrypt ``msg`` into one frame."""
+        return self._seal_under(self._seal_kid, self._sealing, msg, at)
+
+    def _seal_under(self, kid: bytes, fernet: FernetKey, msg: Message, at: float | None = None) -> bytes:
         plain = msgpack.packb(msg, use_bin_type=True)
-        when = int(self._clock() if at is None else at)
-        return self._seal_kid + self._sealing.encrypt_at_time(plain, when)
+        return kid + fernet.encrypt_at_time(plain, int(self._clock() if at is None else at))
 
     def open(self, frame: bytes, *, check_time: bool = True) -> Message:
         """Authenticate, decrypt, decode and schema-check one frame.
@@ -165,9 +167,7 @@ class Sealer:
         opened frame's is), else under the sealing key."""
         kid = frame[:KID_LEN]
         fernet = self._ring.get(kid)
-        if fernet is None:
-            return self.seal(msg)
-        return kid + fernet.encrypt_at_time(msgpack.packb(msg, use_bin_type=True), int(self._clock()))
+        return self.seal(msg) if fernet is None else self._seal_under(kid, fernet, msg)
 
     def open_plain(self, frame: bytes) -> tuple[Message, bytes]:
         """:meth:`open`, and the msgpack plaintext the message was decoded from (for a helper

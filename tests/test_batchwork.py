@@ -96,7 +96,7 @@ def test_a_killed_worker_is_counted_and_its_batches_come_back_to_the_daemon(
         os.kill(pid, signal.SIGKILL)
     t = w.submit(plains[1], FP_KEY, False)
     assert t is None or w.take(t) is None  # nothing arrives: the daemon computes it
-    assert failures and "died" in failures[0] or "stopped taking work" in failures[0]
+    assert failures and ("died" in failures[0] or "stopped taking work" in failures[0])
 
 
 def test_a_hung_worker_is_given_up_on_within_the_timeout(workers: tuple[BatchWorkers, list[str]]) -> None:
@@ -133,9 +133,8 @@ def test_a_batch_the_worker_cannot_compute_is_handed_back() -> None:
         w.close()
 
 
-def test_no_workers_start_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(helperproc.sys, "executable", "/nonexistent/python")
-    w = BatchWorkers(0)
+def test_no_workers_start_nothing() -> None:
+    w = BatchWorkers(0)  # a real interpreter: a worker started anyway would take the batch
     assert w.submit(b"x", FP_KEY, False) is None and w.pids == []
 
 

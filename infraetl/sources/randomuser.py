@@ -247,18 +247,22 @@ class _Run:
 _SOCKETS: dict[int, socket.socket] = {}
 
 
-class _Conn(urllib3.connection.HTTPConnection):
-    """An HTTP connection that records its socket under the thread that opened it."""
+class _Recorded:
+    """A connection that records its socket under the thread that opened it."""
+
+    sock: Any
 
     def connect(self) -> None:
-        super().connect()
+        super().connect()  # type: ignore[misc]
         _SOCKETS[threading.get_ident()] = self.sock
 
 
-class _TLSConn(urllib3.connection.HTTPSConnection):
-    def connect(self) -> None:
-        super().connect()
-        _SOCKETS[threading.get_ident()] = self.sock
+class _Conn(_Recorded, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _TLSConn(_Recorded, urllib3.connection.HTTPSConnection):
+    pass
 
 
 class _Pool(urllib3.connectionpool.HTTPConnectionPool):
