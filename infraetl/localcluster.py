@@ -205,7 +205,9 @@ class LocalCluster:
 
     def start_producer(self) -> Daemon:
         """(Re)start the producer; a restart keeps its control endpoint."""
-        self.producer = self._producer().start()
+        # Known to stop() before it starts: an interrupt while it starts up must not orphan it.
+        self.producer = self._producer()
+        self.producer.start()
         self.producer_control = self.producer.endpoints["control"]
         return self.producer
 
