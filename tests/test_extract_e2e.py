@@ -10,7 +10,7 @@ import pytest
 from apiserver import ApiServer, Faults
 from helpers import ctl, get_json
 
-from infraetl.localcluster import LocalCluster
+from infraetl.localcluster import LocalCluster, wait_for
 
 
 @pytest.fixture
@@ -58,7 +58,10 @@ def test_api_that_never_recovers_fails_within_deadline(api_cluster: tuple[LocalC
     lines = [line for line in proc.stderr.strip().splitlines() if line.startswith("Error")]
     assert len(lines) == 1 and "failed" in lines[0] and "503" in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
-    stats = get_json(cluster.url + "api/stats.json")
+    # The answer is the producer's; the consumer learns of the failure from the run's ABORT,
+    # which may still be on its way (a CI run read the dashboard first).
+    stats = wait_for(lambda: (s := get_json(cluster.url + "api/stats.json"))["runs"] and s, 30,
+                     "the consumer records the failed run")
     assert stats["last_run"] is None and stats["cumulative"]["total_users"] == 0
     assert stats["runs"][0]["state"] == "failed" and "503" in stats["runs"][0]["reason"]
 
