@@ -46,5 +46,5 @@ def build_stats(store: Store, *, reveal: bool = False) -> dict[str, Any]:
         "passwords_revealed": reveal,
         "last_run": last_run,
         "cumulative": cumulative,
-        "runs": [run_row(r) for r in store.runs(50)],
+        "runs": [run_row(r) for r in store.runs()],
     }

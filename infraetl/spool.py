@@ -105,7 +105,8 @@ class Spool:
 
     def _upgrade(self) -> None:
         """Add what a spool of an older release lacks, in place: the runs' ACK counts (counted
-        from their frames), the start-run nonce (and its index), the consumer's counts."""
+        from their frames), the start-run nonce (and its index), the consumer's counts, the
+        index of the runs by age."""
         have = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
         if "acked_batches" not in have:
             with self._tx():
@@ -123,9 +124,12 @@ class Spool:
             if column not in have:
                 with self._tx():
                     self._db.execute(f"ALTER TABLE runs ADD COLUMN {column} TEXT")
-        if not self._db.execute("SELECT 1 FROM sqlite_master WHERE name='runs_nonce'").fetchone():
-            with self._tx():
-                self._db.execute("CREATE INDEX IF NOT EXISTS runs_nonce ON runs (nonce)")
+        # `status` lists the newest runs on every poll: without an index that read every run.
+        for name, sql in (("runs_nonce", "CREATE INDEX IF NOT EXISTS runs_nonce ON runs (nonce)"),
+                          ("runs_created", "CREATE INDEX IF NOT EXISTS runs_created ON runs (created_at)")):
+            if not self._db.execute("SELECT 1 FROM sqlite_master WHERE name=?", (name,)).fetchone():
+                with self._tx():
+                    self._db.execute(sql)
 
     def close(self) -> None:
         """Close the database."""

@@ -81,6 +81,10 @@ def test_a_spool_from_before_the_ack_counts_is_upgraded_in_place(tmp_path: Path)
     spool.finish("new", "complete", outcome={"kept": 7, "quarantined": 3})  # and the consumer's counts
     new = spool.run("new")
     assert new is not None and (new.as_dict()["applied_users"], new.as_dict()["quarantined"]) == (7, 3)
+    # and `status` reads the newest runs by an index, not every run
+    plan = spool._db.execute("EXPLAIN QUERY PLAN SELECT run_id FROM runs r ORDER BY r.created_at DESC "
+                             "LIMIT 20").fetchall()
+    assert "runs_created" in str(plan)
 
 
 def test_an_abort_closes_its_run_as_it_is_spooled_and_an_older_stuck_run_is_closed(tmp_path: Path) -> None:

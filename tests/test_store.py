@@ -350,3 +350,68 @@ def test_missing_matches_a_plain_count_on_random_gaps(tmp_path: Path) -> None:
         want = [q for q in range(1, expected + 1) if q not in set(held)]
         for limit in (1, 3, 64, 1000):
             assert store.missing("r", limit=limit) == want[:limit]
+
+
+def _complete_runs(store: Store, runs: list[str]) -> None:
+    for run in runs:
+        assert _apply(store, 1, run)
+        assert store.end_run(run, producer="p", batches=1, requested=20, delivered=20).run_complete
+
+
+def _figure_sets(store: Store) -> list[str]:
+    return [r for (r,) in store._db.execute("SELECT run_id FROM runs WHERE stats IS NOT NULL ORDER BY run_id")]
+
+
+def test_only_the_latest_complete_runs_keep_their_figures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every run kept its ~110 KB of merged figures: 100,000 runs made an 11 GB database, and the
+    # dashboard's re-render read them without an index (370 ms).
+    import infraetl.store
+    from infraetl.figures import build_stats
+
+    monkeypatch.setattr(infraetl.store, "RUN_FIGURES_KEPT", 3)
+    store = Store(tmp_path / "c.sqlite3")
+    runs = [f"r{i}" for i in range(1, 7)]
+    _complete_runs(store, runs)
+    assert _figure_sets(store) == ["r4", "r5", "r6"]
+    stats = build_stats(store)
+    assert stats["last_run"]["run_id"] == "r6" and stats["last_run"]["total_users"] == 20
+    assert stats["cumulative"]["runs"] == 6 and stats["cumulative"]["total_users"] == 120
+    # Every run is still listed, with its counts.
+    assert sorted(r["run_id"] for r in stats["runs"]) == runs
+    assert all(r["delivered"] == 20 and r["state"] == "complete" for r in stats["runs"])
+
+
+def test_a_store_that_kept_every_runs_figures_is_pruned_and_indexed_at_open(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import infraetl.store
+
+    store = Store(tmp_path / "c.sqlite3")
+    _complete_runs(store, [f"r{i}" for i in range(1, 8)])
+    for index in ("runs_started", "runs_with_figures"):  # as an older release left it
+        store._db.execute(f"DROP INDEX {index}")
+    assert len(_figure_sets(store)) == 7
+    store.close()
+    monkeypatch.setattr(infraetl.store, "RUN_FIGURES_KEPT", 2)
+    monkeypatch.setattr(infraetl.store, "PRUNE_CHUNK", 2)  # several transactions, a watchdog ping each
+    pings: list[int] = []
+    store = Store(tmp_path / "c.sqlite3", alive=lambda: pings.append(1))
+    assert _figure_sets(store) == ["r6", "r7"] and len(pings) == 2
+    names = {r for (r,) in store._db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert {"runs_started", "runs_with_figures"} <= names
+    plan = store._db.execute("EXPLAIN QUERY PLAN SELECT run_id FROM runs WHERE stats IS NOT NULL AND "
+                             "state='complete' ORDER BY finished_at DESC LIMIT 1").fetchall()
+    assert "runs_with_figures" in str(plan)
+    assert store.last_complete_run() == "r7" and store.cumulative()[0] == 7
+
+
+def test_a_store_that_cannot_make_its_indexes_still_opens_and_works(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # As on a full disk: an upgraded consumer starts (and runs degraded) instead of exiting.
+    import infraetl.store
+
+    monkeypatch.setattr(infraetl.store, "INDEXES", ("CREATE INDEX broken ON no_such_table (x)",))
+    with caplog.at_level("WARNING"):
+        store = Store(tmp_path / "c.sqlite3")
+    assert "cannot index or prune the state database now" in caplog.text
+    _complete_runs(store, ["r1"])
+    assert store.last_complete_run() == "r1"
