@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 from . import helperproc
 from .audit import AuditSummary
 from .helperproc import HelperProcess
+from .schema import split_filtered
 from .stream_stats import StatsSummary
 from .validate import validate_columns
 
@@ -66,7 +67,7 @@ def compute(msg: dict[str, Any], fp_key: bytes, reveal: bool) -> Work:
     audit = AuditSummary.from_columns(checked.cols, fp_key, reveal=reveal)
     t3 = time.perf_counter()
     return Work(stats, audit, kept=msg["n"] - sum(checked.quarantine.values()),
-                quarantined=sum(quarantine.values()), seconds=(t1 - t0, t2 - t1, t3 - t2))
+                quarantined=sum(split_filtered(quarantine)[0].values()), seconds=(t1 - t0, t2 - t1, t3 - t2))
 
 
 def _serve(conn: Connection) -> None:

@@ -169,8 +169,9 @@ def _follow(client: ControlClient, run_id: str, requested: int, timeout: float, 
     if row["state"] != "complete":
         raise InfraETLError(f"run {run_id} {row['state']}: {row.get('reason') or 'no reason given'}")
     if not as_json:
+        filtered = f", {row['filtered']} left out by --nat" if row.get("filtered") else ""
         click.echo(f"run {run_id} complete: {row['applied_users']} users applied, "
-                   f"{row['quarantined']} quarantined")
+                   f"{row['quarantined']} quarantined{filtered}")
         click.echo(f"dashboard: {row.get('url')}")
 
 

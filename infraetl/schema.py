@@ -28,6 +28,18 @@ NATIONALITIES: tuple[str, ...] = (
     "IN", "IR", "MX", "NL", "NO", "NZ", "RS", "TR", "UA", "US",
 )
 
+#: A source's reason for a user of a nationality the run did not ask for (``--nat``).
+NAT_FILTERED = "nat_not_requested"
+#: Reasons a record was left out by the run's own filter, not for a fault: they travel with the
+#: quarantine counts, but the figures, the runs' "quarantined" and `status` count them apart.
+FILTERED_REASONS = frozenset({NAT_FILTERED})
+
+
+def split_filtered(counts: dict[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+    """(quarantine, filtered): ``counts`` by reason, the run's filters apart."""
+    quarantine = {r: n for r, n in counts.items() if r not in FILTERED_REASONS}
+    return quarantine, {r: n for r, n in counts.items() if r in FILTERED_REASONS}
+
 
 @dataclass(frozen=True)
 class Field:

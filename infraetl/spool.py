@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .exceptions import StoreError
+from .schema import split_filtered
 from .sqlite import Tx, open_db
 
 SCHEMA = """
@@ -79,7 +80,9 @@ class RunRow:
             "sent": self.batches, "acked": self.acked_batches, "acked_users": self.acked_users,
             # The consumer's counts once it said them; nothing of a failed or cancelled run counts.
             "applied_users": self._counted("kept", self.acked_users),
-            "quarantined": self._counted("quarantined", sum(self.quarantine.values())),
+            "quarantined": self._counted("quarantined", sum(split_filtered(self.quarantine)[0].values())),
+            # Users the run's --nat left out (not faults).
+            "filtered": sum(split_filtered(self.quarantine)[1].values()),
             "reason": self.reason, "url": self.url,
             "created_at": self.created_at, "finished_at": self.finished_at,
         }

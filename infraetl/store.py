@@ -57,7 +57,7 @@ CREATE TABLE IF NOT EXISTS runs (
     applied      INTEGER NOT NULL DEFAULT 0,   -- data batches applied
     delivered    INTEGER NOT NULL DEFAULT 0,   -- users received (before consumer validation)
     kept         INTEGER NOT NULL DEFAULT 0,   -- users that passed validation
-    quarantined  INTEGER NOT NULL DEFAULT 0,   -- producer + consumer rejections
+    quarantined  INTEGER NOT NULL DEFAULT 0,   -- producer + consumer rejections (not --nat's filter)
     stats        BLOB,             -- merged StatsSummary (complete runs)
     audit        BLOB              -- merged AuditSummary (complete runs)
 );

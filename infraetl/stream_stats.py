@@ -37,7 +37,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from .schema import Columns, column_length
+from .schema import Columns, column_length, split_filtered
 from .sketches import Categorical, HashMemo, HyperLogLog, IntHistogram, Moments, TopK, hash64
 
 WIRE_VERSION = 1
@@ -259,6 +259,7 @@ class StatsSummary:
         short = sum(c for k, c in plen.counts.items() if k < SHORT_PASSWORD)
         ulen = h["username_length"]
         at_reg = h["age_at_registration"]
+        quarantine, filtered = split_filtered(self.quarantine)
         return {
             "total_users": n,
             "age": {**age, "decades": dict(sorted(decades.items(), key=lambda kv: int(kv[0][:-1])))},
@@ -272,7 +273,9 @@ class StatsSummary:
                                 "short_pct": 100 * short / n_pw if n_pw else None},
             "registration_years": h["registration_years"].to_dict(),
             "timezones": self.cats["timezones"].to_dict(),
-            "quarantine": dict(sorted(self.quarantine.items(), key=lambda kv: (-kv[1], kv[0]))),
+            # Users the run's own filter (--nat) left out are not faults: counted apart.
+            "quarantine": _by_count(quarantine),
+            "filtered": _by_count(filtered),
             "warnings": dict(sorted(self.warnings.items(), key=lambda kv: (-kv[1], kv[0]))),
             # Beyond the original's figures.
             "age_by_nationality": {nat: self.age_by_nat[nat].summary() for nat in sorted(self.age_by_nat)},
@@ -284,6 +287,11 @@ class StatsSummary:
             "top_first_names": self.top["first_names"].top(TOP_SHOWN),
             "top_cities": self.top["cities"].top(TOP_SHOWN),
         }
+
+
+def _by_count(counts: Mapping[str, int]) -> dict[str, int]:
+    """Counts by reason, the largest first."""
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def _extreme(hist: IntHistogram, pick: Any) -> int | None:

@@ -7,7 +7,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from helpers import ctl, figures_without_times, get_json, metric, wait_for
+from helpers import ctl, figures_without_times, get_json, get_text, metric, wait_for
 
 from infraetl import config
 from infraetl.localcluster import LocalCluster
@@ -33,6 +33,32 @@ def test_second_run_adds_to_cumulative(cluster: LocalCluster) -> None:
     assert set(stats["last_run"]["nationalities"]) <= {"GB", "FR"}
     assert stats["cumulative"]["runs"] == 2
     assert stats["cumulative"]["total_users"] == sum(r["delivered"] for r in stats["runs"])
+
+
+def test_users_the_nat_filter_leaves_out_are_not_quarantined(cluster: LocalCluster, tmp_path: Path) -> None:
+    # Filtering a file by --nat counted every other nationality as quarantined ("nat_not_requested"):
+    # the card read "2,905 quarantined" for a run with nothing wrong in it.
+    import userfactory
+
+    users = userfactory.make_users(400, seed=7)
+    wanted = {"GB", "FR"}
+    n_wanted = sum(u["nat"] in wanted for u in users)
+    assert 10 < n_wanted < 390
+    source = tmp_path / "users.jsonl"
+    source.write_text("".join(json.dumps(u) + "\n" for u in users))
+    proc = ctl(cluster, "start-run", "--users", str(n_wanted), "--source", f"file:{source}", "--nat", "GB,FR")
+    # Those after the last user the run needed are not read.
+    last_wanted = max(i for i, u in enumerate(users) if u["nat"] in wanted)
+    left_out = last_wanted + 1 - n_wanted
+    assert f"{n_wanted} users applied, 0 quarantined, {left_out} left out by --nat" in proc.stdout, proc.stdout
+    last = get_json(cluster.url + "api/stats.json")["last_run"]
+    assert last["total_users"] == n_wanted and last["quarantined"] == 0
+    assert last["quarantine"] == {} and last["filtered"] == {"nat_not_requested": left_out}
+    run = json.loads(ctl(cluster, "status", "--json").stdout)["runs"][0]
+    assert (run["quarantined"], run["filtered"]) == (0, left_out)
+    page = get_text(cluster.url)[2]
+    card = page.split('data-card="total_users"')[1].split("</li>")[0]
+    assert f"{left_out:,} left out by the nationality filter" in card and "quarantined" not in card
 
 
 def test_ctl_with_wrong_key_is_not_authorised(cluster: LocalCluster) -> None:

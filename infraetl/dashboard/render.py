@@ -380,10 +380,14 @@ def _cards(f: dict[str, Any], masked: bool) -> list[dict[str, Any]]:
         return {"id": cid, "label": label, "value": value, "sub": sub}
 
     quarantined = sum(v for _, v in _counts(f.get("quarantine")))
+    filtered = sum(v for _, v in _counts(f.get("filtered")))
+    users_sub = " · ".join(part for part in (
+        f"{fmt_int(quarantined)} quarantined" if quarantined else "",
+        f"{fmt_int(filtered)} left out by the nationality filter" if filtered else "") if part)
     name_in, user_in, year_in = (_num(audit.get(k)) for k in
                                  ("name_in_password", "username_in_password", "birthyear_in_password"))
     return [
-        card("total_users", "Users", fmt_int(users), f"{fmt_int(quarantined)} quarantined" if quarantined else None),
+        card("total_users", "Users", fmt_int(users), users_sub or None),
         card("average_age", "Average age", fmt_num(_num(age.get("mean"))),
              f"median {fmt_num(_num(age.get('median')))} · "
              f"{fmt_int(_num(age.get('min')))}–{fmt_int(_num(age.get('max')))}"

@@ -6,7 +6,8 @@ JSON Lines is streamed line by line; a whole-document file is parsed at once.
 
 :class:`Collector` is the part every source uses: it turns raw records into
 exactly ``plan.users`` good users in batches of ``plan.batch_size``, counting
-everything it drops by reason (``type:record``, ``nat_not_requested``,
+everything it drops by reason (``type:record``, ``nat_not_requested`` (a filter, counted apart
+downstream: see ``schema.FILTERED_REASONS``),
 ``duplicate:login.uuid``, ``missing:login.uuid`` and the checker's reasons).
 """
 
@@ -26,7 +27,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from ..exceptions import ConfigError, SourceError
-from ..schema import FIELD_PATHS, NATIONALITIES
+from ..schema import FIELD_PATHS, NAT_FILTERED, NATIONALITIES
 from . import Batch, Checker, RunPlan, User, accept_all
 from .seen import SeenUuids
 from .typed import REFUSED, decode_row
@@ -208,7 +209,7 @@ class Collector:
             login = user.get("login")
             uuid = login.get("uuid") if isinstance(login, dict) else None
         if self.nat and (not isinstance(nat, str) or nat not in self.nat):
-            return "nat_not_requested"
+            return NAT_FILTERED
         if not isinstance(uuid, str) or not uuid:
             return "missing:login.uuid"
         if not self._seen.add(uuid):
