@@ -73,7 +73,7 @@ class Faults:
     not_a_record: float = 0.0     # null, string, number or list instead of a user
     wrong_nat: float = 0.0        # a nationality that was not asked for
     duplicates: float = 0.0       # an earlier user of the page again (same login.uuid)
-    # Every request fails: "429", "503", "error", "empty", "truncated" or "hang".
+    # Every request fails: "429", "503", "error", "empty", "truncated", "other_seed" or "hang".
     always: str | None = None
     # The first attempts at every query fail in this order, e.g. ("429", "503").
     first: tuple[str, ...] = ()
@@ -244,7 +244,8 @@ class ApiServer:
             return self._count(_json(200, {"results": [], "info": info}))
         if fault == "hang":
             return self._count(_json(200, {"error": "late"}, delay=self.faults.hang_seconds))
-        body = self._page(seed, page, results, nat, inc, exc)
+        # "other_seed": another seed's page, as a cache or proxy that dropped the query would give.
+        body = self._page(seed + "-other" if fault == "other_seed" else seed, page, results, nat, inc, exc)
         if fault == "truncated":
             body = body[: len(body) // 2]
         delay = self.faults.slow_seconds if fault == "slow" else 0.0

@@ -541,6 +541,10 @@ class RandomUserSource:
             raise _Retry(f"count mismatch: {len(results)} results, info says {count}, asked {size}")
         if isinstance(info, dict) and info.get("page", page) != page:
             raise _Retry(f"asked page {page}, got page {_one_line(info.get('page'), 20)}")
+        if isinstance(info, dict) and info.get("seed", run.plan.seed) != run.plan.seed:
+            # Another seed's users (a cache or proxy that dropped the query): the run would not
+            # be the one its seed names, and the pages could overlap.
+            raise _Retry(f"asked seed {_one_line(run.plan.seed, 40)}, got seed {_one_line(info.get('seed'), 40)}")
         if len(results) < size:
             # Consistent but short: keep it, the top-up pages make up the rest. Said once a run
             # (a server short on every page would fill the journal), counted in the run's summary.
