@@ -95,6 +95,11 @@ def unknown_nationalities(codes: Iterable[str]) -> str | None:
 INT_MIN, INT_MAX = -(1 << 63), (1 << 63) - 1
 #: Fields that may legitimately be empty strings.
 MAY_BE_EMPTY: frozenset[str] = frozenset({"login.password", "id.name", "id.value"})
+#: Longest text value taken, in characters (``length:<field>`` beyond). The API's longest are
+#: ~60 (a time zone's description, a password of its longest charset); a 13 MB name made its
+#: batch too large to seal and failed the run, a 100,000-character password made the
+#: average length 1,007.
+MAX_TEXT = 256
 
 Columns = dict[str, list[Any]]
 #: One checked user's values in column order (what ``validate.check_rows`` returns).

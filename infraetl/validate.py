@@ -23,8 +23,12 @@ the first failing field in column order) for:
 ``mojibake``     UTF-8 read as Latin-1/cp1252: ``Ã©``, ``Ã¶``, ``â€™``, ``Ð¸``
 ``type``         a value of the wrong type (``missing`` for null, ``empty`` for "" or a
                  value of nothing that shows: only joiners, soft hyphens, marks)
-``range``        an age outside 0–150;  ``format``: a date, e-mail, nat or offset
-                 the statistics could not read
+``range``        an age outside 0–150, a nationality not among the API's 21
+``format``       a date, e-mail, nat or offset the statistics could not read: also a
+                 date not on the calendar (2011-02-30, hour 25) and an offset outside
+                 −12:00…+14:00 in quarter hours
+``length``       a text over ``schema.MAX_TEXT`` (256) characters (the producer's check
+                 too, so one huge value cannot make its batch too large to send)
 ===============  ==============================================================
 
 Every real script is **accepted** with its marks: Persian with ZWNJ, ZWJ,
@@ -47,6 +51,7 @@ consumer loop validates.
 
 from __future__ import annotations
 
+import datetime
 import re
 import unicodedata
 from collections import Counter
@@ -61,7 +66,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import schema
-from .schema import FIELDS, INT_MAX, INT_MIN, MAY_BE_EMPTY, Columns, Field
+from .schema import FIELDS, INT_MAX, INT_MIN, MAX_TEXT, MAY_BE_EMPTY, NATIONALITIES, Columns, Field
 
 # ---------------------------------------------------------------- producer side
 
@@ -80,16 +85,18 @@ def _fast_check_source(name: str, *, row: bool) -> str:
     assign, leaves = schema.path_locals("        ")
     conds: list[str] = []
     for f, v in zip(FIELDS, leaves, strict=True):
+        fits = f"len({v}) <= {MAX_TEXT}"
         if f.kind == "int":
             conds.append(f"(type({v}) is int and {INT_MIN} <= {v} <= {INT_MAX})")
         elif f.kind == "str|int":
-            conds.append(f"((type({v}) is str and {v} != '') or (type({v}) is int and {INT_MIN} <= {v} <= {INT_MAX}))")
+            conds.append(f"((type({v}) is str and {v} != '' and {fits}) "
+                         f"or (type({v}) is int and {INT_MIN} <= {v} <= {INT_MAX}))")
         elif f.path == "id.value":
-            conds.append(f"({v} is None or type({v}) is str)")
+            conds.append(f"({v} is None or (type({v}) is str and {fits}))")
         elif f.path in MAY_BE_EMPTY:
-            conds.append(f"type({v}) is str")
+            conds.append(f"(type({v}) is str and {fits})")
         else:
-            conds.append(f"(type({v}) is str and {v} != '')")
+            conds.append(f"(type({v}) is str and {v} != '' and {fits})")
     ok = " and ".join(conds)
     no = "None" if row else "False"
     result = f"({', '.join(leaves)},) if {ok} else None" if row else ok
@@ -142,6 +149,8 @@ def record_problem(user: Any) -> str | None:
             return f"type:{f.path}"
         if node == "" and f.path not in MAY_BE_EMPTY:
             return f"empty:{f.path}"
+        if type(node) is str and len(node) > MAX_TEXT:
+            return f"length:{f.path}"
     return None
 
 
@@ -380,7 +389,8 @@ _RANGED = frozenset({"dob.age", "registered.age"})
 _DATE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]\d\d:\d\d)")
 _FORMATS: dict[str, re.Pattern[str]] = {
     "nat": re.compile(r"[A-Z]{2}"),
-    "location.timezone.offset": re.compile(r"[+-]?\d{1,2}:\d\d"),
+    # UTC-12:00 to UTC+14:00, in quarter hours (the API's are whole, half and +5:45).
+    "location.timezone.offset": re.compile(r"[+-]?(?:0?\d|1[0-4]):(?:00|15|30|45)"),
     "email": re.compile(r"[^@\s]+@[^@\s]+"),
     "dob.date": _DATE,
     "registered.date": _DATE,
@@ -407,10 +417,58 @@ def _api_dates_ok(col: list[str]) -> bool:
     return bool(((a - low) <= span).all())  # uint8: a byte below the lowest wraps high
 
 
+_NATIONALITIES = frozenset(NATIONALITIES)
+_SHORT_FORMATS = frozenset({"nat", "location.timezone.offset", "dob.date", "registered.date"})
+_DAYS_IN_MONTH = np.array([0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], dtype=np.uint8)
+
+
+def _api_dates_exist(col: list[str]) -> bool:
+    """Every date of ``col`` (all in the API's exact form) is on the calendar: month 1–12, its
+    day, hours, minutes and seconds in range (vectorised)."""
+    a = np.frombuffer("".join(col).encode("ascii"), dtype=np.uint8).reshape(len(col), 24) - 48
+
+    def num(i: int) -> np.ndarray:  # the two digits at i (uint8: at most 99)
+        return a[:, i] * 10 + a[:, i + 1]
+
+    month, day = num(5), num(8)
+    if not (((month - 1) < 12).all() and (num(11) < 24).all() and (num(14) < 60).all()
+            and (num(17) < 60).all()):  # uint8: month 0 wraps high
+        return False
+    if not (((day - 1) < _DAYS_IN_MONTH[month]).all()) or not a[:, :4].any(axis=1).all():  # year 0000
+        return False
+    feb29 = (month == 2) & (day == 29)
+    if not feb29.any():
+        return True
+    year = (a[feb29, :4].astype(np.int32) * np.array([1000, 100, 10, 1])).sum(axis=1)
+    return bool(((year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))).all())
+
+
+def _date_exists(value: str) -> bool:
+    """A date that matches the format is also on the calendar (2024-02-30 is not)."""
+    try:
+        datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True
+
+
+def _format_ok(path: str, value: str) -> bool:
+    """One value of a formatted column, judged on its own."""
+    if not _FORMATS[path].fullmatch(value):
+        return False
+    if path == "nat":
+        return value in _NATIONALITIES
+    if path in ("dob.date", "registered.date"):
+        return _date_exists(value)
+    return True
+
+
 def _format_suspect(path: str, values: list[str]) -> bool:
     """Whether some value of a formatted column may not match its format (one or two passes)."""
     if path in ("dob.date", "registered.date"):
-        return not _api_dates_ok(values)
+        return not (_api_dates_ok(values) and _api_dates_exist(values))
+    if path == "nat":
+        return not _NATIONALITIES.issuperset(values)
     if path == "email":
         # [^@\s]+@[^@\s]+ for every value: each holds an "@" and together they hold one each;
         # nothing is empty around one; no whitespace (besides " ", every character \s matches is
@@ -489,6 +547,12 @@ class _Batch:
     def check_text(self, f: Field, values: list[str], joined: str) -> None:
         """Judge the characters of a column's strings (see module doc)."""
         path = f.path
+        # (A long date, nat or offset fails its format anyway.)
+        if path not in _SHORT_FORMATS and len(joined) > MAX_TEXT and max(map(len, values)) > MAX_TEXT:
+            col = self.cols[path]
+            for i, v in enumerate(col):
+                if type(v) is str and len(v) > MAX_TEXT:
+                    self.reject(i, f"length:{path}")
         policy = SECRET if path == "login.password" else NAME if path in NAME_FIELDS else PLAIN
         required = f.required and path not in MAY_BE_EMPTY
         # C-speed passes over the whole column; what they flag is looked at value by value.
@@ -548,10 +612,9 @@ class _Batch:
         with suppress(TypeError):  # a value of another type (already rejected): go row by row
             if not _format_suspect(f.path, col):
                 return
-        pattern = _FORMATS[f.path]
         for i, v in enumerate(col):
-            if type(v) is str and not pattern.fullmatch(v):
-                self.reject(i, f"format:{f.path}")
+            if type(v) is str and not _format_ok(f.path, v):
+                self.reject(i, f"{'range' if f.path == 'nat' and len(v) == 2 and v.isupper() else 'format'}:{f.path}")
 
     def result(self) -> Validated:
         quarantine = Counter(self.rejected.values())

@@ -61,6 +61,24 @@ def test_users_the_nat_filter_leaves_out_are_not_quarantined(cluster: LocalClust
     assert f"{left_out:,} left out by the nationality filter" in card and "quarantined" not in card
 
 
+def test_a_huge_value_is_quarantined_and_the_run_completes(cluster: LocalCluster, tmp_path: Path) -> None:
+    # A 13 MB first name made its batch too large to seal: the whole run failed, advising a
+    # smaller --batch-size (which could not help). A 100,000-character password made the
+    # average password length 1,007.
+    import userfactory
+
+    users = userfactory.make_users(40, seed=3)
+    users[5]["name"]["first"] = "N" * 13_000_000
+    users[9]["login"]["password"] = "x7" * 50_000
+    source = tmp_path / "users.jsonl"
+    source.write_text("".join(json.dumps(u) + "\n" for u in users))
+    proc = ctl(cluster, "start-run", "--users", "38", "--source", f"file:{source}")
+    assert "38 users applied, 2 quarantined" in proc.stdout, proc.stdout
+    last = get_json(cluster.url + "api/stats.json")["last_run"]
+    assert last["quarantine"] == {"length:name.first": 1, "length:login.password": 1}
+    assert last["password_length"]["max"] <= 64
+
+
 def test_ctl_with_wrong_key_is_not_authorised(cluster: LocalCluster) -> None:
     env = dict(cluster.env)
     env.pop("ETL_ENCRYPTION_KEY_FILE")

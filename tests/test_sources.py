@@ -461,7 +461,8 @@ def test_sources_with_the_row_checker_match_the_dict_checker(tmp_path: Path, sou
 # -- the typed fast path of the replay: a subset of the general path, never a different verdict --
 
 MUTATIONS: list[Any] = [None, "", " ", "x", 0, 7, -1, 1.5, True, [], {}, (1 << 63) - 1, 1 << 63,
-                        (1 << 64) - 1, 1 << 64, -(1 << 63), -(1 << 63) - 1, "\u0000", "<script>"]
+                        (1 << 64) - 1, 1 << 64, -(1 << 63), -(1 << 63) - 1, "\u0000", "<script>",
+                        "é" * 256, "é" * 257]
 
 
 def _general_verdict(line: bytes) -> tuple[str, Any]:
@@ -623,3 +624,15 @@ def test_an_api_address_no_retry_can_mend_fails_the_run_at_once(url: str) -> Non
     with pytest.raises(SourceError, match="not retried"):
         run(source, users=10)
     assert time.monotonic() - t < 5
+
+
+def test_a_user_repeated_with_its_uuid_in_upper_case_is_a_duplicate(tmp_path: Path) -> None:
+    # The duplicate check compared the strings: the same person was taken twice.
+    users = sample_users()[1:]
+    again = json.loads(json.dumps(users[0]))
+    again["login"]["uuid"] = again["login"]["uuid"].upper()
+    path = write_jsonl(tmp_path / "users.jsonl", [*users, again])
+    from infraetl.validate import check_rows
+
+    with pytest.raises(SourceError, match="holds only 3 valid users, 4 were requested"):
+        list(ReplaySource(path).batches(RunPlan(users=4, batch_size=10), check_rows))

@@ -26,8 +26,10 @@ MERGE_AT = 1 << 16
 
 
 def key(uuid: str) -> int:
-    """The 64-bit key of a uuid."""
-    return int.from_bytes(blake2b(uuid.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+    """The 64-bit key of a uuid; case does not count (a UUID's hex digits are one value in
+    either case: an upper-case repeat of a user was taken twice)."""
+    return int.from_bytes(blake2b(uuid.lower().encode("utf-8", "surrogatepass"), digest_size=8).digest(),
+                          "little")
 
 
 class SeenUuids:

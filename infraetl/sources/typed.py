@@ -21,12 +21,13 @@ from typing import Annotated, Any
 
 import msgspec
 
-from ..schema import FIELDS, INT_MAX, INT_MIN, MAY_BE_EMPTY, Field, Row
+from ..schema import FIELDS, INT_MAX, INT_MIN, MAX_TEXT, MAY_BE_EMPTY, Field, Row
 
 #: orjson reads integers beyond 64 bits as floats (quarantined as ``type:``); an integer
 #: outside int64 is left to the general path, which then decides as it always did.
 _INT = Annotated[int, msgspec.Meta(ge=INT_MIN, le=INT_MAX)]
-_TEXT = Annotated[str, msgspec.Meta(min_length=1)]
+_TEXT = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT)]
+_MAYBE_EMPTY = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
 
 
 def _annotation(f: Field) -> Any:
@@ -35,8 +36,8 @@ def _annotation(f: Field) -> Any:
     if f.kind == "str|int":
         return _TEXT | _INT
     if not f.required:
-        return str | None  # null or absent: the defaults check_records fills
-    return str if f.path in MAY_BE_EMPTY else _TEXT
+        return _MAYBE_EMPTY | None  # null or absent: the defaults check_records fills
+    return _MAYBE_EMPTY if f.path in MAY_BE_EMPTY else _TEXT
 
 
 def _build() -> tuple[type, Callable[[Any], Row]]:
