@@ -29,6 +29,11 @@ the first failing field in column order) for:
                  −12:00…+14:00 in quarter hours
 ``length``       a text over ``schema.MAX_TEXT`` (256) characters (the producer's check
                  too, so one huge value cannot make its batch too large to send)
+``inconsistent`` a registration before birth (``registered.date``), ages that disagree
+                 with their dates by more than a year (``dob.age``: both ages are as of
+                 one moment, so their difference is the years from birth to
+                 registration); ``range:dob.age`` also for ages as of a moment more
+                 than two years past the consumer's clock
 ===============  ==============================================================
 
 Every real script is **accepted** with its marks: Persian with ZWNJ, ZWJ,
@@ -53,6 +58,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import time
 import unicodedata
 from collections import Counter
 from collections.abc import Callable
@@ -452,6 +458,62 @@ def _date_exists(value: str) -> bool:
     return True
 
 
+#: Digits of MMDDhhmmss.sss in an API date, and their weights: one number orders two dates of a year.
+_WITHIN_YEAR = np.array([5, 6, 8, 9, 11, 12, 14, 15, 17, 18, 20, 21, 22])
+_WITHIN_YEAR_WEIGHTS = 10 ** np.arange(12, -1, -1, dtype=np.int64)
+_YEAR_WEIGHTS = np.array([1000, 100, 10, 1], dtype=np.int32)
+#: A person's ages are as of one moment: their birth year plus their age may be at most this
+#: many years past the consumer's clock (a replay file of an older year is fine).
+_FUTURE_SLACK_YEARS = 2
+
+
+def _life_problems(dob: list[str], reg: list[str], age: list[int], reg_age: list[int],
+                   latest_year: int) -> np.ndarray | None:
+    """Per row, 0 (fine) or the index in :data:`_LIFE_REASONS` of what is wrong with a user's two
+    dates and two ages taken together; None if the columns are not all in the API's exact
+    form (then :func:`_life_problem` judges row by row).
+
+    Both ages are the whole years from their date to one moment (the API's "now"), so
+    ``dob.age - registered.age`` is the whole years from birth to registration, or one more;
+    one year of slack either way.
+    """
+    if not (_api_dates_ok(dob) and _api_dates_ok(reg)):
+        return None
+    d = np.frombuffer("".join(dob).encode("ascii"), dtype=np.uint8).reshape(len(dob), 24) - 48
+    r = np.frombuffer("".join(reg).encode("ascii"), dtype=np.uint8).reshape(len(reg), 24) - 48
+    y_d, y_r = d[:, :4].astype(np.int32) @ _YEAR_WEIGHTS, r[:, :4].astype(np.int32) @ _YEAR_WEIGHTS
+    earlier_in_year = (r[:, _WITHIN_YEAR].astype(np.int64) @ _WITHIN_YEAR_WEIGHTS
+                       < d[:, _WITHIN_YEAR].astype(np.int64) @ _WITHIN_YEAR_WEIGHTS)
+    years = y_r - y_d - earlier_in_year  # whole years from birth to registration
+    a, ra = np.array(age, dtype=np.int64), np.array(reg_age, dtype=np.int64)
+    out = np.zeros(len(dob), dtype=np.int8)
+    out[(a - ra < years - 1) | (a - ra > years + 2)] = 2
+    out[y_d + a > latest_year] = 3
+    out[years < 0] = 1
+    return out
+
+
+_LIFE_REASONS = (None, "inconsistent:registered.date", "inconsistent:dob.age", "range:dob.age")
+
+
+def _life_problem(dob: str, reg: str, age: int, reg_age: int, latest_year: int) -> str | None:
+    """:func:`_life_problems` of one user whose dates have another form (an offset, say)."""
+    d = datetime.datetime.fromisoformat(dob.replace("Z", "+00:00"))
+    r = datetime.datetime.fromisoformat(reg.replace("Z", "+00:00"))
+    if d.tzinfo is not None:
+        d = d.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+    if r.tzinfo is not None:
+        r = r.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+    years = r.year - d.year - ((r.month, r.day, r.time()) < (d.month, d.day, d.time()))
+    if years < 0:
+        return _LIFE_REASONS[1]
+    if d.year + age > latest_year:
+        return _LIFE_REASONS[3]
+    if not years - 1 <= age - reg_age <= years + 2:
+        return _LIFE_REASONS[2]
+    return None
+
+
 def _format_ok(path: str, value: str) -> bool:
     """One value of a formatted column, judged on its own."""
     if not _FORMATS[path].fullmatch(value):
@@ -616,6 +678,25 @@ class _Batch:
             if type(v) is str and not _format_ok(f.path, v):
                 self.reject(i, f"{'range' if f.path == 'nat' and len(v) == 2 and v.isupper() else 'format'}:{f.path}")
 
+    def check_life(self) -> None:
+        """A user's dates and ages taken together (see :func:`_life_problems`): registered before
+        birth, ages that disagree with their dates, or ages as of a moment years ahead."""
+        dob, reg = self.cleaned("dob.date"), self.cleaned("registered.date")
+        age, reg_age = self.cols["dob.age"], self.cols["registered.age"]
+        latest = time.gmtime().tm_year + _FUTURE_SLACK_YEARS
+        problems = None
+        if not self.rejected:  # every value is of its type and format
+            problems = _life_problems(dob, reg, age, reg_age, latest)
+        if problems is not None:
+            for i in np.flatnonzero(problems).tolist():
+                self.reject(i, _LIFE_REASONS[problems[i]])  # type: ignore[arg-type]
+            return
+        for i in range(self.n):
+            if i not in self.rejected:
+                why = _life_problem(dob[i], reg[i], age[i], reg_age[i], latest)
+                if why is not None:
+                    self.reject(i, why)
+
     def result(self) -> Validated:
         quarantine = Counter(self.rejected.values())
         warnings = Counter(w for i, w in self.row_warnings if i not in self.rejected)
@@ -642,4 +723,6 @@ def validate_columns(cols: Columns) -> Validated:
             batch.check_text(f, *batch.check_str(f))
             if f.path in _FORMATS:
                 batch.check_format(f)
+    if n:
+        batch.check_life()
     return batch.result()

@@ -382,6 +382,10 @@ class UserGenerator:
         offset, tz_description = TIMEZONES[tz_i]
         dob_date, dob_age, year = self._dob[dob_day]
         reg_date, reg_age, _ = self._registered[reg_day]
+        if reg_date <= dob_date:
+            # Registered before birth (a 21-year-old and an account of 22): the mirrored day, a
+            # recent one, keeps the draws (and every other user) as they were.
+            reg_date, reg_age, _ = self._registered[-1 - reg_day]
         h = hexes[32 * i: 32 * i + 32]
         username = f"{self._usernames[name_i]}{100 + number}"
         if pw_kind >= _T_PERSONAL:
