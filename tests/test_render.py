@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import pathlib
@@ -40,9 +41,10 @@ class Page(HTMLParser):
         self.tags: list[tuple[str, dict[str, str | None]]] = []
         self.tables: dict[tuple[str, str], dict[str, list[str]]] = {}
         self.cards: dict[tuple[str, str], str] = {}
+        self.card_subs: dict[tuple[str, str], str] = {}  # a card's small print
         self.svgs: set[tuple[str, str]] = set()
         self._view = self._chart = self._row = self._card = ""
-        self._in_value = False
+        self._in_value = self._in_sub = False
         self.feed(html)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -64,6 +66,8 @@ class Page(HTMLParser):
             self._card = a["data-card"] or ""
         if a.get("class") == "card-value":
             self._in_value = True
+        if a.get("class") == "card-sub":
+            self._in_sub = True
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "figure":
@@ -77,6 +81,9 @@ class Page(HTMLParser):
         if self._in_value:
             self.cards[(self._view, self._card)] = data.strip()
             self._in_value = False
+        if self._in_sub:
+            self.card_subs[(self._view, self._card)] = data.strip()
+            self._in_sub = False
 
 
 @pytest.fixture(scope="module")
@@ -450,3 +457,15 @@ def test_integer_bins_keep_every_key_whatever_their_spacing() -> None:
     got = dict(_filled([("1", 5), ("64", 2), ("80", 1)]))
     assert (got["1"], got["64"], got["80"]) == (5, 2, 1) and sum(got.values()) == 8
     assert dict(_filled([("0", 1), ("10", 2), ("30", 3)])) == {"0": 1, "10": 2, "20": 0, "30": 3}  # entropy bins
+
+
+def test_the_users_card_says_how_many_people_when_users_repeat_across_runs(stats: dict[str, Any]) -> None:
+    # The same file replayed: 600 users counted, ~291 people (a review); within a run there are
+    # no repeats (the producer drops them), so the last run's card says nothing of the kind.
+    doc = copy.deepcopy(stats)
+    cum, last = doc["cumulative"], doc["last_run"]
+    cum["total_users"], cum["distinct"], cum["distinct_rse"] = 600, {"users": 291}, 0.0163
+    last["distinct"], last["distinct_rse"] = {"users": last["total_users"] * 0.99}, 0.0163  # within its error
+    subs = Page(render.render_page(doc, generated_at=GENERATED_AT)).card_subs
+    assert "≈291 distinct people" in subs[("all", "total_users")]
+    assert "distinct" not in subs.get(("last", "total_users"), "")

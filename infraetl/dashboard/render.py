@@ -381,7 +381,12 @@ def _cards(f: dict[str, Any], masked: bool) -> list[dict[str, Any]]:
 
     quarantined = sum(v for _, v in _counts(f.get("quarantine")))
     filtered = sum(v for _, v in _counts(f.get("filtered")))
+    # Users repeated across runs (the same file or seed again) count once a run: say how many
+    # people that is when the estimate is clearly fewer (beyond three of its standard errors).
+    people, rse = _num(_map(f.get("distinct")).get("users")), _num(f.get("distinct_rse")) or 0.0
+    repeated = users is not None and people is not None and people < users * (1 - 3 * rse)
     users_sub = " · ".join(part for part in (
+        f"≈{fmt_int(people)} distinct people" if repeated else "",
         f"{fmt_int(quarantined)} quarantined" if quarantined else "",
         f"{fmt_int(filtered)} left out by the nationality filter" if filtered else "") if part)
     name_in, user_in, year_in = (_num(audit.get(k)) for k in
