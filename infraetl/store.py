@@ -7,7 +7,9 @@ partials into the run's row, merges the run into the cumulative row, and
 drops the run's batch rows (so the database stays bounded however many
 users pass: a run's row and the cumulative row are what remain). However many
 runs pass, too: only the :data:`RUN_FIGURES_KEPT` latest complete runs keep
-their merged figures (~110 KB each); older rows keep their counts. Within a
+their merged figures (~110 KB each, in ``run_figures``), and a finished run's
+row (state, counts, times) goes once it is past both the :data:`RUNS_KEPT`
+newest and :data:`RUN_ROWS_KEPT_S` old. Within a
 run too: while batches arrive in order, every :data:`CHECKPOINT_EVERY`
 batches the run's aggregate so far is written once and the partials it
 covers are dropped. A consumer killed at any moment restarts into the same
@@ -58,8 +60,8 @@ CREATE TABLE IF NOT EXISTS runs (
     delivered    INTEGER NOT NULL DEFAULT 0,   -- users received (before consumer validation)
     kept         INTEGER NOT NULL DEFAULT 0,   -- users that passed validation
     quarantined  INTEGER NOT NULL DEFAULT 0,   -- producer + consumer rejections (not --nat's filter)
-    stats        BLOB,             -- merged StatsSummary (complete runs)
-    audit        BLOB              -- merged AuditSummary (complete runs)
+    stats        BLOB,             -- unused: older releases kept each run's figures here (see run_figures)
+    audit        BLOB
 );
 CREATE TABLE IF NOT EXISTS batches (
     run_id     TEXT NOT NULL,
@@ -95,17 +97,20 @@ CHECKPOINT_EVERY = 512
 LIVE_RUNS = 8
 #: Runs the dashboard lists (newest first).
 RUNS_SHOWN = 50
-#: Complete runs that keep their merged figures (the dashboard shows the latest's); an older
-#: run keeps its row and counts. Every run kept its ~110 KB of figures: 100,000 runs made an
-#: 11 GB database, and the dashboard's re-render took 370 ms (a review).
+#: Complete runs that keep their merged figures (the dashboard shows the latest's). Every run
+#: kept its ~110 KB of figures in its own row: 100,000 runs made an 11 GB database, and the
+#: dashboard's re-render took 370 ms (a review). Set to NULL, they left the rows' pages mostly
+#: empty for good (~1–3 KB a run): they have a table of their own, whose rows are deleted.
 RUN_FIGURES_KEPT = RUNS_SHOWN
-#: Figure sets dropped in one transaction (a store of an older release may hold many).
+#: A finished run's row goes once it is past the RUNS_KEPT newest runs *and* RUN_ROWS_KEPT_S
+#: old (~0.2 KB a row: ~2 MB kept). A re-send of a batch of a run whose row is gone would
+#: start it again, so both are far beyond any re-send: a producer re-sends within seconds.
+RUNS_KEPT = 10_000
+RUN_ROWS_KEPT_S = 30 * 86_400
+#: Rows pruned in one transaction (a store of an older release may hold many).
 PRUNE_CHUNK = 500
-#: Made after the tables, each on its own: on a full disk a store of an older release still
-#: opens without them (a query is slower, not wrong) and makes them at its next start. The
-#: second index holds only the runs with figures (RUN_FIGURES_KEPT and the running ones).
-INDEXES = ("CREATE INDEX IF NOT EXISTS runs_started ON runs (started_at)",
-           "CREATE INDEX IF NOT EXISTS runs_with_figures ON runs (finished_at) WHERE stats IS NOT NULL")
+RUN_FIGURES = ("CREATE TABLE IF NOT EXISTS run_figures (run_id TEXT PRIMARY KEY, stats BLOB NOT NULL, "
+               "audit BLOB NOT NULL)")
 
 RUN_COLUMNS = ("run_id", "producer", "source", "requested", "meta", "state", "reason", "started_at",
                "finished_at", "expected", "applied", "delivered", "kept", "quarantined")
@@ -142,27 +147,47 @@ class Store:
         self._upgrade()
 
     def _upgrade(self) -> None:
-        """Make the indexes, and drop the figures of the runs past RUN_FIGURES_KEPT, which a store
-        of an older release kept for every run. Not being able to (a full disk) is not fatal:
-        it is tried again at the next start, and each completion prunes too."""
+        """What a store of an older release lacks: the runs' index by age; the run_figures table,
+        with the figures of its RUN_FIGURES_KEPT latest runs moved there from their rows, the
+        others dropped, and the space they held given back (VACUUM: it copies only what is
+        live, ~1 s for a few thousand runs). Not being able to (a full disk) is not fatal: the
+        store works as before and tries again at the next start."""
         try:
-            for sql in INDEXES:
-                self._db.execute(sql)
-            while True:
+            self._db.execute("CREATE INDEX IF NOT EXISTS runs_started ON runs (started_at)")
+            self._db.execute("DROP INDEX IF EXISTS runs_with_figures")  # this round's first try
+            if self._has_table("run_figures"):
+                return
+            with self._tx():
+                self._db.execute(RUN_FIGURES)
+                self._db.execute(
+                    "INSERT INTO run_figures (run_id, stats, audit) SELECT run_id, stats, audit FROM "
+                    "(SELECT run_id, stats, audit, finished_at FROM runs WHERE state='complete' AND "
+                    "stats IS NOT NULL ORDER BY finished_at DESC LIMIT ?) ORDER BY finished_at",
+                    (RUN_FIGURES_KEPT,))
+            top = self._one("SELECT MAX(rowid) FROM runs")[0] or 0
+            for low in range(0, top, PRUNE_CHUNK):
                 with self._tx():
-                    if self._prune_figures() < PRUNE_CHUNK:
-                        break
+                    self._db.execute("UPDATE runs SET stats=NULL, audit=NULL WHERE rowid > ? AND rowid <= ? "
+                                     "AND stats IS NOT NULL", (low, low + PRUNE_CHUNK))
                 self._alive()
+            free, pages = (self._one(f"PRAGMA {p}")[0] for p in ("freelist_count", "page_count"))
+            if free * 2 > pages:
+                self._db.execute("VACUUM")
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except (sqlite3.Error, StoreError) as e:
-            logger.warning("cannot index or prune the state database now (retried at the next start): %s", e)
+            logger.warning("cannot upgrade the state database now (retried at the next start): %s", e)
 
-    def _prune_figures(self) -> int:
-        """Drop the merged figures of the complete runs past the RUN_FIGURES_KEPT latest (at most
-        PRUNE_CHUNK of them); return how many. In the caller's transaction."""
-        return self._db.execute(
-            "UPDATE runs SET stats=NULL, audit=NULL WHERE run_id IN (SELECT run_id FROM runs "
-            "WHERE stats IS NOT NULL AND state='complete' ORDER BY finished_at DESC LIMIT ? OFFSET ?)",
-            (PRUNE_CHUNK, RUN_FIGURES_KEPT)).rowcount
+    def _prune(self) -> None:
+        """Drop the figures of the complete runs past the RUN_FIGURES_KEPT latest, and the rows of
+        the finished runs past RUNS_KEPT and RUN_ROWS_KEPT_S (at most PRUNE_CHUNK). In the
+        caller's transaction."""
+        self._db.execute("DELETE FROM run_figures WHERE rowid <= "
+                         "(SELECT rowid FROM run_figures ORDER BY rowid DESC LIMIT 1 OFFSET ?)",
+                         (RUN_FIGURES_KEPT,))
+        self._db.execute(
+            "DELETE FROM runs WHERE state!='running' AND finished_at < ? AND run_id IN "
+            "(SELECT run_id FROM runs ORDER BY started_at DESC LIMIT ? OFFSET ?)",
+            (time.time() - RUN_ROWS_KEPT_S, PRUNE_CHUNK, RUNS_KEPT))
 
     def close(self) -> None:
         """Close the database."""
@@ -218,8 +243,10 @@ class Store:
             return 0
         masked = 0
         with self._tx():
-            for table, key in (("runs", "run_id"), ("batches", "rowid"), ("checkpoints", "run_id"),
-                               ("cumulative", "id")):
+            tables = [("runs", "run_id"), ("batches", "rowid"), ("checkpoints", "run_id"), ("cumulative", "id")]
+            if self._has_table("run_figures"):
+                tables.append(("run_figures", "run_id"))
+            for table, key in tables:
                 rows = self._db.execute(f"SELECT {key}, audit FROM {table} WHERE audit IS NOT NULL").fetchall()  # noqa: S608
                 for i, (k, blob) in enumerate(rows, 1):
                     if i % ALIVE_EVERY == 0:
@@ -465,10 +492,10 @@ class Store:
             return Applied(duplicate=False, run_complete=False, failed=why)
         live = self._live.pop(run_id, None)
         stats, audit = live[1:] if live is not None and live[0] == expected else self._merge_from_db(run_id)
-        self._db.execute(
-            "UPDATE runs SET state='complete', finished_at=?, stats=?, audit=? WHERE run_id=?",
-            (time.time(), stats.to_bytes(), audit.to_bytes(), run_id),
-        )
+        self._db.execute("UPDATE runs SET state='complete', finished_at=? WHERE run_id=?", (time.time(), run_id))
+        self._db.execute(RUN_FIGURES)  # made at open, unless the disk was full then
+        self._db.execute("INSERT OR REPLACE INTO run_figures (run_id, stats, audit) VALUES (?, ?, ?)",
+                         (run_id, stats.to_bytes(), audit.to_bytes()))
         cum = self._db.execute("SELECT runs, stats, audit FROM cumulative WHERE id=1").fetchone()
         if cum is None:
             cum_runs, cum_stats, cum_audit = 0, stats, audit  # already serialised for the run row
@@ -480,7 +507,7 @@ class Store:
             "INSERT OR REPLACE INTO cumulative (id, runs, stats, audit) VALUES (1, ?, ?, ?)",
             (cum_runs + 1, cum_stats.to_bytes(), cum_audit.to_bytes()),
         )
-        self._prune_figures()
+        self._prune()
         self._drop_batches(run_id)
         return Applied(duplicate=False, run_complete=True)
 
@@ -545,10 +572,13 @@ class Store:
             yield row
 
     def run_summaries(self, run_id: str) -> tuple[StatsSummary, AuditSummary] | None:
-        """The merged aggregates of a complete run."""
-        row = self._db.execute(
-            "SELECT stats, audit FROM runs WHERE run_id=? AND state='complete'", (run_id,)
-        ).fetchone()
+        """The merged aggregates of a complete run (one of the RUN_FIGURES_KEPT latest)."""
+        row = None
+        if self._has_table("run_figures"):
+            row = self._db.execute("SELECT stats, audit FROM run_figures WHERE run_id=?", (run_id,)).fetchone()
+        if row is None:  # an older release's store, not upgraded yet (a full disk)
+            row = self._db.execute("SELECT stats, audit FROM runs WHERE run_id=? AND state='complete' "
+                                   "AND stats IS NOT NULL", (run_id,)).fetchone()
         if row is None:
             return None
         return StatsSummary.from_bytes(row[0]), AuditSummary.from_bytes(row[1])
@@ -562,9 +592,12 @@ class Store:
 
     def last_complete_run(self) -> str | None:
         """Id of the most recently completed run."""
-        row = self._db.execute(
-            "SELECT run_id FROM runs WHERE stats IS NOT NULL AND state='complete' ORDER BY finished_at DESC LIMIT 1"
-        ).fetchone()
+        row = None
+        if self._has_table("run_figures"):
+            row = self._db.execute("SELECT run_id FROM run_figures ORDER BY rowid DESC LIMIT 1").fetchone()
+        if row is None:  # an older release's store, not upgraded yet (a full disk)
+            row = self._db.execute("SELECT run_id FROM runs WHERE state='complete' AND stats IS NOT NULL "
+                                   "ORDER BY finished_at DESC LIMIT 1").fetchone()
         return row[0] if row else None
 
     def writable(self) -> None:

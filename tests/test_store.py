@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -359,7 +360,7 @@ def _complete_runs(store: Store, runs: list[str]) -> None:
 
 
 def _figure_sets(store: Store) -> list[str]:
-    return [r for (r,) in store._db.execute("SELECT run_id FROM runs WHERE stats IS NOT NULL ORDER BY run_id")]
+    return [r for (r,) in store._db.execute("SELECT run_id FROM run_figures ORDER BY run_id")]
 
 
 def test_only_the_latest_complete_runs_keep_their_figures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -381,37 +382,87 @@ def test_only_the_latest_complete_runs_keep_their_figures(tmp_path: Path, monkey
     assert all(r["delivered"] == 20 and r["state"] == "complete" for r in stats["runs"])
 
 
-def test_a_store_that_kept_every_runs_figures_is_pruned_and_indexed_at_open(
+def test_old_finished_runs_rows_go_past_both_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every run's row stayed for good (~1-3 KB a run in pages left half empty, a review).
+    import infraetl.store
+
+    monkeypatch.setattr(infraetl.store, "RUNS_KEPT", 3)
+    store = Store(tmp_path / "c.sqlite3")
+    _complete_runs(store, [f"r{i}" for i in range(1, 5)])
+    assert store.runs() and len(store.runs()) == 4  # past RUNS_KEPT, but not yet old enough
+    month = infraetl.store.RUN_ROWS_KEPT_S + 60
+    store._db.execute("UPDATE runs SET started_at=started_at-?, finished_at=finished_at-? WHERE run_id='r1'",
+                      (month, month))
+    store._db.execute("UPDATE runs SET finished_at=finished_at-? WHERE run_id='r4'", (month,))
+    assert _apply(store, 1, "running-long-ago")
+    store._db.execute("UPDATE runs SET started_at=0 WHERE run_id='running-long-ago'")
+    _complete_runs(store, ["r5"])
+    # r1 went (old, and past the 3 newest); r2 is past them but recent; r4 is old but among
+    # them; a running run stays whatever its age.
+    assert sorted(r["run_id"] for r in store.runs()) == ["r2", "r3", "r4", "r5", "running-long-ago"]
+    assert store.cumulative()[0] == 5
+
+
+def test_a_store_that_kept_every_runs_figures_in_its_rows_is_upgraded_at_open(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import infraetl.store
 
-    store = Store(tmp_path / "c.sqlite3")
+    path = tmp_path / "c.sqlite3"
+    store = Store(path)
     _complete_runs(store, [f"r{i}" for i in range(1, 8)])
-    for index in ("runs_started", "runs_with_figures"):  # as an older release left it
-        store._db.execute(f"DROP INDEX {index}")
-    assert len(_figure_sets(store)) == 7
+    # As an older release left it: the figures in each run's row, no run_figures, no index.
+    store._db.execute("UPDATE runs SET stats=(SELECT stats FROM run_figures f WHERE f.run_id=runs.run_id), "
+                      "audit=(SELECT audit FROM run_figures f WHERE f.run_id=runs.run_id)")
+    store._db.execute("DROP TABLE run_figures")
+    store._db.execute("DROP INDEX runs_started")
+    want = build_figures(store, "r7")
     store.close()
     monkeypatch.setattr(infraetl.store, "RUN_FIGURES_KEPT", 2)
     monkeypatch.setattr(infraetl.store, "PRUNE_CHUNK", 2)  # several transactions, a watchdog ping each
     pings: list[int] = []
-    store = Store(tmp_path / "c.sqlite3", alive=lambda: pings.append(1))
-    assert _figure_sets(store) == ["r6", "r7"] and len(pings) == 2
+    store = Store(path, alive=lambda: pings.append(1))
+    assert _figure_sets(store) == ["r6", "r7"] and len(pings) == 4
+    assert store._db.execute("SELECT COUNT(*) FROM runs WHERE stats IS NOT NULL").fetchone()[0] == 0
     names = {r for (r,) in store._db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-    assert {"runs_started", "runs_with_figures"} <= names
-    plan = store._db.execute("EXPLAIN QUERY PLAN SELECT run_id FROM runs WHERE stats IS NOT NULL AND "
-                             "state='complete' ORDER BY finished_at DESC LIMIT 1").fetchall()
-    assert "runs_with_figures" in str(plan)
+    assert "runs_started" in names
     assert store.last_complete_run() == "r7" and store.cumulative()[0] == 7
+    assert build_figures(store, "r7") == want
+    _complete_runs(store, ["r8"])
+    assert _figure_sets(store) == ["r7", "r8"]
 
 
-def test_a_store_that_cannot_make_its_indexes_still_opens_and_works(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    # As on a full disk: an upgraded consumer starts (and runs degraded) instead of exiting.
+def build_figures(store: Store, run_id: str) -> Any:
+    summaries = store.run_summaries(run_id)
+    assert summaries is not None
+    return summaries[0].figures(), summaries[1].figures()
+
+
+def test_an_older_store_that_cannot_be_upgraded_still_shows_its_last_run(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # As on a full disk: the consumer starts (and runs degraded) instead of exiting, and reads
+    # the figures where the older release kept them.
+    path = tmp_path / "c.sqlite3"
+    store = Store(path)
+    _complete_runs(store, ["r1", "r2"])
+    store._db.execute("UPDATE runs SET stats=(SELECT stats FROM run_figures f WHERE f.run_id=runs.run_id), "
+                      "audit=(SELECT audit FROM run_figures f WHERE f.run_id=runs.run_id)")
+    store._db.execute("DROP TABLE run_figures")
+    store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE runs SET finished_at=finished_at+1 WHERE run_id='r2'")  # the later one
+    import infraetl.sqlite
+
+    real = infraetl.sqlite.open_db
+
+    def read_only(*a: Any, **kw: Any) -> Any:
+        db = real(*a, **kw)
+        db.execute("PRAGMA query_only=ON")  # every write now fails, as on a full disk
+        return db
+
     import infraetl.store
 
-    monkeypatch.setattr(infraetl.store, "INDEXES", ("CREATE INDEX broken ON no_such_table (x)",))
-    with caplog.at_level("WARNING"):
-        store = Store(tmp_path / "c.sqlite3")
-    assert "cannot index or prune the state database now" in caplog.text
-    _complete_runs(store, ["r1"])
-    assert store.last_complete_run() == "r1"
+    with caplog.at_level("WARNING"), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(infraetl.store, "open_db", read_only)
+        store = Store(path)
+    assert "cannot upgrade the state database now" in caplog.text
+    assert store.last_complete_run() == "r2" and store.run_summaries("r2") is not None
