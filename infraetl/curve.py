@@ -32,6 +32,7 @@ import zmq
 import zmq.auth
 from zmq.utils import z85
 
+from .daemon import RateLimitedLog
 from .exceptions import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -83,7 +84,10 @@ class ZapHandler(threading.Thread):
         self._stop_flag = threading.Event()
         self._bound = threading.Event()
         self._error: Exception | None = None
-        self._last_warn: dict[bytes, float] = {}
+        # One warning a minute for all refused keys together, with a count of the others: a
+        # line (and a dict entry) for every new key let anyone fill the journal and the
+        # daemon's memory by connecting with fresh keys (a review: 180 a second).
+        self._warn = RateLimitedLog(logger)
         self.refresh()
 
     def refresh(self) -> None:
@@ -158,10 +162,7 @@ class ZapHandler(threading.Thread):
                 logger.debug("CURVE peer %s admitted", address.decode(errors="replace"))
                 return [b"1.0", request_id, b"200", b"OK", public, b""]
             self.denied += 1
-            now = time.monotonic()
-            if now - self._last_warn.get(public, -1e9) >= 60:
-                self._last_warn[public] = now
-                logger.warning("CURVE: refused peer %s: public key %s is not in %s",
+            self._warn.warning("refused", "CURVE: refused peer %s: public key %s is not in %s",
                                address.decode(errors="replace"), public.decode(), self.allow)
             return [b"1.0", request_id, b"400", b"public key not admitted", b"", b""]
         self.denied += 1

@@ -226,6 +226,8 @@ def _outcome(ack: dict[str, Any]) -> dict[str, int] | None:
     return {k: ack[k] for k in ("kept", "quarantined") if type(ack.get(k)) is int} or None
 
 
+#: Failed or cancelled runs whose late work and ACKs this producer remembers to drop.
+FAILED_KEPT = 4096
 #: Seconds a stopping producer waits for its run workers, all of them together.
 STOP_WORKERS_S = 2.0
 
@@ -254,7 +256,9 @@ class Producer:
         self.in_flight: dict[tuple[str, int], list[Any]] = {}
         self.workers: dict[str, RunWorker] = {}
         self.stages: dict[str, float] = defaultdict(float)   # seconds per stage, for the benchmark
-        self.failed_here: set[str] = set()   # runs this producer failed: their late work is dropped
+        # Runs this producer failed: their late work is dropped. The latest FAILED_KEPT only (a
+        # set of every cancelled run grew for good): late work comes within seconds.
+        self.failed_here: dict[str, None] = {}
         self._retired: wire.Sealer | None = None   # the keys before the last SIGHUP, to re-seal with
         # Work the spool refused (disk full, read-only): held in order, retried, and no more taken.
         self.unspooled: deque[bytes] = deque()
@@ -509,7 +513,9 @@ class Producer:
             logger.warning("run %s: %s", run_id, why)
         else:
             logger.error("run %s failed: %s", run_id, why)
-        self.failed_here.add(run_id)
+        self.failed_here[run_id] = None
+        if len(self.failed_here) > FAILED_KEPT:
+            del self.failed_here[next(iter(self.failed_here))]
         worker = self.workers.get(run_id)
         if worker is not None:
             worker.cancel.set()

@@ -19,6 +19,13 @@ from typing import Any
 
 from .exceptions import StoreError
 from .schema import split_filtered
+
+#: A finished run's row goes once it is past the RUNS_KEPT newest runs and RUN_ROWS_KEPT_S old
+#: (at most PRUNE_CHUNK at a time): ``status`` and the dashboard show far fewer, a start-run's
+#: nonce is checked for minutes, not days.
+RUNS_KEPT = 10_000
+RUN_ROWS_KEPT_S = 30 * 86_400
+PRUNE_CHUNK = 500
 from .sqlite import Tx, open_db
 
 SCHEMA = """
@@ -127,9 +134,12 @@ class Spool:
             if column not in have:
                 with self._tx():
                     self._db.execute(f"ALTER TABLE runs ADD COLUMN {column} TEXT")
-        # `status` lists the newest runs on every poll: without an index that read every run.
+        # `status` lists the newest runs on every poll, and a start the running ones: without an
+        # index each read every run.
         for name, sql in (("runs_nonce", "CREATE INDEX IF NOT EXISTS runs_nonce ON runs (nonce)"),
-                          ("runs_created", "CREATE INDEX IF NOT EXISTS runs_created ON runs (created_at)")):
+                          ("runs_created", "CREATE INDEX IF NOT EXISTS runs_created ON runs (created_at)"),
+                          ("runs_running", "CREATE INDEX IF NOT EXISTS runs_running ON runs (created_at) "
+                                           "WHERE state='running'")):
             if not self._db.execute("SELECT 1 FROM sqlite_master WHERE name=?", (name,)).fetchone():
                 with self._tx():
                     self._db.execute(sql)
@@ -248,6 +258,13 @@ class Spool:
             (state, reason, url, time.time(), run_id),
         )
         self._db.execute("DELETE FROM frames WHERE run_id=? AND acked=1", (run_id,))
+        # Every run's row stayed for good (~0.3 KB a run, a review): the finished ones past both
+        # the RUNS_KEPT newest and RUN_ROWS_KEPT_S old go, unless a frame of theirs still waits.
+        self._db.execute(
+            "DELETE FROM runs WHERE state!='running' AND finished_at < ? AND run_id IN "
+            "(SELECT run_id FROM runs ORDER BY created_at DESC LIMIT ? OFFSET ?) "
+            "AND run_id NOT IN (SELECT run_id FROM frames)",
+            (time.time() - RUN_ROWS_KEPT_S, PRUNE_CHUNK, RUNS_KEPT))
 
     def close_aborted(self) -> list[str]:
         """Close the runs a producer killed between spooling their ABORT and closing them left

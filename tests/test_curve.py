@@ -284,3 +284,19 @@ def _metrics(cluster: LocalCluster) -> list[str]:
     from helpers import get_text
 
     return get_text(cluster.url + "metrics")[2].splitlines()
+
+
+def test_refused_keys_are_reported_once_a_minute_however_many_there_are(
+        keys: dict[str, Path], ctx: zmq.Context, caplog: pytest.LogCaptureFixture) -> None:
+    # A warning (and a dict entry) for every new key: anyone could fill the journal and the
+    # daemon's memory by connecting with fresh keys (a review: 165 B of log a connection).
+    import os
+
+    zap = curve.ZapHandler(ctx, keys["allow"])
+    with caplog.at_level("WARNING", logger="infraetl.curve"):
+        for _ in range(500):
+            reply = zap.answer([b"1.0", b"id", b"", b"tcp://10.0.0.9", b"", b"CURVE", os.urandom(32)])
+            assert reply[2] == b"400"
+    refused = [r for r in caplog.records if "refused peer" in r.getMessage()]
+    assert len(refused) == 1 and zap.denied == 500
+    assert not any(isinstance(v, dict) and len(v) > 10 for v in vars(zap).values())

@@ -352,3 +352,21 @@ def test_an_operator_still_on_the_old_key_mid_rotation_reads_the_answer(tmp_path
         done = ctl(c, "start-run", "--users", "300", env=env, check=False)
         assert done.returncode == 0 and "300 users applied" in done.stdout, done.stderr
         assert get_json(c.url + "api/stats.json")["cumulative"]["total_users"] == 300
+
+
+def test_the_producer_remembers_a_bounded_number_of_failed_runs(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every cancelled or failed run stayed in a set for good (~120 B each; a review).
+    import infraetl.producer
+
+    monkeypatch.setattr(infraetl.producer, "FAILED_KEPT", 3)
+    p = _producer_in_process(tmp_path)
+    try:
+        for i in range(5):
+            p.spool.create_run(f"r{i}", {"users": 10, "nat": [], "seed": "x", "source": "synthetic",
+                                         "batch_size": 10})
+            p.cancel_run(f"r{i}")
+        assert list(p.failed_here) == ["r2", "r3", "r4"]
+        assert all(p.spool.run(f"r{i}").state == "cancelled" for i in range(5))  # type: ignore[union-attr]
+    finally:
+        _close(p)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from infraetl.spool import SCHEMA, Spool
 
 
@@ -114,3 +116,27 @@ def test_a_run_still_running_behind_a_thousand_newer_ones_is_resumed(tmp_path: P
         spool.create_run(f"short-{i}", {})
         spool.finish(f"short-{i}", "complete")
     assert [r.run_id for r in spool.unfinished_runs()] == ["long"]
+
+
+def test_old_finished_runs_rows_go_past_both_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every run's row stayed for good (~0.3 KB a run, and a start read them all; a review).
+    import infraetl.spool
+
+    monkeypatch.setattr(infraetl.spool, "RUNS_KEPT", 2)
+    spool = Spool(tmp_path / "spool.sqlite3")
+    for run in ("old", "old-waiting", "running-long", "recent"):
+        spool.create_run(run, {"users": 1})
+    spool.add_frame("old-waiting", -2, "abort", 0, b"abort")  # its ABORT still waits for an ACK
+    for run in ("old", "old-waiting"):
+        spool.finish(run, "cancelled", reason="cancelled by operator")
+    month = infraetl.spool.RUN_ROWS_KEPT_S + 60
+    spool._db.execute("UPDATE runs SET created_at=created_at-?, finished_at=finished_at-? WHERE run_id "
+                      "IN ('old', 'old-waiting', 'running-long')", (month, month))
+    for run in ("new1", "new2"):
+        spool.create_run(run, {"users": 1})
+    spool.finish("recent", "complete")
+    assert sorted(r.run_id for r in spool.runs(100)) == ["new1", "new2", "old-waiting", "recent", "running-long"]
+    assert [r.run_id for r in spool.unfinished_runs()] == ["running-long", "new1", "new2"]
+    plan = spool._db.execute("EXPLAIN QUERY PLAN SELECT run_id FROM runs r WHERE r.state='running' "
+                             "ORDER BY r.created_at").fetchall()
+    assert "runs_running" in str(plan)
