@@ -19,6 +19,7 @@ from typing import Any
 
 from .exceptions import StoreError
 from .schema import split_filtered
+from .sqlite import Tx, open_db
 
 #: A finished run's row goes once it is past the RUNS_KEPT newest runs and RUN_ROWS_KEPT_S old
 #: (at most PRUNE_CHUNK at a time): ``status`` and the dashboard show far fewer, a start-run's
@@ -26,7 +27,6 @@ from .schema import split_filtered
 RUNS_KEPT = 10_000
 RUN_ROWS_KEPT_S = 30 * 86_400
 PRUNE_CHUNK = 500
-from .sqlite import Tx, open_db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
