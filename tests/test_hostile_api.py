@@ -173,8 +173,9 @@ def test_a_deadline_says_what_the_run_got_when_no_retry_said_more(hostile) -> No
     one = json.loads((ApiServer().answer("/api/?results=1&page=1&seed=s")).body)
 
     def same_user(conn: socket.socket, head: bytes) -> None:
-        page = re.search(rb"[?&]page=(\d+)", head)
+        page, seed = re.search(rb"[?&]page=(\d+)", head), re.search(rb"[?&]seed=([^& ]+)", head)
         one["info"]["page"] = int(page.group(1)) if page else 1
+        one["info"]["seed"] = seed.group(1).decode() if seed else "s"  # the run's own: else refused
         _reply(conn, "200 OK", json.dumps(one).encode())
 
     srv = hostile(same_user)
