@@ -396,7 +396,8 @@ _DATE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]\d\d:\
 _FORMATS: dict[str, re.Pattern[str]] = {
     "nat": re.compile(r"[A-Z]{2}"),
     # UTC-12:00 to UTC+14:00, in quarter hours (the API's are whole, half and +5:45).
-    "location.timezone.offset": re.compile(r"[+-]?(?:0?\d|1[0-4]):(?:00|15|30|45)"),
+    "location.timezone.offset": re.compile(r"\+?(?:(?:0?\d|1[0-3]):(?:00|15|30|45)|14:00)"
+                                           r"|-(?:(?:0?\d|1[01]):(?:00|15|30|45)|12:00)"),
     "email": re.compile(r"[^@\s]+@[^@\s]+"),
     "dob.date": _DATE,
     "registered.date": _DATE,
@@ -424,14 +425,26 @@ def _api_dates_ok(col: list[str]) -> bool:
 
 
 _NATIONALITIES = frozenset(NATIONALITIES)
-_SHORT_FORMATS = frozenset({"nat", "location.timezone.offset", "dob.date", "registered.date"})
+#: The text columns whose values the figures count or the page shows: the consumer judges their
+#: length (a pass over each). The producer judges every column's; it is the one a value over
+#: the limit could stop (its batch too large to seal). A date, nat or offset over the limit
+#: fails its format, and says length there (see check_format).
+_SHOWN_TEXT = NAME_FIELDS - {"location.street.name"} | {"gender", "email", "login.username", "login.password"}
 _DAYS_IN_MONTH = np.array([0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], dtype=np.uint8)
 
 
-def _api_dates_exist(col: list[str]) -> bool:
-    """Every date of ``col`` (all in the API's exact form) is on the calendar: month 1–12, its
-    day, hours, minutes and seconds in range (vectorised)."""
-    a = np.frombuffer("".join(col).encode("ascii"), dtype=np.uint8).reshape(len(col), 24) - 48
+def _date_bytes(col: list[str]) -> np.ndarray | None:
+    """The dates of ``col`` as an (n, 24) array of their ASCII bytes, or None unless every one has
+    the API's exact form."""
+    if not _api_dates_ok(col):
+        return None
+    return np.frombuffer("".join(col).encode("ascii"), dtype=np.uint8).reshape(len(col), 24)
+
+
+def _on_calendar(raw: np.ndarray) -> bool:
+    """Every date of :func:`_date_bytes` is on the calendar: year 0001–9999, month 1–12, its day,
+    hours, minutes and seconds in range (vectorised)."""
+    a = raw - 48  # uint8 digits
 
     def num(i: int) -> np.ndarray:  # the two digits at i (uint8: at most 99)
         return a[:, i] * 10 + a[:, i + 1]
@@ -445,73 +458,75 @@ def _api_dates_exist(col: list[str]) -> bool:
     feb29 = (month == 2) & (day == 29)
     if not feb29.any():
         return True
-    year = (a[feb29, :4].astype(np.int32) * np.array([1000, 100, 10, 1])).sum(axis=1)
+    year = a[feb29, :4].astype(np.int32) @ _YEAR_WEIGHTS
     return bool(((year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))).all())
 
 
+def _api_dates_exist(col: list[str]) -> bool:
+    """Every date of ``col`` has the API's exact form and is on the calendar."""
+    raw = _date_bytes(col)
+    return raw is not None and _on_calendar(raw)
+
+
+def _utc(value: str) -> datetime.datetime:
+    """A date of the format as a naive UTC datetime; ValueError or OverflowError if there is none
+    (2024-02-30; 9999-12-31T23:00-05:00 is past the last day Python knows)."""
+    d = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if d.tzinfo is not None:
+        d = d.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+    return d
+
+
 def _date_exists(value: str) -> bool:
-    """A date that matches the format is also on the calendar (2024-02-30 is not)."""
+    """A date that matches the format is also on the calendar, in UTC too."""
     try:
-        datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        _utc(value)
+    except (ValueError, OverflowError):
         return False
     return True
 
 
-#: Digits of MMDDhhmmss.sss in an API date, and their weights: one number orders two dates of a year.
-_WITHIN_YEAR = np.array([5, 6, 8, 9, 11, 12, 14, 15, 17, 18, 20, 21, 22])
-_WITHIN_YEAR_WEIGHTS = 10 ** np.arange(12, -1, -1, dtype=np.int64)
 _YEAR_WEIGHTS = np.array([1000, 100, 10, 1], dtype=np.int32)
 #: A person's ages are as of one moment: their birth year plus their age may be at most this
 #: many years past the consumer's clock (a replay file of an older year is fine).
 _FUTURE_SLACK_YEARS = 2
+#: What :func:`_life_problems` finds, by code. Registered before birth is only a warning: the
+#: API draws the two dates apart, so a user born after 2002 may have an account from before
+#: (its ages agree with its dates all the same; a review).
+_LIFE_REASONS = (None, "inconsistent:registered.date", "inconsistent:dob.age", "range:dob.age")
+_LIFE_WARNING = 1
 
 
-def _life_problems(dob: list[str], reg: list[str], age: list[int], reg_age: list[int],
-                   latest_year: int) -> np.ndarray | None:
-    """Per row, 0 (fine) or the index in :data:`_LIFE_REASONS` of what is wrong with a user's two
-    dates and two ages taken together; None if the columns are not all in the API's exact
-    form (then :func:`_life_problem` judges row by row).
+def _life_problems(dob: np.ndarray, reg: np.ndarray, age: np.ndarray, reg_age: np.ndarray,
+                   latest_year: int) -> np.ndarray:
+    """Per user, 0 (fine) or the code in :data:`_LIFE_REASONS` of what is wrong with its two
+    dates (:func:`_date_bytes` rows) and two ages taken together.
 
     Both ages are the whole years from their date to one moment (the API's "now"), so
     ``dob.age - registered.age`` is the whole years from birth to registration, or one more;
     one year of slack either way.
     """
-    if not (_api_dates_ok(dob) and _api_dates_ok(reg)):
-        return None
-    d = np.frombuffer("".join(dob).encode("ascii"), dtype=np.uint8).reshape(len(dob), 24) - 48
-    r = np.frombuffer("".join(reg).encode("ascii"), dtype=np.uint8).reshape(len(reg), 24) - 48
-    y_d, y_r = d[:, :4].astype(np.int32) @ _YEAR_WEIGHTS, r[:, :4].astype(np.int32) @ _YEAR_WEIGHTS
-    earlier_in_year = (r[:, _WITHIN_YEAR].astype(np.int64) @ _WITHIN_YEAR_WEIGHTS
-                       < d[:, _WITHIN_YEAR].astype(np.int64) @ _WITHIN_YEAR_WEIGHTS)
+    y_d, y_r = (dob[:, :4] - 48).astype(np.int32) @ _YEAR_WEIGHTS, (reg[:, :4] - 48).astype(np.int32) @ _YEAR_WEIGHTS
+    # The rest of an API date orders two dates of one year as its bytes do.
+    earlier_in_year = (np.ascontiguousarray(reg[:, 5:23]).view("S18").ravel()
+                       < np.ascontiguousarray(dob[:, 5:23]).view("S18").ravel())
     years = y_r - y_d - earlier_in_year  # whole years from birth to registration
-    a, ra = np.array(age, dtype=np.int64), np.array(reg_age, dtype=np.int64)
     out = np.zeros(len(dob), dtype=np.int8)
-    out[(a - ra < years - 1) | (a - ra > years + 2)] = 2
-    out[y_d + a > latest_year] = 3
-    out[years < 0] = 1
+    out[years < 0] = _LIFE_WARNING
+    out[(age - reg_age < years - 1) | (age - reg_age > years + 2)] = 2
+    out[y_d + age > latest_year] = 3
     return out
 
 
-_LIFE_REASONS = (None, "inconsistent:registered.date", "inconsistent:dob.age", "range:dob.age")
-
-
-def _life_problem(dob: str, reg: str, age: int, reg_age: int, latest_year: int) -> str | None:
+def _life_problem(dob: str, reg: str, age: int, reg_age: int, latest_year: int) -> int:
     """:func:`_life_problems` of one user whose dates have another form (an offset, say)."""
-    d = datetime.datetime.fromisoformat(dob.replace("Z", "+00:00"))
-    r = datetime.datetime.fromisoformat(reg.replace("Z", "+00:00"))
-    if d.tzinfo is not None:
-        d = d.astimezone(datetime.timezone.utc).replace(tzinfo=None)
-    if r.tzinfo is not None:
-        r = r.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+    d, r = _utc(dob), _utc(reg)
     years = r.year - d.year - ((r.month, r.day, r.time()) < (d.month, d.day, d.time()))
-    if years < 0:
-        return _LIFE_REASONS[1]
     if d.year + age > latest_year:
-        return _LIFE_REASONS[3]
+        return 3
     if not years - 1 <= age - reg_age <= years + 2:
-        return _LIFE_REASONS[2]
-    return None
+        return 2
+    return _LIFE_WARNING if years < 0 else 0
 
 
 def _format_ok(path: str, value: str) -> bool:
@@ -528,7 +543,7 @@ def _format_ok(path: str, value: str) -> bool:
 def _format_suspect(path: str, values: list[str]) -> bool:
     """Whether some value of a formatted column may not match its format (one or two passes)."""
     if path in ("dob.date", "registered.date"):
-        return not (_api_dates_ok(values) and _api_dates_exist(values))
+        return not _api_dates_exist(values)
     if path == "nat":
         return not _NATIONALITIES.issuperset(values)
     if path == "email":
@@ -559,6 +574,7 @@ class _Batch:
         self.rejected: dict[int, str] = {}
         self.row_warnings: list[tuple[int, str]] = []
         self.fixes: dict[str, dict[int, Any]] = {}
+        self.dates: dict[str, np.ndarray] = {}  # a date column's bytes, once check_format read them
 
     def reject(self, i: int, reason: str) -> None:
         self.rejected.setdefault(i, reason)
@@ -609,8 +625,7 @@ class _Batch:
     def check_text(self, f: Field, values: list[str], joined: str) -> None:
         """Judge the characters of a column's strings (see module doc)."""
         path = f.path
-        # (A long date, nat or offset fails its format anyway.)
-        if path not in _SHORT_FORMATS and len(joined) > MAX_TEXT and max(map(len, values)) > MAX_TEXT:
+        if path in _SHOWN_TEXT and len(joined) > MAX_TEXT and max(map(len, values)) > MAX_TEXT:
             col = self.cols[path]
             for i, v in enumerate(col):
                 if type(v) is str and len(v) > MAX_TEXT:
@@ -671,31 +686,57 @@ class _Batch:
     def check_format(self, f: Field) -> None:
         """Reject values the statistics could not read (dates, e-mail, nat, offset)."""
         col = self.cleaned(f.path)
-        with suppress(TypeError):  # a value of another type (already rejected): go row by row
-            if not _format_suspect(f.path, col):
+        for i in self.fixes.get(f.path, ()):  # trimmed: the value sent may be over the limit
+            if len(self.cols[f.path][i]) > MAX_TEXT:
+                self.reject(i, f"length:{f.path}")
+        if f.path in ("dob.date", "registered.date"):
+            raw = None
+            with suppress(TypeError):  # a value of another type (already rejected)
+                raw = _date_bytes(col)
+            if raw is not None and _on_calendar(raw):
+                self.dates[f.path] = raw  # parsed once, for check_life
                 return
+        else:
+            with suppress(TypeError):  # a value of another type (already rejected): go row by row
+                if not _format_suspect(f.path, col):
+                    return
+        raw = self.cols[f.path]  # before trimming: a value padded past the limit is too long
         for i, v in enumerate(col):
-            if type(v) is str and not _format_ok(f.path, v):
-                self.reject(i, f"{'range' if f.path == 'nat' and len(v) == 2 and v.isupper() else 'format'}:{f.path}")
+            if type(v) is str and len(raw[i]) > MAX_TEXT:
+                self.reject(i, f"length:{f.path}")  # as the producer says
+            elif type(v) is str and not _format_ok(f.path, v):
+                known = f.path == "nat" and _FORMATS["nat"].fullmatch(v) is not None
+                self.reject(i, f"{'range' if known else 'format'}:{f.path}")
 
     def check_life(self) -> None:
-        """A user's dates and ages taken together (see :func:`_life_problems`): registered before
-        birth, ages that disagree with their dates, or ages as of a moment years ahead."""
-        dob, reg = self.cleaned("dob.date"), self.cleaned("registered.date")
-        age, reg_age = self.cols["dob.age"], self.cols["registered.age"]
-        latest = time.gmtime().tm_year + _FUTURE_SLACK_YEARS
-        problems = None
-        if not self.rejected:  # every value is of its type and format
-            problems = _life_problems(dob, reg, age, reg_age, latest)
-        if problems is not None:
-            for i in np.flatnonzero(problems).tolist():
-                self.reject(i, _LIFE_REASONS[problems[i]])  # type: ignore[arg-type]
+        """A user's dates and ages taken together (see :func:`_life_problems`), for the users not
+        rejected yet: ages that disagree with their dates, or are as of a moment years ahead, are
+        rejected; a registration before birth is a warning."""
+        rows = [i for i in range(self.n) if i not in self.rejected] if self.rejected else None
+        if rows == []:
             return
-        for i in range(self.n):
-            if i not in self.rejected:
-                why = _life_problem(dob[i], reg[i], age[i], reg_age[i], latest)
-                if why is not None:
-                    self.reject(i, why)
+        pick = (lambda col: col) if rows is None else (lambda col: [col[i] for i in rows])
+        dob, reg = pick(self.cleaned("dob.date")), pick(self.cleaned("registered.date"))
+        age, reg_age = pick(self.cols["dob.age"]), pick(self.cols["registered.age"])
+        latest = time.gmtime().tm_year + _FUTURE_SLACK_YEARS
+        raw_d, raw_r = self.dates.get("dob.date"), self.dates.get("registered.date")
+        if raw_d is not None and raw_r is not None:
+            if rows is not None:
+                raw_d, raw_r = raw_d[rows], raw_r[rows]
+        else:  # some date of another form, or a rejected one: those left may all have the API's
+            raw_d, raw_r = _date_bytes(dob), _date_bytes(reg)
+        if raw_d is not None and raw_r is not None:
+            codes = _life_problems(raw_d, raw_r, np.array(age, dtype=np.int64), np.array(reg_age, dtype=np.int64),
+                                   latest).tolist()
+        else:
+            codes = [_life_problem(*v, latest) for v in zip(dob, reg, age, reg_age, strict=True)]
+        for j, code in enumerate(codes):
+            if code:
+                i = j if rows is None else rows[j]
+                if code == _LIFE_WARNING:
+                    self.row_warnings.append((i, _LIFE_REASONS[code]))  # type: ignore[arg-type]
+                else:
+                    self.reject(i, _LIFE_REASONS[code])  # type: ignore[arg-type]
 
     def result(self) -> Validated:
         quarantine = Counter(self.rejected.values())
