@@ -700,9 +700,9 @@ class _Batch:
             with suppress(TypeError):  # a value of another type (already rejected): go row by row
                 if not _format_suspect(f.path, col):
                     return
-        raw = self.cols[f.path]  # before trimming: a value padded past the limit is too long
+        sent = self.cols[f.path]  # before trimming: a value padded past the limit is too long
         for i, v in enumerate(col):
-            if type(v) is str and len(raw[i]) > MAX_TEXT:
+            if type(v) is str and len(sent[i]) > MAX_TEXT:
                 self.reject(i, f"length:{f.path}")  # as the producer says
             elif type(v) is str and not _format_ok(f.path, v):
                 known = f.path == "nat" and _FORMATS["nat"].fullmatch(v) is not None
