@@ -336,7 +336,10 @@ class Consumer:
         """What a complete run's ACK tells its producer: where to see it and what was counted
         (``applied`` is ``kept`` under the name older producers read)."""
         kept = row.get("kept", 0)
-        return {"url": self.url, "applied": kept, "kept": kept, "quarantined": row.get("quarantined", 0)}
+        # ``filtered_apart``: the users --nat left out are not in "quarantined" (older consumers
+        # counted them in; a producer subtracts them for those).
+        return {"url": self.url, "applied": kept, "kept": kept, "quarantined": row.get("quarantined", 0),
+                "filtered_apart": True}
 
     def _ack(self, msg: dict[str, Any], of: str, status: str, **extra: Any) -> None:
         """Queue an ACK; :meth:`_send_acks` sends the queue once the store has synced."""

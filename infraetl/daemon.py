@@ -86,6 +86,11 @@ def setup_logging(level: str = "INFO") -> None:
     logging.getLogger("urllib3").setLevel(max(logging.INFO, root.level))
 
 
+#: While starting, each ping asks systemd for this much more time, at most every EXTEND_EVERY_S.
+EXTEND_BY_S = 60.0
+EXTEND_EVERY_S = 10.0
+
+
 class Notifier:
     """The sd_notify protocol: datagrams to ``$NOTIFY_SOCKET`` (a no-op without it).
 
@@ -119,6 +124,8 @@ class Notifier:
         self._last_status_at = float("-inf")
         self._last_status = ""
         self._failed = False
+        self._ready = False
+        self._last_extend = float("-inf")
 
     @property
     def enabled(self) -> bool:
@@ -143,6 +150,7 @@ class Notifier:
         """Tell systemd the daemon is up (sockets bound, state open)."""
         self._last_status = _one_line(status)
         self._last_status_at = time.monotonic()
+        self._ready = True
         self.notify("READY=1", f"STATUS={self._last_status}", f"MAINPID={os.getpid()}")
 
     def status(self, status: str) -> None:
@@ -156,10 +164,16 @@ class Notifier:
         self.notify("STOPPING=1", "STATUS=stopping")
 
     def ping(self) -> None:
-        """Send WATCHDOG=1 if half the watchdog interval has passed; refresh STATUS."""
+        """Send WATCHDOG=1 if half the watchdog interval has passed (before READY=1, ask for more
+        start-up time: EXTEND_TIMEOUT_USEC); refresh STATUS."""
         if self._sock is None:
             return
         now = time.monotonic()
+        if not self._ready and now - self._last_extend >= EXTEND_EVERY_S:
+            # Still starting (a long upgrade of the state): more time than TimeoutStartSec=, so
+            # systemd does not kill it part-way (a review: ~1 ms a run of an older store).
+            self._last_extend = now
+            self.notify(f"EXTEND_TIMEOUT_USEC={int(EXTEND_BY_S * 1e6)}", "STATUS=starting: upgrading the state")
         if self.watchdog_interval is not None and now - self._last_ping >= self.watchdog_interval:
             self._last_ping = now
             self.notify("WATCHDOG=1")

@@ -221,9 +221,12 @@ class RunWorker(threading.Thread):
                 return
 
 
-def _outcome(ack: dict[str, Any]) -> dict[str, int] | None:
+def _outcome(ack: dict[str, Any]) -> dict[str, Any] | None:
     """What the consumer counted of a complete run, as its ACK says (None from an older one)."""
-    return {k: ack[k] for k in ("kept", "quarantined") if type(ack.get(k)) is int} or None
+    out: dict[str, Any] = {k: ack[k] for k in ("kept", "quarantined") if type(ack.get(k)) is int}
+    if out and ack.get("filtered_apart") is True:
+        out["filtered_apart"] = True
+    return out or None
 
 
 #: Failed or cancelled runs whose late work and ACKs this producer remembers to drop.

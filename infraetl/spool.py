@@ -87,13 +87,21 @@ class RunRow:
             "sent": self.batches, "acked": self.acked_batches, "acked_users": self.acked_users,
             # The consumer's counts once it said them; nothing of a failed or cancelled run counts.
             "applied_users": self._counted("kept", self.acked_users),
-            "quarantined": self._counted("quarantined", sum(split_filtered(self.quarantine)[0].values())),
+            "quarantined": self._quarantined(),
             # Users the run's --nat left out (not faults).
             "filtered": sum(split_filtered(self.quarantine)[1].values()),
             "reason": self.reason, "url": self.url,
             "created_at": self.created_at, "finished_at": self.finished_at,
         }
 
+
+    def _quarantined(self) -> int:
+        quarantine, filtered = split_filtered(self.quarantine)
+        counted = self._counted("quarantined", sum(quarantine.values()))
+        outcome = self.outcome or {}
+        if type(outcome.get("quarantined")) is int and not outcome.get("filtered_apart"):
+            counted = max(0, counted - sum(filtered.values()))  # an older consumer counted them in
+        return counted
 
     def _counted(self, what: str, otherwise: int) -> int:
         if self.state in ("failed", "cancelled"):
@@ -259,12 +267,13 @@ class Spool:
         )
         self._db.execute("DELETE FROM frames WHERE run_id=? AND acked=1", (run_id,))
         # Every run's row stayed for good (~0.3 KB a run, a review): the finished ones past both
-        # the RUNS_KEPT newest and RUN_ROWS_KEPT_S old go, unless a frame of theirs still waits.
+        # the RUNS_KEPT newest and RUN_ROWS_KEPT_S old go, the oldest first, unless a frame of
+        # theirs still waits.
         self._db.execute(
-            "DELETE FROM runs WHERE state!='running' AND finished_at < ? AND run_id IN "
-            "(SELECT run_id FROM runs ORDER BY created_at DESC LIMIT ? OFFSET ?) "
-            "AND run_id NOT IN (SELECT run_id FROM frames)",
-            (time.time() - RUN_ROWS_KEPT_S, PRUNE_CHUNK, RUNS_KEPT))
+            "DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs WHERE state!='running' AND finished_at < ? "
+            "AND created_at < (SELECT created_at FROM runs ORDER BY created_at DESC LIMIT 1 OFFSET ?) "
+            "AND run_id NOT IN (SELECT run_id FROM frames) ORDER BY created_at LIMIT ?)",
+            (time.time() - RUN_ROWS_KEPT_S, RUNS_KEPT, PRUNE_CHUNK))
 
     def close_aborted(self) -> list[str]:
         """Close the runs a producer killed between spooling their ABORT and closing them left

@@ -147,29 +147,36 @@ class Store:
         self._upgrade()
 
     def _upgrade(self) -> None:
-        """What a store of an older release lacks: the runs' index by age; the run_figures table,
-        with the figures of its RUN_FIGURES_KEPT latest runs moved there from their rows, the
-        others dropped, and the space they held given back (VACUUM: it copies only what is
-        live, ~1 s for a few thousand runs). Not being able to (a full disk) is not fatal: the
-        store works as before and tries again at the next start."""
+        """Bring a store of an older release (or one an older release wrote to after a roll-back)
+        to this layout: the runs' index by age; the figures of its RUN_FIGURES_KEPT latest runs
+        in run_figures; no figures left in the runs' rows but the latest run's (where an older
+        release reads them: a roll-back still starts); and the space they held given back
+        (VACUUM copies only what is live: ~1 s for a few thousand runs). Each step is judged
+        from the data, so a start killed or refused part-way (a full disk) is finished by the
+        next one; meanwhile the store works, reading the figures where they are."""
         try:
             self._db.execute("CREATE INDEX IF NOT EXISTS runs_started ON runs (started_at)")
-            self._db.execute("DROP INDEX IF EXISTS runs_with_figures")  # this round's first try
-            if self._has_table("run_figures"):
-                return
+            # The runs whose rows hold figures: the latest, and those of an older release.
+            self._db.execute("CREATE INDEX IF NOT EXISTS runs_with_figures ON runs (finished_at) "
+                             "WHERE stats IS NOT NULL")
             with self._tx():
                 self._db.execute(RUN_FIGURES)
-                self._db.execute(
-                    "INSERT INTO run_figures (run_id, stats, audit) SELECT run_id, stats, audit FROM "
-                    "(SELECT run_id, stats, audit, finished_at FROM runs WHERE state='complete' AND "
-                    "stats IS NOT NULL ORDER BY finished_at DESC LIMIT ?) ORDER BY finished_at",
-                    (RUN_FIGURES_KEPT,))
-            top = self._one("SELECT MAX(rowid) FROM runs")[0] or 0
-            for low in range(0, top, PRUNE_CHUNK):
+            latest = self.last_complete_run()
+            if self._one("SELECT 1 FROM runs WHERE stats IS NOT NULL AND run_id IS NOT ? ORDER BY finished_at "
+                         "LIMIT 1", (latest,)):
                 with self._tx():
-                    self._db.execute("UPDATE runs SET stats=NULL, audit=NULL WHERE rowid > ? AND rowid <= ? "
-                                     "AND stats IS NOT NULL", (low, low + PRUNE_CHUNK))
-                self._alive()
+                    self._db.execute(
+                        "INSERT OR IGNORE INTO run_figures (run_id, stats, audit) SELECT run_id, stats, audit "
+                        "FROM runs WHERE state='complete' AND stats IS NOT NULL ORDER BY finished_at DESC "
+                        "LIMIT ?", (RUN_FIGURES_KEPT,))
+                    self._prune_figures()
+                latest = self.last_complete_run()
+                top = self._one("SELECT MAX(rowid) FROM runs")[0] or 0
+                for low in range(0, top, PRUNE_CHUNK):
+                    with self._tx():
+                        self._db.execute("UPDATE runs SET stats=NULL, audit=NULL WHERE rowid > ? AND rowid <= ? "
+                                         "AND stats IS NOT NULL AND run_id IS NOT ?", (low, low + PRUNE_CHUNK, latest))
+                    self._alive()
             free, pages = (self._one(f"PRAGMA {p}")[0] for p in ("freelist_count", "page_count"))
             if free * 2 > pages:
                 self._db.execute("VACUUM")
@@ -177,17 +184,25 @@ class Store:
         except (sqlite3.Error, StoreError) as e:
             logger.warning("cannot upgrade the state database now (retried at the next start): %s", e)
 
-    def _prune(self) -> None:
-        """Drop the figures of the complete runs past the RUN_FIGURES_KEPT latest, and the rows of
-        the finished runs past RUNS_KEPT and RUN_ROWS_KEPT_S (at most PRUNE_CHUNK). In the
-        caller's transaction."""
-        self._db.execute("DELETE FROM run_figures WHERE rowid <= "
-                         "(SELECT rowid FROM run_figures ORDER BY rowid DESC LIMIT 1 OFFSET ?)",
-                         (RUN_FIGURES_KEPT,))
+    def _prune_figures(self) -> None:
+        """Keep the figures of the RUN_FIGURES_KEPT latest complete runs only."""
         self._db.execute(
-            "DELETE FROM runs WHERE state!='running' AND finished_at < ? AND run_id IN "
-            "(SELECT run_id FROM runs ORDER BY started_at DESC LIMIT ? OFFSET ?)",
-            (time.time() - RUN_ROWS_KEPT_S, PRUNE_CHUNK, RUNS_KEPT))
+            "DELETE FROM run_figures WHERE run_id NOT IN (SELECT f.run_id FROM run_figures f "
+            "LEFT JOIN runs r USING (run_id) ORDER BY r.finished_at DESC LIMIT ?)", (RUN_FIGURES_KEPT,))
+
+    def _prune(self, run_id: str) -> None:
+        """After ``run_id`` completed: its figures are the only ones left in a run's row, only
+        the RUN_FIGURES_KEPT latest in run_figures, and the rows of the finished runs past both
+        RUNS_KEPT and RUN_ROWS_KEPT_S go, the oldest first (at most PRUNE_CHUNK). In the
+        caller's transaction."""
+        self._db.execute("UPDATE runs SET stats=NULL, audit=NULL WHERE run_id IN (SELECT run_id FROM run_figures "
+                         "WHERE run_id != ?) AND stats IS NOT NULL", (run_id,))
+        self._prune_figures()
+        self._db.execute(
+            "DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs WHERE state!='running' AND finished_at < ? "
+            "AND started_at < (SELECT started_at FROM runs ORDER BY started_at DESC LIMIT 1 OFFSET ?) "
+            "ORDER BY started_at LIMIT ?)",
+            (time.time() - RUN_ROWS_KEPT_S, RUNS_KEPT, PRUNE_CHUNK))
 
     def close(self) -> None:
         """Close the database."""
@@ -492,10 +507,14 @@ class Store:
             return Applied(duplicate=False, run_complete=False, failed=why)
         live = self._live.pop(run_id, None)
         stats, audit = live[1:] if live is not None and live[0] == expected else self._merge_from_db(run_id)
-        self._db.execute("UPDATE runs SET state='complete', finished_at=? WHERE run_id=?", (time.time(), run_id))
+        stats_blob, audit_blob = stats.to_bytes(), audit.to_bytes()
+        # Also in the run's row, until the next run completes: where an older release looks for
+        # the latest run's figures (a roll-back still starts; a review).
+        self._db.execute("UPDATE runs SET state='complete', finished_at=?, stats=?, audit=? WHERE run_id=?",
+                         (time.time(), stats_blob, audit_blob, run_id))
         self._db.execute(RUN_FIGURES)  # made at open, unless the disk was full then
         self._db.execute("INSERT OR REPLACE INTO run_figures (run_id, stats, audit) VALUES (?, ?, ?)",
-                         (run_id, stats.to_bytes(), audit.to_bytes()))
+                         (run_id, stats_blob, audit_blob))
         cum = self._db.execute("SELECT runs, stats, audit FROM cumulative WHERE id=1").fetchone()
         if cum is None:
             cum_runs, cum_stats, cum_audit = 0, stats, audit  # already serialised for the run row
@@ -507,7 +526,7 @@ class Store:
             "INSERT OR REPLACE INTO cumulative (id, runs, stats, audit) VALUES (1, ?, ?, ?)",
             (cum_runs + 1, cum_stats.to_bytes(), cum_audit.to_bytes()),
         )
-        self._prune()
+        self._prune(run_id)
         self._drop_batches(run_id)
         return Applied(duplicate=False, run_complete=True)
 
@@ -591,14 +610,22 @@ class Store:
         return row[0], StatsSummary.from_bytes(row[1]), AuditSummary.from_bytes(row[2])
 
     def last_complete_run(self) -> str | None:
-        """Id of the most recently completed run."""
+        """Id of the most recently completed run (of those with figures)."""
         row = None
         if self._has_table("run_figures"):
-            row = self._db.execute("SELECT run_id FROM run_figures ORDER BY rowid DESC LIMIT 1").fetchone()
-        if row is None:  # an older release's store, not upgraded yet (a full disk)
-            row = self._db.execute("SELECT run_id FROM runs WHERE state='complete' AND stats IS NOT NULL "
-                                   "ORDER BY finished_at DESC LIMIT 1").fetchone()
+            row = self._db.execute("SELECT f.run_id FROM run_figures f LEFT JOIN runs r USING (run_id) "
+                                   "ORDER BY r.finished_at DESC LIMIT 1").fetchone()
+        # An older release's store not upgraded yet (a full disk), or one it completed runs in
+        # after a roll-back: their figures are in the runs' rows.
+        old = self._db.execute("SELECT run_id, finished_at FROM runs WHERE state='complete' AND stats IS NOT NULL "
+                               "ORDER BY finished_at DESC LIMIT 1").fetchone()
+        if old is not None and (row is None or old[1] > self._finished_at(row[0])):
+            return str(old[0])
         return row[0] if row else None
+
+    def _finished_at(self, run_id: str) -> float:
+        got = self._db.execute("SELECT finished_at FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        return float(got[0]) if got and got[0] is not None else 0.0
 
     def writable(self) -> None:
         """Raise StoreError if a write cannot commit now (disk full, read-only)."""

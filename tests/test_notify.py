@@ -241,6 +241,8 @@ def test_notifier_refreshes_status_from_a_summary() -> None:
     lst = NotifyListener(f"@infraetl-test-{uuid.uuid4().hex}")
     try:
         n = Notifier(env={"NOTIFY_SOCKET": lst.address})
+        n.ready("up")
+        assert lst.receive(0.5) is not None  # READY=1 (before it, a ping asks for more time)
         n.status_every = 0.0
         n.summary = lambda: "3 runs complete"
         n.ping()
@@ -294,3 +296,23 @@ def test_redact_hides_keys_and_tokens_only() -> None:
     out = redact(text)
     assert key not in out and token not in out
     assert out.count("[redacted]") == 2 and "r20261125-180455-3f2a9c" in out and "tcp://10.0.0.1:5555" in out
+
+
+def test_a_long_start_asks_systemd_for_more_time_until_ready() -> None:
+    # Upgrading an older store takes ~1 ms a run before READY=1: past TimeoutStartSec=, systemd
+    # killed it part-way (a review).
+    lst = NotifyListener(f"@infraetl-test-{uuid.uuid4().hex}")
+    try:
+        n = Notifier(env={"NOTIFY_SOCKET": lst.address})
+        n.ping()
+        n.ping()  # within EXTEND_EVERY_S: not again
+        got = lst.receive(0.5)
+        assert got is not None and got[2]["EXTEND_TIMEOUT_USEC"] == "60000000"
+        assert lst.receive(0.2) is None
+        n.ready("up")
+        assert lst.receive(0.5) is not None  # READY=1
+        n._last_extend = float("-inf")
+        n.ping()
+        assert lst.receive(0.2) is None  # started: nothing more to ask for
+    finally:
+        lst.close()

@@ -140,3 +140,35 @@ def test_old_finished_runs_rows_go_past_both_limits(tmp_path: Path, monkeypatch:
     plan = spool._db.execute("EXPLAIN QUERY PLAN SELECT run_id FROM runs r WHERE r.state='running' "
                              "ORDER BY r.created_at").fetchall()
     assert "runs_running" in str(plan)
+
+
+def test_old_runs_rows_go_the_oldest_first_however_many_there_are(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import infraetl.spool
+
+    monkeypatch.setattr(infraetl.spool, "RUNS_KEPT", 2)
+    monkeypatch.setattr(infraetl.spool, "PRUNE_CHUNK", 3)
+    spool = Spool(tmp_path / "spool.sqlite3")
+    for i in range(8):
+        spool.create_run(f"old{i}", {"users": 1})
+        spool.finish(f"old{i}", "complete")
+    month = infraetl.spool.RUN_ROWS_KEPT_S + 60
+    spool._db.execute("UPDATE runs SET created_at=created_at-?, finished_at=finished_at-?", (month, month))
+    for run in ("new1", "new2"):
+        spool.create_run(run, {"users": 1})
+    spool.finish("new1", "complete")
+    assert sorted(r.run_id for r in spool.runs(100)) == ["new1", "new2", "old3", "old4", "old5", "old6", "old7"]
+    spool.finish("new2", "complete")
+    assert sorted(r.run_id for r in spool.runs(100)) == ["new1", "new2", "old6", "old7"]
+
+
+def test_an_older_consumers_count_of_quarantined_users_leaves_the_nat_filter_out(tmp_path: Path) -> None:
+    # A new producer and an older consumer: "1532 quarantined, 1532 left out by --nat" (a review).
+    spool = Spool(tmp_path / "spool.sqlite3")
+    for run, outcome in (("old", {"kept": 321, "quarantined": 1540}),
+                         ("new", {"kept": 321, "quarantined": 8, "filtered_apart": True})):
+        spool.create_run(run, {"users": 321})
+        spool.add_frame(run, 1, "data", 321, b"f", {"nat_not_requested": 1532, "missing:email": 8})
+        spool.finish(run, "complete", outcome=outcome)
+        row = spool.run(run)
+        assert row is not None and (row.as_dict()["quarantined"], row.as_dict()["filtered"]) == (8, 1532)

@@ -403,6 +403,25 @@ def test_old_finished_runs_rows_go_past_both_limits(tmp_path: Path, monkeypatch:
     assert store.cumulative()[0] == 5
 
 
+
+def test_old_runs_rows_go_the_oldest_first_however_many_there_are(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only the rows ranked just past the newest were looked at: with more runs a day than the
+    # window, older rows were never pruned (a review).
+    import infraetl.store
+
+    monkeypatch.setattr(infraetl.store, "RUNS_KEPT", 2)
+    monkeypatch.setattr(infraetl.store, "PRUNE_CHUNK", 3)
+    store = Store(tmp_path / "c.sqlite3")
+    _complete_runs(store, [f"old{i}" for i in range(8)])
+    month = infraetl.store.RUN_ROWS_KEPT_S + 60
+    store._db.execute("UPDATE runs SET started_at=started_at-?, finished_at=finished_at-?", (month, month))
+    _complete_runs(store, ["new1"])
+    assert sorted(r["run_id"] for r in store.runs(100)) == ["new1", "old3", "old4", "old5", "old6", "old7"]
+    _complete_runs(store, ["new2"])
+    assert sorted(r["run_id"] for r in store.runs(100)) == ["new1", "new2", "old6", "old7"]
+
+
 def test_a_store_that_kept_every_runs_figures_in_its_rows_is_upgraded_at_open(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import infraetl.store
@@ -422,13 +441,57 @@ def test_a_store_that_kept_every_runs_figures_in_its_rows_is_upgraded_at_open(
     pings: list[int] = []
     store = Store(path, alive=lambda: pings.append(1))
     assert _figure_sets(store) == ["r6", "r7"] and len(pings) == 4
-    assert store._db.execute("SELECT COUNT(*) FROM runs WHERE stats IS NOT NULL").fetchone()[0] == 0
+    # Only the latest run's row keeps its figures: where the older release reads them.
+    assert store._db.execute("SELECT run_id FROM runs WHERE stats IS NOT NULL").fetchall() == [("r7",)]
     names = {r for (r,) in store._db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     assert "runs_started" in names
     assert store.last_complete_run() == "r7" and store.cumulative()[0] == 7
     assert build_figures(store, "r7") == want
     _complete_runs(store, ["r8"])
     assert _figure_sets(store) == ["r7", "r8"]
+    assert store._db.execute("SELECT run_id FROM runs WHERE stats IS NOT NULL").fetchall() == [("r8",)]
+
+
+def test_an_upgrade_cut_short_is_finished_by_the_next_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The upgrade ran only while run_figures did not exist: a start killed part-way, or a run
+    # completed while the disk was full, left the older figures in the rows for good.
+    import infraetl.store
+
+    path = tmp_path / "c.sqlite3"
+    store = Store(path)
+    _complete_runs(store, [f"r{i}" for i in range(1, 6)])
+    store._db.execute("UPDATE runs SET stats=(SELECT stats FROM run_figures f WHERE f.run_id=runs.run_id), "
+                      "audit=(SELECT audit FROM run_figures f WHERE f.run_id=runs.run_id)")
+    store.close()
+
+    class Killed(Exception):
+        pass
+
+    def kill() -> None:
+        raise Killed
+
+    monkeypatch.setattr(infraetl.store, "PRUNE_CHUNK", 2)
+    with pytest.raises(Killed):  # after its first chunk, as a kill -9 would
+        Store(path, alive=kill)
+    store = Store(path)
+    assert store._db.execute("SELECT run_id FROM runs WHERE stats IS NOT NULL").fetchall() == [("r5",)]
+    assert store.last_complete_run() == "r5"
+
+
+def test_runs_an_older_release_completed_after_a_roll_back_are_the_latest(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite3"
+    store = Store(path)
+    _complete_runs(store, ["r1", "r2"])
+    want = build_figures(store, "r1")
+    # An older release completes r3 as it did: figures in the row, none in run_figures.
+    store._db.execute("INSERT INTO runs (run_id, producer, started_at, finished_at, state, stats, audit) "
+                      "SELECT 'r3', r.producer, r.started_at + 10, r.finished_at + 10, 'complete', f.stats, f.audit "
+                      "FROM run_figures f JOIN runs r USING (run_id) WHERE run_id='r1'")
+    assert store.last_complete_run() == "r3" and build_figures(store, "r3") == want
+    store.close()
+    store = Store(path)  # the upgrade moves it
+    assert _figure_sets(store) == ["r1", "r2", "r3"] and store.last_complete_run() == "r3"
+    assert store._db.execute("SELECT run_id FROM runs WHERE stats IS NOT NULL").fetchall() == [("r3",)]
 
 
 def build_figures(store: Store, run_id: str) -> Any:
