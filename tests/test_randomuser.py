@@ -277,3 +277,13 @@ def test_pages_parse_with_orjson_and_whatever_it_refuses_with_the_standard_parse
     assert parse_json('{"n": "ä"}'.encode("utf-16")) == {"n": "ä"}
     with pytest.raises(ValueError):
         parse_json(b'{"results": [')
+
+
+def test_a_page_names_the_seed_asked_for_or_the_apis_longer_form_of_it() -> None:
+    from infraetl.sources.randomuser import _same_seed
+
+    assert _same_seed("run-1", "run-1") and not _same_seed("run-1", "run-2")
+    # An 18-character seed comes back with its nationality's number after it.
+    assert _same_seed("abcdefabcdefabcd05", "abcdefabcdefabcd0505")
+    assert not _same_seed("abcdefabcdefabcd05", "abcdefabcdefabcd0605")
+    assert not _same_seed("short", "short05") and not _same_seed("run-1", None)
