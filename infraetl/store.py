@@ -109,6 +109,10 @@ RUNS_KEPT = 10_000
 RUN_ROWS_KEPT_S = 30 * 86_400
 #: Rows pruned in one transaction (a store of an older release may hold many).
 PRUNE_CHUNK = 500
+#: Free space a start gives back (VACUUM) when it is also over half the file.
+VACUUM_OVER = 16 << 20
+#: Seconds between two prunings of old run rows (each at a completion, at most PRUNE_CHUNK rows).
+PRUNE_EVERY_S = 600.0
 RUN_FIGURES = ("CREATE TABLE IF NOT EXISTS run_figures (run_id TEXT PRIMARY KEY, stats BLOB NOT NULL, "
                "audit BLOB NOT NULL)")
 
@@ -144,6 +148,7 @@ class Store:
             self._wal = None
         # run id -> (k, merged aggregates of batches 1..k), a cache of the committed partials.
         self._live: dict[str, tuple[int, StatsSummary, AuditSummary]] = {}
+        self._pruned_at = float("-inf")
         self._upgrade()
 
     def _upgrade(self) -> None:
@@ -156,6 +161,7 @@ class Store:
         next one; meanwhile the store works, reading the figures where they are."""
         try:
             self._db.execute("CREATE INDEX IF NOT EXISTS runs_started ON runs (started_at)")
+            self._db.execute("CREATE INDEX IF NOT EXISTS runs_finished ON runs (finished_at) WHERE state!='running'")
             # The runs whose rows hold figures: the latest, and those of an older release.
             self._db.execute("CREATE INDEX IF NOT EXISTS runs_with_figures ON runs (finished_at) "
                              "WHERE stats IS NOT NULL")
@@ -177,8 +183,8 @@ class Store:
                         self._db.execute("UPDATE runs SET stats=NULL, audit=NULL WHERE rowid > ? AND rowid <= ? "
                                          "AND stats IS NOT NULL AND run_id IS NOT ?", (low, low + PRUNE_CHUNK, latest))
                     self._alive()
-            free, pages = (self._one(f"PRAGMA {p}")[0] for p in ("freelist_count", "page_count"))
-            if free * 2 > pages:
+            free, pages, size = (self._one(f"PRAGMA {p}")[0] for p in ("freelist_count", "page_count", "page_size"))
+            if free * 2 > pages and free * size > VACUUM_OVER:  # (a run's dropped partials are reused)
                 self._db.execute("VACUUM")
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except (sqlite3.Error, StoreError) as e:
@@ -198,10 +204,16 @@ class Store:
         self._db.execute("UPDATE runs SET stats=NULL, audit=NULL WHERE run_id IN (SELECT run_id FROM run_figures "
                          "WHERE run_id != ?) AND stats IS NOT NULL", (run_id,))
         self._prune_figures()
+        now = time.monotonic()
+        if now - self._pruned_at < PRUNE_EVERY_S:
+            return
+        self._pruned_at = now
+        # The oldest finished first (an index: walking the rows by age cost ~20 ms a completion
+        # at two runs a minute, a review).
         self._db.execute(
             "DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs WHERE state!='running' AND finished_at < ? "
             "AND started_at < (SELECT started_at FROM runs ORDER BY started_at DESC LIMIT 1 OFFSET ?) "
-            "ORDER BY started_at LIMIT ?)",
+            "ORDER BY finished_at LIMIT ?)",
             (time.time() - RUN_ROWS_KEPT_S, RUNS_KEPT, PRUNE_CHUNK))
 
     def close(self) -> None:
@@ -248,13 +260,16 @@ class Store:
 
     def _mark_revealed(self) -> None:
         self._db.execute(self._MARKS)
-        self._db.execute("INSERT OR IGNORE INTO marks (name) VALUES ('revealed')")
+        # Two marks: an older release, rolled back to, masks what it knows of and deletes the
+        # first; the second still says run_figures may hold plaintext (a review).
+        self._db.execute("INSERT OR IGNORE INTO marks (name) VALUES ('revealed'), ('revealed_figures')")
         self._marked_revealed = True  # for this process (a rollback clears it: see _tx)
 
     def mask_revealed(self) -> int:
         """Mask the plaintext labels of every stored audit (the operator turned
         ``--reveal-passwords`` off); return how many summaries held some. One transaction."""
-        if not self._has_table("marks") or not self._one("SELECT 1 FROM marks WHERE name='revealed'"):
+        if not self._has_table("marks") or not self._one(
+                "SELECT 1 FROM marks WHERE name IN ('revealed', 'revealed_figures')"):
             return 0
         masked = 0
         with self._tx():
@@ -270,7 +285,7 @@ class Store:
                     if audit.mask():
                         self._db.execute(f"UPDATE {table} SET audit=? WHERE {key}=?", (audit.to_bytes(), k))  # noqa: S608
                         masked += 1
-            self._db.execute("DELETE FROM marks WHERE name='revealed'")
+            self._db.execute("DELETE FROM marks WHERE name IN ('revealed', 'revealed_figures')")
         self._marked_revealed = False
         try:
             # The WAL still holds the pages as they were: write them home and empty it.
@@ -510,8 +525,12 @@ class Store:
         stats_blob, audit_blob = stats.to_bytes(), audit.to_bytes()
         # Also in the run's row, until the next run completes: where an older release looks for
         # the latest run's figures (a roll-back still starts; a review).
+        # Later than the run completed before it, whatever the clock did: "latest" is by this
+        # stamp, here and in an older release (a clock stepped back showed the wrong last run).
+        last = self._one("SELECT MAX(finished_at) FROM runs WHERE stats IS NOT NULL")[0]
+        finished = time.time() if last is None else max(time.time(), last + 1e-3)
         self._db.execute("UPDATE runs SET state='complete', finished_at=?, stats=?, audit=? WHERE run_id=?",
-                         (time.time(), stats_blob, audit_blob, run_id))
+                         (finished, stats_blob, audit_blob, run_id))
         self._db.execute(RUN_FIGURES)  # made at open, unless the disk was full then
         self._db.execute("INSERT OR REPLACE INTO run_figures (run_id, stats, audit) VALUES (?, ?, ?)",
                          (run_id, stats_blob, audit_blob))

@@ -123,6 +123,7 @@ def test_old_finished_runs_rows_go_past_both_limits(tmp_path: Path, monkeypatch:
     import infraetl.spool
 
     monkeypatch.setattr(infraetl.spool, "RUNS_KEPT", 2)
+    monkeypatch.setattr(infraetl.spool, "PRUNE_EVERY_S", 0.0)
     spool = Spool(tmp_path / "spool.sqlite3")
     for run in ("old", "old-waiting", "running-long", "recent"):
         spool.create_run(run, {"users": 1})
@@ -147,6 +148,7 @@ def test_old_runs_rows_go_the_oldest_first_however_many_there_are(tmp_path: Path
     import infraetl.spool
 
     monkeypatch.setattr(infraetl.spool, "RUNS_KEPT", 2)
+    monkeypatch.setattr(infraetl.spool, "PRUNE_EVERY_S", 0.0)
     monkeypatch.setattr(infraetl.spool, "PRUNE_CHUNK", 3)
     spool = Spool(tmp_path / "spool.sqlite3")
     for i in range(8):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -387,6 +388,7 @@ def test_old_finished_runs_rows_go_past_both_limits(tmp_path: Path, monkeypatch:
     import infraetl.store
 
     monkeypatch.setattr(infraetl.store, "RUNS_KEPT", 3)
+    monkeypatch.setattr(infraetl.store, "PRUNE_EVERY_S", 0.0)
     store = Store(tmp_path / "c.sqlite3")
     _complete_runs(store, [f"r{i}" for i in range(1, 5)])
     assert store.runs() and len(store.runs()) == 4  # past RUNS_KEPT, but not yet old enough
@@ -411,6 +413,7 @@ def test_old_runs_rows_go_the_oldest_first_however_many_there_are(tmp_path: Path
     import infraetl.store
 
     monkeypatch.setattr(infraetl.store, "RUNS_KEPT", 2)
+    monkeypatch.setattr(infraetl.store, "PRUNE_EVERY_S", 0.0)
     monkeypatch.setattr(infraetl.store, "PRUNE_CHUNK", 3)
     store = Store(tmp_path / "c.sqlite3")
     _complete_runs(store, [f"old{i}" for i in range(8)])
@@ -529,3 +532,42 @@ def test_an_older_store_that_cannot_be_upgraded_still_shows_its_last_run(
         store = Store(path)
     assert "cannot upgrade the state database now" in caplog.text
     assert store.last_complete_run() == "r2" and store.run_summaries("r2") is not None
+
+
+def test_the_latest_run_is_the_last_completed_whatever_the_clock_did(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # Completion was stamped with the wall clock and "latest" chosen by it: a clock stepped back
+    # (or two completions in one tick) showed the run before, and an older release, rolled
+    # back to, read that run's cleared figures and could not start (a review).
+    import infraetl.store
+
+    store = Store(tmp_path / "c.sqlite3")
+    _complete_runs(store, ["a"])
+    real = time.time
+    monkeypatch.setattr(infraetl.store.time, "time", lambda: real() - 120)
+    _complete_runs(store, ["b"])
+    monkeypatch.setattr(infraetl.store.time, "time", lambda: 1_000_000.0)  # frozen: a tie
+    _complete_runs(store, ["c"])
+    _complete_runs(store, ["d"])
+    assert store.last_complete_run() == "d"
+    assert store._db.execute("SELECT run_id FROM runs WHERE stats IS NOT NULL").fetchall() == [("d",)]
+    # What the older release picks: the newest complete run by finished_at, figures in its row.
+    assert store._db.execute("SELECT run_id FROM runs WHERE state='complete' ORDER BY finished_at DESC "
+                             "LIMIT 1").fetchone() == ("d",)
+
+
+def test_plaintext_in_run_figures_is_masked_after_a_roll_back_cleared_the_first_mark(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite3"
+    store = Store(path)
+    for run in ("r1", "r2"):
+        cols = userfactory.make_columns(20, seed=1)
+        audit = AuditSummary.from_columns(cols, KEY, reveal=True)
+        store.apply_batch(run, 1, producer="p", delivered=20, kept=20, quarantined=0,
+                          stats=StatsSummary.from_columns(cols), audit=audit)
+        assert store.end_run(run, producer="p", batches=1, requested=20, delivered=20).run_complete
+    # An older release, rolled back to without --reveal-passwords, masks the tables it knows and
+    # deletes the mark it knows.
+    store._db.execute("DELETE FROM marks WHERE name='revealed'")
+    assert store.mask_revealed() > 0
+    for (blob,) in store._db.execute("SELECT audit FROM run_figures"):
+        assert not AuditSummary.from_bytes(blob).revealed
