@@ -19,7 +19,7 @@ from typing import Any
 
 from .exceptions import StoreError
 from .schema import split_filtered
-from .sqlite import Tx, open_db
+from .sqlite import RunRowPruner, Tx, open_db
 
 #: A finished run's row goes once it is past the RUNS_KEPT newest runs and RUN_ROWS_KEPT_S old
 #: (at most PRUNE_CHUNK at a time): ``status`` and the dashboard show far fewer, a start-run's
@@ -120,7 +120,7 @@ class Spool:
         # frame wrote its ~216 KB again. The frames are Fernet tokens, worthless without the
         # key; FAST zeroes only what costs no extra write (ACK 0.79 -> 0.12 ms of CPU a frame).
         self._db.execute("PRAGMA secure_delete=FAST")
-        self._pruned_at = float("-inf")
+        self._prune_rows = RunRowPruner("created_at", also="AND run_id NOT IN (SELECT run_id FROM frames)")
         self._upgrade()
 
     def _upgrade(self) -> None:
@@ -273,15 +273,7 @@ class Spool:
         # Every run's row stayed for good (~0.3 KB a run, a review): the finished ones past both
         # the RUNS_KEPT newest and RUN_ROWS_KEPT_S old go, the oldest first, unless a frame of
         # theirs still waits.
-        now = time.monotonic()
-        if now - self._pruned_at < PRUNE_EVERY_S:
-            return
-        self._pruned_at = now
-        self._db.execute(
-            "DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs WHERE state!='running' AND finished_at < ? "
-            "AND created_at < (SELECT created_at FROM runs ORDER BY created_at DESC LIMIT 1 OFFSET ?) "
-            "AND run_id NOT IN (SELECT run_id FROM frames) ORDER BY finished_at LIMIT ?)",
-            (time.time() - RUN_ROWS_KEPT_S, RUNS_KEPT, PRUNE_CHUNK))
+        self._prune_rows(self._db, kept=RUNS_KEPT, kept_s=RUN_ROWS_KEPT_S, chunk=PRUNE_CHUNK, every_s=PRUNE_EVERY_S)
 
     def close_aborted(self) -> list[str]:
         """Close the runs a producer killed between spooling their ABORT and closing them left

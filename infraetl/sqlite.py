@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,6 +32,29 @@ def open_db(path: Path, schema: str, *, synchronous: str, what: str) -> sqlite3.
     except (sqlite3.Error, OSError) as e:
         raise StoreError(f"cannot open {what} {path}: {e}") from None
     return db
+
+
+class RunRowPruner:
+    """Deletes the rows of finished runs (``runs``: ``state``, ``finished_at``) past both the
+    ``kept`` newest by ``age_column`` and ``kept_s`` seconds old, the oldest finished first, at
+    most ``chunk`` a call and one call in ``every_s`` seconds (the store's and the spool's).
+
+    A finished-runs index on ``finished_at`` finds them; ``also`` adds a condition (a row the
+    caller still needs).
+    """
+
+    def __init__(self, age_column: str, also: str = "") -> None:
+        self._sql = ("DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs WHERE state!='running' AND "
+                     f"finished_at < ? AND {age_column} < (SELECT {age_column} FROM runs ORDER BY "
+                     f"{age_column} DESC LIMIT 1 OFFSET ?) {also} ORDER BY finished_at LIMIT ?)")
+        self._last = float("-inf")
+
+    def __call__(self, db: sqlite3.Connection, *, kept: int, kept_s: float, chunk: int, every_s: float) -> None:
+        now = time.monotonic()
+        if now - self._last < every_s:
+            return
+        self._last = now
+        db.execute(self._sql, (time.time() - kept_s, kept, chunk))
 
 
 def private_dir(path: Path) -> None:

@@ -39,7 +39,7 @@ from typing import Any
 
 from .audit import AuditSummary
 from .exceptions import StoreError
-from .sqlite import Tx, open_db
+from .sqlite import RunRowPruner, Tx, open_db
 from .stream_stats import StatsSummary
 
 logger = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ class Store:
             self._wal = None
         # run id -> (k, merged aggregates of batches 1..k), a cache of the committed partials.
         self._live: dict[str, tuple[int, StatsSummary, AuditSummary]] = {}
-        self._pruned_at = float("-inf")
+        self._prune_rows = RunRowPruner("started_at")
         self._upgrade()
 
     def _upgrade(self) -> None:
@@ -204,17 +204,9 @@ class Store:
         self._db.execute("UPDATE runs SET stats=NULL, audit=NULL WHERE run_id IN (SELECT run_id FROM run_figures "
                          "WHERE run_id != ?) AND stats IS NOT NULL", (run_id,))
         self._prune_figures()
-        now = time.monotonic()
-        if now - self._pruned_at < PRUNE_EVERY_S:
-            return
-        self._pruned_at = now
-        # The oldest finished first (an index: walking the rows by age cost ~20 ms a completion
-        # at two runs a minute, a review).
-        self._db.execute(
-            "DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs WHERE state!='running' AND finished_at < ? "
-            "AND started_at < (SELECT started_at FROM runs ORDER BY started_at DESC LIMIT 1 OFFSET ?) "
-            "ORDER BY finished_at LIMIT ?)",
-            (time.time() - RUN_ROWS_KEPT_S, RUNS_KEPT, PRUNE_CHUNK))
+        # The oldest finished first, by an index (walking the rows by age cost ~20 ms a
+        # completion at two runs a minute, a review).
+        self._prune_rows(self._db, kept=RUNS_KEPT, kept_s=RUN_ROWS_KEPT_S, chunk=PRUNE_CHUNK, every_s=PRUNE_EVERY_S)
 
     def close(self) -> None:
         """Close the database."""
