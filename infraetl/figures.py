@@ -7,10 +7,14 @@
 
 from __future__ import annotations
 
+import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .store import Store
+if TYPE_CHECKING:
+    from .audit import AuditSummary
+    from .store import Store
+    from .stream_stats import StatsSummary
 
 RUN_FIELDS = ("run_id", "producer", "source", "requested", "state", "reason", "started_at",
               "finished_at", "duration_s", "delivered", "kept", "quarantined")
@@ -26,21 +30,42 @@ def run_row(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def json_default(value: Any) -> Any:
+    """What JSON makes of the rest: numpy scalars unwrapped, sets sorted, anything else a string."""
+    if hasattr(value, "item"):  # numpy scalar
+        return value.item()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=str)
+    return str(value)
+
+
+def figures_json(stats: StatsSummary, audit: AuditSummary, **extra: Any) -> str:
+    """The figures of one set of summaries, ``{"stats": ..., "audit": ..., **extra}``, as JSON
+    text: what the store keeps beside the summaries, so a render need not decode them (a full
+    password tally is ~5 MB: 221 ms a render)."""
+    return json.dumps({"stats": stats.figures(), "audit": audit.figures(), **extra}, default=json_default)
+
+
+def read_figures(text: str) -> dict[str, Any]:
+    """Inverse of :func:`figures_json` (NaN and infinities read as None, as the page takes them)."""
+    return json.loads(text, parse_constant=lambda _: None)  # type: ignore[no-any-return]
+
+
 def build_stats(store: Store, *, reveal: bool = False) -> dict[str, Any]:
     """Assemble the whole stats document from the store."""
-    n_runs, cum_stats, cum_audit = store.cumulative()
-    cumulative = cum_stats.figures()
-    cumulative["audit"] = cum_audit.figures()
+    n_runs, figs = store.cumulative_figures()
+    cumulative = figs["stats"]
+    cumulative["audit"] = figs["audit"]
     cumulative["runs"] = n_runs
     last_run = None
     last_id = store.last_complete_run()
     if last_id is not None:
-        summaries = store.run_summaries(last_id)
+        run_figs = store.run_figures(last_id)
         row = store.run(last_id)
-        if summaries is not None and row is not None:
+        if run_figs is not None and row is not None:
             last_run = run_row(row)
-            last_run.update(summaries[0].figures())
-            last_run["audit"] = summaries[1].figures()
+            last_run.update(run_figs["stats"])
+            last_run["audit"] = run_figs["audit"]
     return {
         "generated_at": time.time(),
         "passwords_revealed": reveal,

@@ -39,6 +39,7 @@ from typing import Any
 
 from .audit import AuditSummary
 from .exceptions import StoreError
+from .figures import figures_json, read_figures
 from .sqlite import RunRowPruner, Tx, open_db
 from .stream_stats import StatsSummary
 
@@ -113,6 +114,10 @@ PRUNE_CHUNK = 500
 VACUUM_OVER = 16 << 20
 #: Seconds between two prunings of old run rows (each at a completion, at most PRUNE_CHUNK rows).
 PRUNE_EVERY_S = 600.0
+#: Each figure set's figures as JSON, beside it (run_id "" for the cumulative's): written with the
+#: summaries, deleted with them or when they change otherwise (masking).
+FIGURES_JSON = "CREATE TABLE IF NOT EXISTS figures_json (run_id TEXT PRIMARY KEY, doc TEXT NOT NULL)"
+CUMULATIVE = ""
 RUN_FIGURES = ("CREATE TABLE IF NOT EXISTS run_figures (run_id TEXT PRIMARY KEY, stats BLOB NOT NULL, "
                "audit BLOB NOT NULL)")
 
@@ -195,6 +200,9 @@ class Store:
         self._db.execute(
             "DELETE FROM run_figures WHERE run_id NOT IN (SELECT f.run_id FROM run_figures f "
             "LEFT JOIN runs r USING (run_id) ORDER BY r.finished_at DESC LIMIT ?)", (RUN_FIGURES_KEPT,))
+        if self._has_table("figures_json"):
+            self._db.execute("DELETE FROM figures_json WHERE run_id != ? AND run_id NOT IN "
+                             "(SELECT run_id FROM run_figures)", (CUMULATIVE,))
 
     def _prune(self, run_id: str) -> None:
         """After ``run_id`` completed: its figures are the only ones left in a run's row, only
@@ -277,6 +285,8 @@ class Store:
                     if audit.mask():
                         self._db.execute(f"UPDATE {table} SET audit=? WHERE {key}=?", (audit.to_bytes(), k))  # noqa: S608
                         masked += 1
+            if self._has_table("figures_json"):  # they hold the plaintext too: read from the summaries
+                self._db.execute("DELETE FROM figures_json")
             self._db.execute("DELETE FROM marks WHERE name IN ('revealed', 'revealed_figures')")
         self._marked_revealed = False
         try:
@@ -526,6 +536,9 @@ class Store:
         self._db.execute(RUN_FIGURES)  # made at open, unless the disk was full then
         self._db.execute("INSERT OR REPLACE INTO run_figures (run_id, stats, audit) VALUES (?, ?, ?)",
                          (run_id, stats_blob, audit_blob))
+        self._db.execute(FIGURES_JSON)
+        self._db.execute("INSERT OR REPLACE INTO figures_json (run_id, doc) VALUES (?, ?)",
+                         (run_id, figures_json(stats, audit)))
         cum = self._db.execute("SELECT runs, stats, audit FROM cumulative WHERE id=1").fetchone()
         if cum is None:
             cum_runs, cum_stats, cum_audit = 0, stats, audit  # already serialised for the run row
@@ -537,6 +550,8 @@ class Store:
             "INSERT OR REPLACE INTO cumulative (id, runs, stats, audit) VALUES (1, ?, ?, ?)",
             (cum_runs + 1, cum_stats.to_bytes(), cum_audit.to_bytes()),
         )
+        self._db.execute("INSERT OR REPLACE INTO figures_json (run_id, doc) VALUES (?, ?)",
+                         (CUMULATIVE, figures_json(cum_stats, cum_audit, runs=cum_runs + 1)))
         self._prune(run_id)
         self._drop_batches(run_id)
         return Applied(duplicate=False, run_complete=True)
@@ -612,6 +627,34 @@ class Store:
         if row is None:
             return None
         return StatsSummary.from_bytes(row[0]), AuditSummary.from_bytes(row[1])
+
+    def _figures_doc(self, key: str) -> dict[str, Any] | None:
+        if not self._has_table("figures_json"):
+            return None
+        row = self._db.execute("SELECT doc FROM figures_json WHERE run_id=?", (key,)).fetchone()
+        return read_figures(row[0]) if row else None
+
+    def run_figures(self, run_id: str) -> dict[str, Any] | None:
+        """``{"stats": figures, "audit": figures}`` of a complete run (one of the RUN_FIGURES_KEPT
+        latest), as kept beside its summaries, else computed from them."""
+        doc = self._figures_doc(run_id)
+        if doc is None:
+            summaries = self.run_summaries(run_id)
+            if summaries is None:
+                return None
+            doc = read_figures(figures_json(*summaries))
+        return doc
+
+    def cumulative_figures(self) -> tuple[int, dict[str, Any]]:
+        """(complete runs, ``{"stats": figures, "audit": figures}``) over every complete run."""
+        doc = self._figures_doc(CUMULATIVE)
+        row = self._one("SELECT runs FROM cumulative WHERE id=1")
+        # Of as many runs as the summaries: an older release, rolled back to, adds runs to them
+        # without knowing of this copy.
+        if doc is not None and row is not None and doc.get("runs") == row[0]:
+            return row[0], doc
+        n, stats, audit = self.cumulative()
+        return n, read_figures(figures_json(stats, audit))
 
     def cumulative(self) -> tuple[int, StatsSummary, AuditSummary]:
         """(complete runs, merged stats, merged audit) over every complete run."""
