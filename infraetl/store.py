@@ -27,6 +27,7 @@ syncs the WAL before each checkpoint and the database after it.)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -114,10 +115,24 @@ PRUNE_CHUNK = 500
 VACUUM_OVER = 16 << 20
 #: Seconds between two prunings of old run rows (each at a completion, at most PRUNE_CHUNK rows).
 PRUNE_EVERY_S = 600.0
-#: Each figure set's figures as JSON, beside it (run_id "" for the cumulative's): written with the
-#: summaries, deleted with them or when they change otherwise (masking).
-FIGURES_JSON = "CREATE TABLE IF NOT EXISTS figures_json (run_id TEXT PRIMARY KEY, doc TEXT NOT NULL)"
-CUMULATIVE = ""
+#: Each figure set's figures as JSON, beside it ("run <id>", or "cumulative"), with a digest of
+#: the summaries they were computed from: a copy whose summaries changed under it (masked by an
+#: older release, rolled back to) is not taken, and is deleted at the next start.
+FIGURES_DOCS = ("CREATE TABLE IF NOT EXISTS figures_docs (key TEXT PRIMARY KEY, digest BLOB NOT NULL, "
+                "doc TEXT NOT NULL)")
+CUMULATIVE_KEY = "cumulative"
+
+
+def _run_key(run_id: str) -> str:
+    return "run " + run_id
+
+
+def _digest(stats: bytes, audit: bytes) -> bytes:
+    h = hashlib.blake2b(len(stats).to_bytes(8, "big"), digest_size=16)
+    h.update(stats)
+    h.update(audit)
+    return h.digest()
+
 RUN_FIGURES = ("CREATE TABLE IF NOT EXISTS run_figures (run_id TEXT PRIMARY KEY, stats BLOB NOT NULL, "
                "audit BLOB NOT NULL)")
 
@@ -172,6 +187,8 @@ class Store:
                              "WHERE stats IS NOT NULL")
             with self._tx():
                 self._db.execute(RUN_FIGURES)
+                self._db.execute("DROP TABLE IF EXISTS figures_json")  # this round's first cut
+            self._drop_stale_docs()
             latest = self.last_complete_run()
             if self._one("SELECT 1 FROM runs WHERE stats IS NOT NULL AND run_id IS NOT ? ORDER BY finished_at "
                          "LIMIT 1", (latest,)):
@@ -200,9 +217,9 @@ class Store:
         self._db.execute(
             "DELETE FROM run_figures WHERE run_id NOT IN (SELECT f.run_id FROM run_figures f "
             "LEFT JOIN runs r USING (run_id) ORDER BY r.finished_at DESC LIMIT ?)", (RUN_FIGURES_KEPT,))
-        if self._has_table("figures_json"):
-            self._db.execute("DELETE FROM figures_json WHERE run_id != ? AND run_id NOT IN "
-                             "(SELECT run_id FROM run_figures)", (CUMULATIVE,))
+        if self._has_table("figures_docs"):
+            self._db.execute("DELETE FROM figures_docs WHERE key != ? AND substr(key, 5) NOT IN "
+                             "(SELECT run_id FROM run_figures)", (CUMULATIVE_KEY,))
 
     def _prune(self, run_id: str) -> None:
         """After ``run_id`` completed: its figures are the only ones left in a run's row, only
@@ -285,8 +302,8 @@ class Store:
                     if audit.mask():
                         self._db.execute(f"UPDATE {table} SET audit=? WHERE {key}=?", (audit.to_bytes(), k))  # noqa: S608
                         masked += 1
-            if self._has_table("figures_json"):  # they hold the plaintext too: read from the summaries
-                self._db.execute("DELETE FROM figures_json")
+            if self._has_table("figures_docs"):  # they hold the plaintext too: read from the summaries
+                self._db.execute("DELETE FROM figures_docs")
             self._db.execute("DELETE FROM marks WHERE name IN ('revealed', 'revealed_figures')")
         self._marked_revealed = False
         try:
@@ -536,9 +553,9 @@ class Store:
         self._db.execute(RUN_FIGURES)  # made at open, unless the disk was full then
         self._db.execute("INSERT OR REPLACE INTO run_figures (run_id, stats, audit) VALUES (?, ?, ?)",
                          (run_id, stats_blob, audit_blob))
-        self._db.execute(FIGURES_JSON)
-        self._db.execute("INSERT OR REPLACE INTO figures_json (run_id, doc) VALUES (?, ?)",
-                         (run_id, figures_json(stats, audit)))
+        self._db.execute(FIGURES_DOCS)
+        self._db.execute("INSERT OR REPLACE INTO figures_docs (key, digest, doc) VALUES (?, ?, ?)",
+                         (_run_key(run_id), _digest(stats_blob, audit_blob), figures_json(stats, audit)))
         cum = self._db.execute("SELECT runs, stats, audit FROM cumulative WHERE id=1").fetchone()
         if cum is None:
             cum_runs, cum_stats, cum_audit = 0, stats, audit  # already serialised for the run row
@@ -546,12 +563,13 @@ class Store:
             cum_runs = cum[0]
             cum_stats = StatsSummary.from_bytes(cum[1]).merge(stats)
             cum_audit = AuditSummary.from_bytes(cum[2]).merge(audit)
+        cum_stats_blob, cum_audit_blob = cum_stats.to_bytes(), cum_audit.to_bytes()
         self._db.execute(
             "INSERT OR REPLACE INTO cumulative (id, runs, stats, audit) VALUES (1, ?, ?, ?)",
-            (cum_runs + 1, cum_stats.to_bytes(), cum_audit.to_bytes()),
+            (cum_runs + 1, cum_stats_blob, cum_audit_blob),
         )
-        self._db.execute("INSERT OR REPLACE INTO figures_json (run_id, doc) VALUES (?, ?)",
-                         (CUMULATIVE, figures_json(cum_stats, cum_audit, runs=cum_runs + 1)))
+        self._db.execute("INSERT OR REPLACE INTO figures_docs (key, digest, doc) VALUES (?, ?, ?)",
+                         (CUMULATIVE_KEY, _digest(cum_stats_blob, cum_audit_blob), figures_json(cum_stats, cum_audit)))
         self._prune(run_id)
         self._drop_batches(run_id)
         return Applied(duplicate=False, run_complete=True)
@@ -616,45 +634,59 @@ class Store:
             row["duration_s"] = round(fin - row["started_at"], 3) if fin else None
             yield row
 
-    def run_summaries(self, run_id: str) -> tuple[StatsSummary, AuditSummary] | None:
-        """The merged aggregates of a complete run (one of the RUN_FIGURES_KEPT latest)."""
+    def _summary_blobs(self, run_id: str) -> tuple[bytes, bytes] | None:
         row = None
         if self._has_table("run_figures"):
             row = self._db.execute("SELECT stats, audit FROM run_figures WHERE run_id=?", (run_id,)).fetchone()
         if row is None:  # an older release's store, not upgraded yet (a full disk)
             row = self._db.execute("SELECT stats, audit FROM runs WHERE run_id=? AND state='complete' "
                                    "AND stats IS NOT NULL", (run_id,)).fetchone()
-        if row is None:
-            return None
-        return StatsSummary.from_bytes(row[0]), AuditSummary.from_bytes(row[1])
+        return None if row is None else (bytes(row[0]), bytes(row[1]))
 
-    def _figures_doc(self, key: str) -> dict[str, Any] | None:
-        if not self._has_table("figures_json"):
-            return None
-        row = self._db.execute("SELECT doc FROM figures_json WHERE run_id=?", (key,)).fetchone()
-        return read_figures(row[0]) if row else None
+    def run_summaries(self, run_id: str) -> tuple[StatsSummary, AuditSummary] | None:
+        """The merged aggregates of a complete run (one of the RUN_FIGURES_KEPT latest)."""
+        blobs = self._summary_blobs(run_id)
+        return None if blobs is None else (StatsSummary.from_bytes(blobs[0]), AuditSummary.from_bytes(blobs[1]))
+
+    def _figures_of(self, key: str, blobs: tuple[bytes, bytes]) -> dict[str, Any]:
+        """The figures of the summaries ``blobs``: the copy kept under ``key`` if it is theirs,
+        else computed from them."""
+        if self._has_table("figures_docs"):
+            row = self._db.execute("SELECT digest, doc FROM figures_docs WHERE key=?", (key,)).fetchone()
+            if row is not None and bytes(row[0]) == _digest(*blobs):
+                return read_figures(row[1])
+        return read_figures(figures_json(StatsSummary.from_bytes(blobs[0]), AuditSummary.from_bytes(blobs[1])))
 
     def run_figures(self, run_id: str) -> dict[str, Any] | None:
         """``{"stats": figures, "audit": figures}`` of a complete run (one of the RUN_FIGURES_KEPT
-        latest), as kept beside its summaries, else computed from them."""
-        doc = self._figures_doc(run_id)
-        if doc is None:
-            summaries = self.run_summaries(run_id)
-            if summaries is None:
-                return None
-            doc = read_figures(figures_json(*summaries))
-        return doc
+        latest)."""
+        blobs = self._summary_blobs(run_id)
+        return None if blobs is None else self._figures_of(_run_key(run_id), blobs)
 
     def cumulative_figures(self) -> tuple[int, dict[str, Any]]:
         """(complete runs, ``{"stats": figures, "audit": figures}``) over every complete run."""
-        doc = self._figures_doc(CUMULATIVE)
-        row = self._one("SELECT runs FROM cumulative WHERE id=1")
-        # Of as many runs as the summaries: an older release, rolled back to, adds runs to them
-        # without knowing of this copy.
-        if doc is not None and row is not None and doc.get("runs") == row[0]:
-            return row[0], doc
-        n, stats, audit = self.cumulative()
-        return n, read_figures(figures_json(stats, audit))
+        row = self._one("SELECT runs, stats, audit FROM cumulative WHERE id=1")
+        if row is None:
+            return 0, read_figures(figures_json(StatsSummary.empty(), AuditSummary.empty()))
+        return row[0], self._figures_of(CUMULATIVE_KEY, (bytes(row[1]), bytes(row[2])))
+
+    def _drop_stale_docs(self) -> None:
+        """Delete the figure copies whose summaries changed under them (an older release masked
+        them): they may hold plaintext passwords the summaries no longer do."""
+        if not self._has_table("figures_docs"):
+            return
+        stale = []
+        for key, digest in self._db.execute("SELECT key, digest FROM figures_docs").fetchall():
+            if key == CUMULATIVE_KEY:
+                row = self._one("SELECT stats, audit FROM cumulative WHERE id=1")
+                blobs = None if row is None else (bytes(row[0]), bytes(row[1]))
+            else:
+                blobs = self._summary_blobs(key[4:])
+            if blobs is None or _digest(*blobs) != bytes(digest):
+                stale.append(key)
+        if stale:
+            with self._tx():
+                self._db.executemany("DELETE FROM figures_docs WHERE key=?", [(k,) for k in stale])
 
     def cumulative(self) -> tuple[int, StatsSummary, AuditSummary]:
         """(complete runs, merged stats, merged audit) over every complete run."""

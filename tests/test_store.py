@@ -576,19 +576,52 @@ def test_plaintext_in_run_figures_is_masked_after_a_roll_back_cleared_the_first_
 def test_the_figures_kept_beside_the_summaries_are_theirs(tmp_path: Path) -> None:
     # A render decoded the summaries every time: 221 ms once the password tally was full. The
     # figures are kept as JSON beside them; whatever path a render takes, it shows the same.
-    from infraetl.figures import build_stats, figures_json, read_figures
+    from infraetl.figures import build_stats
 
-    store = Store(tmp_path / "c.sqlite3")
+    path = tmp_path / "c.sqlite3"
+    store = Store(path)
     _complete_runs(store, ["r1", "r2", "r3"])
     kept = build_stats(store)
-    n, stats, audit = store.cumulative()
-    assert read_figures(figures_json(stats, audit, runs=n)) == {**store.cumulative_figures()[1]}
-    store._db.execute("DELETE FROM figures_json")  # as a store of an older release has none
+    store._db.execute("DELETE FROM figures_docs")  # as a store of an older release has none
     recomputed = build_stats(store)
     for doc in (kept, recomputed):
         doc.pop("generated_at")
     assert kept == recomputed and kept["cumulative"]["runs"] == 3
-    _complete_runs(store, ["r4"])
-    # An older release, rolled back to, completes a run: the cumulative copy is not taken.
-    store._db.execute("UPDATE cumulative SET runs=runs+1")
-    assert build_stats(store)["cumulative"]["runs"] == 5
+
+
+def test_a_copy_whose_summaries_changed_under_it_is_not_taken_and_goes(tmp_path: Path) -> None:
+    # An older release, rolled back to without --reveal-passwords, masks the summaries but not
+    # the copies it does not know: the page showed the plaintext the summaries no longer held,
+    # and the copies kept it on disk (a review).
+    from infraetl.figures import build_stats
+
+    path = tmp_path / "c.sqlite3"
+    store = Store(path)
+    for run in ("r1", "r2"):
+        cols = userfactory.make_columns(20, seed=1)
+        audit = AuditSummary.from_columns(cols, KEY, reveal=True)
+        store.apply_batch(run, 1, producer="p", delivered=20, kept=20, quarantined=0,
+                          stats=StatsSummary.from_columns(cols), audit=audit)
+        assert store.end_run(run, producer="p", batches=1, requested=20, delivered=20).run_complete
+    shown = build_stats(store)["cumulative"]["audit"]["top_passwords"][0]["password"]
+    for table, key in (("cumulative", "id"), ("run_figures", "run_id")):
+        for k, blob in store._db.execute(f"SELECT {key}, audit FROM {table}").fetchall():
+            a = AuditSummary.from_bytes(blob)
+            a.mask()
+            store._db.execute(f"UPDATE {table} SET audit=? WHERE {key}=?", (a.to_bytes(), k))
+    store._db.execute("DELETE FROM marks")  # an intermediate build that knew run_figures
+    doc = build_stats(store)
+    assert doc["cumulative"]["audit"]["top_passwords"][0]["password"] != shown
+    assert not doc["last_run"]["audit"]["revealed"]
+    store.close()
+    store = Store(path)
+    assert store._db.execute("SELECT COUNT(*) FROM figures_docs").fetchone()[0] == 0
+
+
+def test_a_run_named_like_the_cumulative_copy_keeps_its_own(tmp_path: Path) -> None:
+    from infraetl.figures import build_stats
+
+    store = Store(tmp_path / "c.sqlite3")
+    _complete_runs(store, ["r1", "", "cumulative"])
+    assert build_stats(store)["last_run"]["total_users"] == 20
+    assert store.cumulative_figures()[1]["stats"]["total_users"] == 60
