@@ -303,7 +303,7 @@ def run_bench(users: int, *, workdir: Path | None = None, batch_size: int = conf
             keys = config.parse_keys(cluster.key_file.read_text(), "the bench key")
             sealer = wire.Sealer(keys, ttl=config.TOKEN_TTL, max_size=config.MAX_FRAME)
             assert cluster.producer is not None
-            with ControlClient(cluster.control, sealer, timeout=10) as client:
+            with cluster.blaming_daemons(), ControlClient(cluster.control, sealer, timeout=10) as client:
                 rss_start = {"consumer": _rss_mb(cluster.consumer.pid)}
                 pids = {"producer": cluster.producer.pid, "consumer": cluster.consumer.pid}
                 cpu_start = {role: cpu_s(pid) for role, pid in pids.items()}

@@ -241,7 +241,7 @@ def demo(users: int, once: bool, http_port: int, seed: str) -> None:
             click.echo(f"consumer and producer up (state in {tmp}); dashboard: {cluster.url}", err=True)
             keys = config.parse_keys(cluster.key_file.read_text(), "the demo key")
             sealer = wire.Sealer(keys, ttl=config.TOKEN_TTL, max_size=1 << 20)
-            with ControlClient(cluster.control, sealer, timeout=10) as client:
+            with cluster.blaming_daemons(), ControlClient(cluster.control, sealer, timeout=10) as client:
                 started = client.call("start-run", users=users, seed=seed, source="synthetic")
                 click.echo(f"run {started['run_id']}: {users} synthetic users", err=True)
                 _follow(client, started["run_id"], users, run_deadline(users), as_json=False)

@@ -238,6 +238,16 @@ class LocalCluster:
         if self.producer is not None:
             self.producer.check()
 
+    @contextmanager
+    def blaming_daemons(self) -> Iterator[None]:
+        """An error in the block is put down to a daemon of ours that has exited, if one has: a
+        call to a producer that was killed while it answered said only "no answer within 10s"."""
+        try:
+            yield
+        except InfraETLError:
+            self.check()
+            raise
+
     def stop(self) -> None:
         """Stop both daemons."""
         if self.producer is not None:

@@ -115,7 +115,7 @@ def run_soak(users: int, *, interval: float = 1.0, workdir: Path | None = None,
             keys = config.parse_keys(cluster.key_file.read_text(), "the soak key")
             sealer = wire.Sealer(keys, ttl=config.TOKEN_TTL, max_size=1 << 20)
             result = SoakResult(users=users, seconds=0.0)
-            with ControlClient(cluster.control, sealer, timeout=30) as client:
+            with cluster.blaming_daemons(), ControlClient(cluster.control, sealer, timeout=30) as client:
                 t0 = time.monotonic()
                 run_id = client.call("start-run", users=users, source="synthetic", seed="soak")["run_id"]
                 next_sample = t0
