@@ -20,11 +20,11 @@ from infraetl.stream_stats import StatsSummary
 KEY = b"k" * 32
 
 
-def _apply(store: Store, seq: int, run: str = "r1") -> bool:
+def _apply(store: Store, seq: int, run: str = "r1", *, reveal: bool = False) -> bool:
     cols = userfactory.make_columns(20, seed=seq)
     applied = store.apply_batch(run, seq, producer="p", delivered=20, kept=20, quarantined=0,
                                 stats=StatsSummary.from_columns(cols),
-                                audit=AuditSummary.from_columns(cols, KEY))
+                                audit=AuditSummary.from_columns(cols, KEY, reveal=reveal))
     return not applied.duplicate
 
 
@@ -354,9 +354,9 @@ def test_missing_matches_a_plain_count_on_random_gaps(tmp_path: Path) -> None:
             assert store.missing("r", limit=limit) == want[:limit]
 
 
-def _complete_runs(store: Store, runs: list[str]) -> None:
+def _complete_runs(store: Store, runs: list[str], *, reveal: bool = False) -> None:
     for run in runs:
-        assert _apply(store, 1, run)
+        assert _apply(store, 1, run, reveal=reveal)
         assert store.end_run(run, producer="p", batches=1, requested=20, delivered=20).run_complete
 
 
@@ -559,12 +559,7 @@ def test_the_latest_run_is_the_last_completed_whatever_the_clock_did(tmp_path: P
 def test_plaintext_in_run_figures_is_masked_after_a_roll_back_cleared_the_first_mark(tmp_path: Path) -> None:
     path = tmp_path / "c.sqlite3"
     store = Store(path)
-    for run in ("r1", "r2"):
-        cols = userfactory.make_columns(20, seed=1)
-        audit = AuditSummary.from_columns(cols, KEY, reveal=True)
-        store.apply_batch(run, 1, producer="p", delivered=20, kept=20, quarantined=0,
-                          stats=StatsSummary.from_columns(cols), audit=audit)
-        assert store.end_run(run, producer="p", batches=1, requested=20, delivered=20).run_complete
+    _complete_runs(store, ["r1", "r2"], reveal=True)
     # An older release, rolled back to without --reveal-passwords, masks the tables it knows and
     # deletes the mark it knows.
     store._db.execute("DELETE FROM marks WHERE name='revealed'")
@@ -597,12 +592,7 @@ def test_a_copy_whose_summaries_changed_under_it_is_not_taken_and_goes(tmp_path:
 
     path = tmp_path / "c.sqlite3"
     store = Store(path)
-    for run in ("r1", "r2"):
-        cols = userfactory.make_columns(20, seed=1)
-        audit = AuditSummary.from_columns(cols, KEY, reveal=True)
-        store.apply_batch(run, 1, producer="p", delivered=20, kept=20, quarantined=0,
-                          stats=StatsSummary.from_columns(cols), audit=audit)
-        assert store.end_run(run, producer="p", batches=1, requested=20, delivered=20).run_complete
+    _complete_runs(store, ["r1", "r2"], reveal=True)
     shown = build_stats(store)["cumulative"]["audit"]["top_passwords"][0]["password"]
     for table, key in (("cumulative", "id"), ("run_figures", "run_id")):
         for k, blob in store._db.execute(f"SELECT {key}, audit FROM {table}").fetchall():

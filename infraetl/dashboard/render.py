@@ -42,6 +42,7 @@ from markupsafe import Markup
 
 from infraetl.dashboard import charts
 from infraetl.dashboard.charts import UNSAFE, fmt_int, fmt_num, fmt_pct
+from infraetl.figures import json_default
 from infraetl.pwshape import mask
 
 UTC = timezone.utc  # datetime.UTC needs Python 3.11; we support 3.10
@@ -95,19 +96,11 @@ def _plain_slow(value: Any) -> Any:
     return str(value)
 
 
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):  # numpy scalar
-        return value.item()
-    if isinstance(value, (set, frozenset)):
-        return sorted(value, key=str)
-    return str(value)
-
-
 def _plain(value: Any) -> Any:
     """Deep-copy into JSON types: numpy scalars unwrapped, NaN/inf -> None, keys -> str."""
     try:
         # The C encoder and decoder copy a large state ten times faster than a Python walk.
-        text = json.dumps(value, default=_json_default)
+        text = json.dumps(value, default=json_default)
     except (TypeError, ValueError):  # e.g. a numpy integer as a key
         return _plain_slow(value)
     return json.loads(text, parse_constant=lambda _: None)
