@@ -29,11 +29,10 @@ the first failing field in column order) for:
                  −12:00…+14:00 in quarter hours
 ``length``       a text over ``schema.MAX_TEXT`` (256) characters (the producer's check
                  too, so one huge value cannot make its batch too large to send)
-``inconsistent`` a registration before birth (``registered.date``), ages that disagree
-                 with their dates by more than a year (``dob.age``: both ages are as of
-                 one moment, so their difference is the years from birth to
-                 registration); ``range:dob.age`` also for ages as of a moment more
-                 than two years past the consumer's clock
+``inconsistent`` ages that disagree with their dates by more than a year (``dob.age``:
+                 both ages are as of one moment, so their difference is the years from
+                 birth to registration); ``range:dob.age`` also for ages as of a moment
+                 more than two years past the consumer's clock
 ===============  ==============================================================
 
 Every real script is **accepted** with its marks: Persian with ZWNJ, ZWJ,
@@ -44,7 +43,8 @@ and cleaned): ``whitespace`` at either end (trimmed), ``not-nfc``
 (normalised) and, in names and places, ``mixed-script`` (a word mixing
 scripts: Latin with a Cyrillic ``Ј``), ``markup`` (a tag, an entity,
 ``javascript:``) and ``formula`` (a leading ``=``, ``+``, ``@`` or ``-``, which
-a spreadsheet would run). Passwords are never changed.
+a spreadsheet would run), and ``inconsistent:registered.date`` for a registration
+before birth (the API draws the two dates apart). Passwords are never changed.
 
 Speed: each column is joined into one string and judged in C-speed passes
 (one ``bytes.translate`` of its UTF-8 for ASCII controls, substring tests for
@@ -462,12 +462,6 @@ def _on_calendar(raw: np.ndarray) -> bool:
     return bool(((year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))).all())
 
 
-def _api_dates_exist(col: list[str]) -> bool:
-    """Every date of ``col`` has the API's exact form and is on the calendar."""
-    raw = _date_bytes(col)
-    return raw is not None and _on_calendar(raw)
-
-
 def _utc(value: str) -> datetime.datetime:
     """A date of the format as a naive UTC datetime; ValueError or OverflowError if there is none
     (2024-02-30; 9999-12-31T23:00-05:00 is past the last day Python knows)."""
@@ -542,8 +536,6 @@ def _format_ok(path: str, value: str) -> bool:
 
 def _format_suspect(path: str, values: list[str]) -> bool:
     """Whether some value of a formatted column may not match its format (one or two passes)."""
-    if path in ("dob.date", "registered.date"):
-        return not _api_dates_exist(values)
     if path == "nat":
         return not _NATIONALITIES.issuperset(values)
     if path == "email":
