@@ -62,8 +62,8 @@ CREATE TABLE IF NOT EXISTS runs (
     delivered    INTEGER NOT NULL DEFAULT 0,   -- users received (before consumer validation)
     kept         INTEGER NOT NULL DEFAULT 0,   -- users that passed validation
     quarantined  INTEGER NOT NULL DEFAULT 0,   -- producer + consumer rejections (not --nat's filter)
-    stats        BLOB,             -- unused: older releases kept each run's figures here (see run_figures)
-    audit        BLOB
+    stats        BLOB,             -- the latest complete run's figures (where older releases read
+    audit        BLOB              -- them); all kept runs' are in run_figures
 );
 CREATE TABLE IF NOT EXISTS batches (
     run_id     TEXT NOT NULL,
@@ -542,10 +542,10 @@ class Store:
         live = self._live.pop(run_id, None)
         stats, audit = live[1:] if live is not None and live[0] == expected else self._merge_from_db(run_id)
         stats_blob, audit_blob = stats.to_bytes(), audit.to_bytes()
-        # Also in the run's row, until the next run completes: where an older release looks for
-        # the latest run's figures (a roll-back still starts; a review).
-        # Later than the run completed before it, whatever the clock did: "latest" is by this
-        # stamp, here and in an older release (a clock stepped back showed the wrong last run).
+        # The figures go in the run's row too, until the next run completes: where an older
+        # release looks for the latest run's (a roll-back still starts). The stamp is later than
+        # the run completed before it, whatever the clock did: "latest" is by it, here and in
+        # an older release (a clock stepped back showed the wrong last run). Both from reviews.
         last = self._one("SELECT MAX(finished_at) FROM runs WHERE stats IS NOT NULL")[0]
         finished = time.time() if last is None else max(time.time(), last + 1e-3)
         self._db.execute("UPDATE runs SET state='complete', finished_at=?, stats=?, audit=? WHERE run_id=?",
