@@ -172,8 +172,9 @@ class StatsSummary:
         out.age_by_nat = _by_group(nats, cols["nat"], age)
         out.top = {"first_names": TopK.from_counter(firsts, TOP_K),
                    "cities": TopK.from_counter(cities, TOP_K)}
-        # One vectorised hashing pass for both columns of (mostly) unique values.
-        ids = hash64(cols["login.uuid"] + cols["login.username"])
+        # One vectorised hashing pass for both columns of (mostly) unique values. A uuid's hex
+        # digits are one value in either case (the producer de-duplicates them so too).
+        ids = hash64(list(map(str.lower, cols["login.uuid"])) + cols["login.username"])
         d = out.distinct
         d["users"], d["usernames"] = HyperLogLog.from_hashes(ids[:n]), HyperLogLog.from_hashes(ids[n:])
         d["cities"] = HyperLogLog.from_hashes(_city_hashes(list(cities)))

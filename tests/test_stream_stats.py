@@ -200,6 +200,15 @@ def test_hyperloglog_merge_is_exact_and_duplicates_do_not_count() -> None:
     assert abs(union.estimate() - 60_000) <= 0.049 * 60_000
 
 
+def test_distinct_people_do_not_count_a_uuid_again_in_upper_case() -> None:
+    users = userfactory.make_users(200, seed=3)
+    again = [dict(u, login=dict(u["login"], uuid=u["login"]["uuid"].upper())) for u in users]
+    assert {u["login"]["uuid"] for u in again}.isdisjoint(u["login"]["uuid"] for u in users)
+    merged = summary(users).merge(summary(again))
+    assert merged.distinct["users"] == summary(users).distinct["users"]
+    assert merged.figures()["distinct"]["users"] == summary(users).figures()["distinct"]["users"]
+
+
 @pytest.mark.parametrize("n", [0, 10, 3000])
 def test_hyperloglog_wire_round_trip(n: int) -> None:
     h = distinct_of([str(i) for i in range(n)])
