@@ -20,11 +20,22 @@ RUN_FIELDS = ("run_id", "producer", "source", "requested", "state", "reason", "s
               "finished_at", "duration_s", "delivered", "kept", "quarantined")
 
 
+#: States whose users count (a running run's so far); a failed or cancelled run counts none.
+COUNTED_STATES = ("complete", "running")
+
+
 def run_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A run as the API shows it (``delivered`` = users that passed every check)."""
+    """A run as the API shows it: ``received`` = users that reached the consumer, ``delivered``
+    = those that passed every check and count, ``quarantined`` = those that did not. None of a
+    failed or cancelled run's users count (``counted`` false): its ``delivered``, ``kept`` and
+    ``quarantined`` are 0, as ``infraetl-ctl status`` shows them (a review found the run table
+    showing 39,000 users "delivered" for a cancelled run that counted none)."""
     out = {k: row.get(k) for k in RUN_FIELDS}
     out["received"] = row.get("delivered")
-    out["delivered"] = row.get("kept")
+    out["counted"] = counted = row.get("state") in COUNTED_STATES
+    if not counted:
+        out["kept"] = out["quarantined"] = 0
+    out["delivered"] = out["kept"]
     out["batches"] = row.get("applied")
     out["nat"] = (row.get("meta") or {}).get("nat")
     return out

@@ -234,6 +234,26 @@ def test_a_failed_run_leaves_no_checkpoint(tmp_path: Path, monkeypatch: pytest.M
     assert store._db.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0] == 0
 
 
+def test_a_failed_or_cancelled_run_counts_no_user_in_the_run_table(tmp_path: Path) -> None:
+    """The run table showed 39,000 users "delivered" for a cancelled run that counted none (a review)."""
+    from infraetl.dashboard import render
+    from infraetl.figures import build_stats
+
+    store = _applied_in_order(tmp_path / "c.sqlite3", 3)
+    store.fail_run("r1", producer="p", reason="cancelled by operator", state="cancelled")
+    _apply(store, 1, run="r2")
+    store.end_run("r2", producer="p", batches=1, requested=20)
+    _apply(store, 1, run="r3")  # still running: its users so far
+    runs = {r["run_id"]: r for r in build_stats(store)["runs"]}
+    assert runs["r1"]["received"] == 60 and runs["r1"]["counted"] is False
+    assert runs["r1"]["delivered"] == runs["r1"]["kept"] == runs["r1"]["quarantined"] == 0
+    assert runs["r2"]["delivered"] == 20 and runs["r2"]["counted"] is True
+    assert runs["r3"]["delivered"] == 20 and runs["r3"]["counted"] is True
+    rows = {r["run_id"]: r for r in render.build_context(build_stats(store), generated_at=1.0)["runs"]["rows"]}
+    assert (rows["r1"]["delivered"], rows["r1"]["quarantined"]) == ("–", "–")
+    assert (rows["r2"]["delivered"], rows["r3"]["delivered"]) == ("20", "20")
+
+
 def test_a_complete_run_leaves_no_batch_rows_and_its_batches_stay_applied_once(tmp_path: Path) -> None:
     # The database stays bounded across runs: what a complete run leaves is its row (and its
     # share of the cumulative row), not one row per batch.

@@ -42,7 +42,7 @@ from markupsafe import Markup
 
 from infraetl.dashboard import charts
 from infraetl.dashboard.charts import UNSAFE, fmt_int, fmt_num, fmt_pct
-from infraetl.figures import json_default
+from infraetl.figures import COUNTED_STATES, json_default
 from infraetl.pwshape import mask
 
 UTC = timezone.utc  # datetime.UTC needs Python 3.11; we support 3.10
@@ -429,10 +429,13 @@ def _run_rows(runs: list[Any]) -> list[dict[str, Any]]:
     for r in sorted(_rows(runs), key=lambda r: -(_num(r.get("started_at")) or 0))[:MAX_RUN_ROWS]:
         state = str(r.get("state") or "")
         duration = _num(r.get("duration_s"))
+        counted = state in COUNTED_STATES  # none of a failed or cancelled run's users count
         rows.append({
             "run_id": str(r.get("run_id") or ""), "source": str(r.get("source") or ""),
-            "requested": fmt_int(_num(r.get("requested"))), "delivered": fmt_int(_num(r.get("delivered"))),
-            "quarantined": fmt_int(_num(r.get("quarantined"))),
+            "requested": fmt_int(_num(r.get("requested"))),
+            "delivered": fmt_int(_num(r.get("delivered"))) if counted else "–",
+            "quarantined": fmt_int(_num(r.get("quarantined"))) if counted else "–",
+            "counted": counted,
             "duration": "–" if duration is None else f"{fmt_num(duration)} s",
             "started": _when(r.get("started_at")), "state": state,
             "state_class": state if state in _STATES else "other", "reason": str(r.get("reason") or ""),
