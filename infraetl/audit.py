@@ -184,13 +184,13 @@ class AuditSummary:
                              (s.trailing, trailing)):
                 table[k] = table.get(k, 0) + c
         s.empty_passwords = s.complexity["empty"]
-        flagged = s._add_users(columns, inf)
-        s._most_secure(list(zip(map(attrgetter("secure_score"), dinfos), fps, distinct, strict=True)),
-                       infos, flagged)
+        flagged, flagged_at = s._add_users(columns, inf)
+        s._most_secure(pws, list(zip(map(attrgetter("secure_score"), dinfos), fps, distinct, strict=True)),
+                       infos, flagged, flagged_at)
         return s
 
-    def _add_users(self, columns: list[list[str]], inf: list[PasswordInfo]) -> Counter[str]:
-        """Per-user findings; returns users per password with an original match."""
+    def _add_users(self, columns: list[list[str]], inf: list[PasswordInfo]) -> tuple[Counter[str], set[int]]:
+        """Per-user findings; returns users per password with an original match, and their rows."""
         pws, firsts, lasts, usernames, dobs, emails, cities, phones, cells, nats = columns
         if "" in nats:
             nats = [x or "unknown" for x in nats]
@@ -203,6 +203,7 @@ class AuditSummary:
             firsts, lasts, usernames, dobs, emails, cities, phones, cells)
         kinds = [0] * len(KINDS)
         flagged: Counter[str] = Counter()
+        flagged_at: set[int] = set()
         zx = self.zx
         for i in sorted(look):
             pw, info = pws[i], inf[i]
@@ -212,6 +213,7 @@ class AuditSummary:
             self.birthyear_in += year
             if name or user or year:
                 flagged[pw] += 1
+                flagged_at.add(i)
             found = find_personal(info.lower, info.deleeted, info.runs, info.tail, firsts[i],
                                   lasts[i], usernames[i], dobs[i], emails[i], cities[i],
                                   phones[i], cells[i])
@@ -224,17 +226,26 @@ class AuditSummary:
                     zx[1] += 1
         for k, kind in enumerate(KINDS):
             self.personal[kind] += kinds[k]
-        return flagged
+        return flagged, flagged_at
 
-    def _most_secure(self, ranked: list[tuple[int, bytes, str]],
-                     infos: dict[str, PasswordInfo], flagged: Counter[str]) -> None:
-        """Best (score, fp) among passwords held by a user without an original match."""
-        for score, fp, pw in [max(ranked)] if not flagged else sorted(ranked, reverse=True):
-            if flagged[pw] < self.passwords.counts[fp]:
-                info = infos[pw]
-                self.most_secure = [score, fp, pw if self.revealed else info.masked,
-                                    list(info.classes), len(pw), info.zx_score]
-                return
+    def _most_secure(self, pws: list[str], ranked: list[tuple[int, bytes, str]],
+                     infos: dict[str, PasswordInfo], flagged: Counter[str], flagged_at: set[int]) -> None:
+        """The original's "most secure": the best score among users without an original match,
+        the first such user's password on a tie (as the original's loop takes it; ties once
+        went by the keyed fingerprint, so the same users showed another password under another
+        key). ``ranked`` is (score, fp, password) of the distinct passwords."""
+        held = [r for r in ranked if flagged[r[2]] < self.passwords.counts[r[1]]]
+        if not held:
+            return
+        best = max(r[0] for r in held)
+        tied = {r[2]: r for r in held if r[0] == best}
+        if len(tied) == 1:
+            score, fp, pw = next(iter(tied.values()))
+        else:  # the first row holding one of them, not flagged itself
+            score, fp, pw = next(tied[p] for i, p in enumerate(pws) if p in tied and i not in flagged_at)
+        info = infos[pw]
+        self.most_secure = [score, fp, pw if self.revealed else info.masked,
+                            list(info.classes), len(pw), info.zx_score]
 
     def _add_nat(self, nat: str, users: int, weak: int) -> None:
         nat = nat[:8]
@@ -290,7 +301,9 @@ class AuditSummary:
         for nat, (u, w) in other.nat.items():
             self._add_nat(nat, u, w)
         theirs = other.most_secure
-        if theirs and (self.most_secure is None or theirs[:2] > self.most_secure[:2]):
+        # Ties keep ours: merges fold batches and runs in their order (``store``), so the
+        # first user's password stays, as within a batch.
+        if theirs and (self.most_secure is None or theirs[0] > self.most_secure[0]):
             self.most_secure = list(theirs)
             if remask_other:
                 self.most_secure[2] = remask(theirs[2])
