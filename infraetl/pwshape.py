@@ -44,6 +44,9 @@ _NOT_LETTERS = "".join(chr(i) for i in range(128) if chr(i) not in string.ascii_
 def mask(password: str) -> str:
     """Display form: ``"secret"`` → ``"s****t"``; ≤ 4 chars all stars; ``""`` → ``"(empty)"``.
 
+    The stars keep the length up to :data:`MASK_MAX_STARS`; a longer password shows that many
+    and an ellipsis, ``"Z****…q"`` (one of 245 characters looked like one of 32: a review).
+
     Idempotent on non-empty output (``mask(mask(p)) == mask(p)``), so
     masked labels can be merged with revealed ones by masking again.
     """
@@ -53,7 +56,7 @@ def mask(password: str) -> str:
     if n < MASK_MIN_REVEAL:
         return "*" * n
     if n - 2 > MASK_MAX_STARS:
-        return f"{password[0]}{'*' * MASK_MAX_STARS}{password[-1]}"
+        return f"{password[0]}{'*' * MASK_MAX_STARS}…{password[-1]}"
     return f"{password[0]}{'*' * (n - 2)}{password[-1]}"
 
 

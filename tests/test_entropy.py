@@ -196,7 +196,7 @@ def test_password_info_is_computed_once_per_password_and_shares_small_values() -
     ("abcd", "****"),
     ("ab", "**"),
     ("", "(empty)"),
-    ("x" * 100, "x" + "*" * 30 + "x"),
+    ("x" * 100, "x" + "*" * 30 + "…x"),  # longer than the stars say: an ellipsis (a review)
 ])
 def test_mask(password: str, masked: str) -> None:
     assert pwshape.mask(password) == masked

@@ -459,6 +459,28 @@ def test_integer_bins_keep_every_key_whatever_their_spacing() -> None:
     assert dict(_filled([("0", 1), ("10", 2), ("30", 3)])) == {"0": 1, "10": 2, "20": 0, "30": 3}  # entropy bins
 
 
+def test_decades_years_and_lengths_draw_their_empty_bins_and_outliers_share_the_last() -> None:
+    """Charts drew the 10s beside the 30s, 2006 beside 2008, and one 245-character password
+    dropped every empty length bin (lengths 2 and 17–24 vanished; a review)."""
+    from infraetl.dashboard.render import MAX_BINS, _filled
+
+    assert _filled([("10s", 3), ("30s", 1)], 10, "s") == [("10s", 3), ("20s", 0.0), ("30s", 1)]
+    assert _filled([("2008", 2), ("2006", 1)], 1) == [("2006", 1), ("2007", 0.0), ("2008", 2)]
+    lengths = [(str(n), 1) for n in (1, *range(3, 17), 25, 200, 245)]
+    got = _filled(lengths, 1)
+    assert [k for k, _ in got] == [str(n) for n in range(1, 26)] + ["200–245"]
+    assert dict(got)["2"] == dict(got)["20"] == 0 and dict(got)["200–245"] == 2
+    assert sum(v for _, v in got) == len(lengths)
+    assert _filled([("1", 1), (str(1 + MAX_BINS), 4)], 1)[-1] == (str(1 + MAX_BINS), 4)  # one outlier: its own key
+    stats = sample_stats()
+    for doc in (stats["last_run"], stats["cumulative"]):
+        doc["age"]["decades"] = {"10s": 3, "30s": 1}
+        doc["registration_years"] = {"2006": 1, "2008": 2}
+    panels = {p["id"]: p for p in render.build_context(stats, generated_at=GENERATED_AT)["views"]["last"]["panels"]}
+    assert [r["key"] for r in panels["age_decades"]["rows"]] == ["10s", "20s", "30s"]
+    assert [r["key"] for r in panels["registration_years"]["rows"]] == ["2006", "2007", "2008"]
+
+
 def test_the_users_card_says_how_many_people_when_users_repeat_across_runs(stats: dict[str, Any]) -> None:
     # The same file replayed: 600 users counted, ~291 people (a review); within a run there are
     # no repeats (the producer drops them), so the last run's card says nothing of the kind.
@@ -469,3 +491,27 @@ def test_the_users_card_says_how_many_people_when_users_repeat_across_runs(stats
     subs = Page(render.render_page(doc, generated_at=GENERATED_AT)).card_subs
     assert "≈291 distinct people" in subs[("all", "total_users")]
     assert "distinct" not in subs.get(("last", "total_users"), "")
+
+
+def test_the_most_secure_card_says_how_long_the_password_is() -> None:
+    # Its mask keeps the length only up to 32 characters: a 245-character one looked like 32 (a review).
+    doc = sample_stats()
+    doc["last_run"]["audit"]["most_secure_password"].update(length=245, password="Z" + "*" * 30 + "…q")
+    sub = Page(render.render_page(doc, generated_at=GENERATED_AT)).card_subs[("last", "most_secure_password")]
+    assert sub.startswith("245 characters · score "), sub
+
+
+def test_warnings_count_warnings_and_reuse_says_when_users_repeat_across_runs() -> None:
+    # A user may hold two warnings: the table's "Users" column counted warnings; and replayed
+    # users "shared" passwords with their own copies in the all-runs view (a review).
+    doc = sample_stats()
+    cum = doc["cumulative"]
+    cum["warnings"] = {"markup": 3, "formula": 2}
+    cum["total_users"], cum["distinct"], cum["distinct_rse"] = 600, {"users": 291}, 0.0163
+    views = render.build_context(doc, generated_at=GENERATED_AT)["views"]
+    panels = {p["id"]: p for p in views["all"]["panels"]}
+    assert panels["warnings"]["columns"] == ["Reason", "Warnings", "Share"]
+    assert panels["quarantine"]["columns"][1] == "Users"
+    assert "share with their own copies" in panels["reuse"]["note"]
+    last = {p["id"]: p for p in views["last"]["panels"]}
+    assert "own copies" not in last["reuse"]["note"]

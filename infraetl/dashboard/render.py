@@ -189,11 +189,11 @@ def _share_rows(items: list[tuple[str, float]], labels: dict[str, str] | None = 
 
 def _panel(pid: str, key: str, title: str, items: list[tuple[str, float]], draw: Callable[..., Markup],
            header: str, *, labels: dict[str, str] | None = None, note: str | None = None,
-           total: float | None = None, **opts: Any) -> dict[str, Any]:
+           total: float | None = None, counted: str = "Users", **opts: Any) -> dict[str, Any]:
     shown = [((labels or {}).get(k, k), v) for k, v in items]
     return {"id": pid, "key": key, "title": title, "note": note, "wide": False,
             "svg": draw(shown, label=title, **opts) if items else None,
-            "columns": [header, "Users", "Share"], "rows": _share_rows(items, labels, total)}
+            "columns": [header, counted, "Share"], "rows": _share_rows(items, labels, total)}
 
 
 def _table_panel(pid: str, key: str, title: str, columns: list[str], rows: list[dict[str, Any]],
@@ -207,17 +207,31 @@ COMPLEXITY = {"lowercase_only": "Lowercase only", "numbers_only": "Numbers only"
               "empty": "Empty"}
 
 
-def _filled(items: list[tuple[str, float]]) -> list[tuple[str, float]]:
-    """Integer-keyed bins in order, with the missing ones between as zero."""
-    keyed = {int(k): v for k, v in items if re.fullmatch(r"-?\d+", k)}
+#: Most bins a filled histogram draws; keys past them share one last bin.
+MAX_BINS = 100
+
+
+def _filled(items: list[tuple[str, float]], step: int | None = None, suffix: str = "") -> list[tuple[str, float]]:
+    """Integer-keyed bins (``"20s"`` with ``suffix="s"``) in order, with the missing ones between
+    as zero: a chart must not draw the 10s beside the 30s, or 2006 beside 2008 (a review).
+
+    ``step`` is the bins' width; by default their own spacing (every key is on the grid: the
+    smallest gap dropped 11 from 6, 8, 11). Keys more than :data:`MAX_BINS` bins past the
+    first (a 245-character password among 8–16) share one last bin, ``"200–245"``, instead of
+    hundreds of empty bins; the bins before it stay whole (they were all dropped once)."""
+    size = len(suffix)
+    keyed = {int(k[:len(k) - size]): v for k, v in items
+             if k.endswith(suffix) and re.fullmatch(r"-?\d+", k[:len(k) - size])}
     if not keyed or len(keyed) != len(items):
         return _ordered(items)
     keys = sorted(keyed)
-    # The bins' own spacing: every key is on the grid (the smallest gap dropped 11 from 6, 8, 11).
-    step = math.gcd(*(b - a for a, b in itertools.pairwise(keys))) or 1
-    if (keys[-1] - keys[0]) / step > 200:  # sparse outliers: do not draw hundreds of empty bins
-        return [(str(k), keyed[k]) for k in keys]
-    return [(str(k), keyed.get(k, 0.0)) for k in range(keys[0], keys[-1] + step, step)]
+    step = step or math.gcd(*(b - a for a, b in itertools.pairwise(keys))) or 1
+    dense = [k for k in keys if (k - keys[0]) // step < MAX_BINS]
+    out = [(f"{k}{suffix}", keyed.get(k, 0.0)) for k in range(keys[0], dense[-1] + step, step)]
+    if tail := keys[len(dense):]:
+        label = f"{tail[0]}{suffix}" if len(tail) == 1 else f"{tail[0]}–{tail[-1]}{suffix}"
+        out.append((label, sum(keyed[k] for k in tail)))
+    return out
 
 
 def _trimmed(items: list[tuple[str, float]]) -> list[tuple[str, float]]:
@@ -259,17 +273,18 @@ def _panels(f: dict[str, Any], masked: bool) -> list[dict[str, Any]]:
 
     panels = [
         panel("gender", "gender", "Gender", gender, charts.donut_chart, "Gender"),
-        panel("age_decades", "age.decades", "Age by decade", _ordered(_counts(_map(f.get("age")).get("decades"))),
-               charts.bar_chart, "Decade", x_title="Age", y_title="Users"),
+        panel("age_decades", "age.decades", "Age by decade",
+              _filled(_counts(_map(f.get("age")).get("decades")), 10, "s"), charts.bar_chart, "Decade",
+              x_title="Age", y_title="Users"),
         panel("countries", "countries", "Top 10 countries", _top(_counts(f.get("countries"))),
                charts.hbar_chart, "Country", note=f"{len(_map(f.get('countries'))):,} countries in all"),
         panel("complexity", "audit.complexity", "Password complexity", complexity, charts.hbar_chart,
                "Complexity", labels=COMPLEXITY),
         panel("password_length", "password_length.histogram", "Password length",
-               _filled(_counts(_map(f.get("password_length")).get("histogram"))), charts.histogram, "Length",
+               _filled(_counts(_map(f.get("password_length")).get("histogram")), 1), charts.histogram, "Length",
                x_title="Characters", y_title="Users"),
         panel("registration_years", "registration_years", "Registrations by year",
-               _ordered(_counts(f.get("registration_years"))), charts.line_chart, "Year",
+               _filled(_counts(f.get("registration_years")), 1), charts.line_chart, "Year",
                x_title="Year", y_title="Users", width=960, height=240),
         panel("timezones", "timezones", "Top 10 time zones", _top(_counts(f.get("timezones"))),
                charts.hbar_chart, "UTC offset"),
@@ -284,8 +299,10 @@ def _panels(f: dict[str, Any], masked: bool) -> list[dict[str, Any]]:
         _weak_panel(audit),
         _panel("quarantine", "quarantine", "Quarantined, by reason", _top(_counts(f.get("quarantine"))),
                charts.hbar_chart, "Reason", total=sum(v for _, v in _counts(f.get("quarantine")))),
+        # A user may have several warnings: these count warnings, and share of them (a review).
         _panel("warnings", "warnings", "Warnings, by reason", _top(_counts(f.get("warnings"))),
-               charts.hbar_chart, "Reason", total=sum(v for _, v in _counts(f.get("warnings")))),
+               charts.hbar_chart, "Reason", total=sum(v for _, v in _counts(f.get("warnings"))),
+               counted="Warnings"),
         panel("first_names", "top_first_names", "Top 10 first names", _top_values(f.get("top_first_names")),
                charts.hbar_chart, "First name", note=_top_note(f.get("top_first_names"))),
         panel("cities", "top_cities", "Top 10 cities", _top_values(f.get("top_cities")), charts.hbar_chart, "City",
@@ -293,7 +310,7 @@ def _panels(f: dict[str, Any], masked: bool) -> list[dict[str, Any]]:
         _password_table("top_passwords", "audit.top_passwords",
                         "Top 10 passwords" + (" (masked)" if masked else " (plaintext: operator opt-in)"),
                         audit.get("top_passwords")),
-        _reuse_panel(_map(audit.get("reuse"))),
+        _reuse_panel(_map(audit.get("reuse")), _repeated_people(f) is not None),
         _table_panel("masks", "audit.masks", "Top password masks", ["Mask", "Users"],
                      [{"key": str(r.get("mask")), "cells": [(str(r.get("mask")), str(r.get("mask"))),
                                                             (fmt_int(n), n)]}
@@ -319,7 +336,15 @@ def _password_table(pid: str, key: str, title: str, value: Any, note: str | None
     return _table_panel(pid, key, title, ["#", "Password", "Users"], rows, note)
 
 
-def _reuse_panel(reuse: dict[str, Any]) -> dict[str, Any]:
+def _repeated_people(f: dict[str, Any]) -> float | None:
+    """About how many people the users are, when clearly fewer (beyond three standard errors of
+    the estimate): users repeated across runs (the same file or seed again) count once a run."""
+    users = _num(f.get("total_users"))
+    people, rse = _num(_map(f.get("distinct")).get("users")), _num(f.get("distinct_rse")) or 0.0
+    return people if users is not None and people is not None and people < users * (1 - 3 * rse) else None
+
+
+def _reuse_panel(reuse: dict[str, Any], repeated: bool = False) -> dict[str, Any]:
     sharing, largest = _num(reuse.get("users_sharing")), _num(reuse.get("largest_group"))
     note = None
     if sharing is not None or largest is not None:
@@ -328,7 +353,10 @@ def _reuse_panel(reuse: dict[str, Any]) -> dict[str, Any]:
         least = "at least " if bound else ""
         note = (f"{'At least ' if bound else ''}{fmt_int(sharing)} users share a password with someone; the "
                 f"largest group is {least}{fmt_int(largest)}"
-                + (" (too many distinct passwords to tally each)." if bound else "."))
+                + (" (too many distinct passwords to tally each)." if bound else ".")
+                # A review read 261 sharing where ~145 people did: the rest were their own copies.
+                + (" Users repeated across runs count once a run, and share with their own copies."
+                   if repeated else ""))
     return _password_table("reuse", "audit.reuse.top_reused", "Password reuse", reuse.get("top_reused"), note)
 
 
@@ -374,12 +402,9 @@ def _cards(f: dict[str, Any], masked: bool) -> list[dict[str, Any]]:
 
     quarantined = sum(v for _, v in _counts(f.get("quarantine")))
     filtered = sum(v for _, v in _counts(f.get("filtered")))
-    # Users repeated across runs (the same file or seed again) count once a run: say how many
-    # people that is when the estimate is clearly fewer (beyond three of its standard errors).
-    people, rse = _num(_map(f.get("distinct")).get("users")), _num(f.get("distinct_rse")) or 0.0
-    repeated = users is not None and people is not None and people < users * (1 - 3 * rse)
+    people = _repeated_people(f)
     users_sub = " · ".join(part for part in (
-        f"≈{fmt_int(people)} distinct people" if repeated else "",
+        f"≈{fmt_int(people)} distinct people" if people is not None else "",
         f"{fmt_int(quarantined)} quarantined" if quarantined else "",
         f"{fmt_int(filtered)} left out by the nationality filter" if filtered else "") if part)
     name_in, user_in, year_in = (_num(audit.get(k)) for k in
@@ -404,8 +429,8 @@ def _cards(f: dict[str, Any], masked: bool) -> list[dict[str, Any]]:
         card("username_in_password", "Username in password", fmt_int(user_in), share(user_in)),
         card("most_secure_password", "Most secure password" + (" (masked)" if masked else ""),
              str(best.get("password")) if best else "–",
-             f"score {fmt_int(_num(best.get('score')))} · zxcvbn {fmt_int(_num(best.get('zxcvbn_score')))}"
-             if best else None),
+             f"{fmt_int(_num(best.get('length')))} characters · score {fmt_int(_num(best.get('score')))} · "
+             f"zxcvbn {fmt_int(_num(best.get('zxcvbn_score')))}" if best else None),
     ]
 
 
