@@ -18,11 +18,13 @@ def runs_table(runs: list[dict[str, Any]]) -> str:
     """The runs as a fixed-width table."""
     if not runs:
         return "no runs yet"
-    head = f"{'RUN':<24} {'STATE':<10} {'REQUESTED':>9} {'SENT':>5} {'ACKED':>5} {'APPLIED':>8}  REASON"
+    # SPOOLED: batches made and spooled, each sent as soon as the consumer takes it (the column
+    # said SENT, which batches stuck in the spool behind a consumer that was down were not).
+    head = f"{'RUN':<24} {'STATE':<10} {'REQUESTED':>9} {'SPOOLED':>7} {'ACKED':>5} {'APPLIED':>8}  REASON"
     lines = [head]
     for r in runs:
         lines.append(
-            f"{r['run_id']:<24} {r['state']:<10} {r['requested'] or 0:>9} {r['sent']:>5} "
+            f"{r['run_id']:<24} {r['state']:<10} {r['requested'] or 0:>9} {r['sent']:>7} "
             f"{r['acked']:>5} {r['applied_users']:>8}  {r.get('reason') or ''}"
         )
     return "\n".join(lines)
@@ -40,6 +42,8 @@ class Progress:
 
     def __call__(self, row: dict[str, Any]) -> None:
         self._row = row
+        if not self.requested and type(row.get("requested")) is int:
+            self.requested = row["requested"]  # ``wait`` learns it from the first answer
         self._draw("")
 
     def unanswered(self, error: Exception) -> None:

@@ -42,6 +42,9 @@ from .store import Store
 logger = logging.getLogger(__name__)
 
 STORE_RETRY = 2.0  # seconds between attempts to write while the disk is failing
+#: Seconds between writes (a 16 KB page) that check, while no batch commits, that the state
+#: still takes them: /healthz said "ok" for a full disk until a run's first batch failed (a review).
+IDLE_PROBE_S = 10.0
 #: Frames opened ahead of the one in hand, so the zxcvbn helper scores their passwords while the
 #: main thread works; with batch workers, enough to keep each of them busy (see :func:`lookahead`).
 LOOKAHEAD = 4
@@ -75,6 +78,7 @@ class Consumer:
         self._warn = RateLimitedLog(logger)
         self.store_error: str | None = None
         self._retry_at = 0.0
+        self._probe_at = 0.0  # the first probe at once: a start on a full disk says so
         self._acks_due: list[bytes] = []   # sent after the store syncs (see Store.sync)
         self.url = ""
         self.server: Any = None
@@ -88,7 +92,9 @@ class Consumer:
         from .dashboard.server import DashboardServer
 
         s = self.s
-        self.data = make_socket(self.ctx, zmq.PULL, max_frame=s.max_frame, hwm=1000)
+        # Room for a window of 128 and its re-sends; a consumer not reading (a full disk) held
+        # 1,000 frames of re-sends: 75 → 349 MB (a review).
+        self.data = make_socket(self.ctx, zmq.PULL, max_frame=s.max_frame, hwm=4 * config.WINDOW)
         self.acks = make_socket(self.ctx, zmq.PUB, max_frame=64 * 1024, hwm=10000)
         apply_server(self.data, s.curve_secret, s.curve_allow, self.ctx)
         apply_server(self.acks, s.curve_secret, s.curve_allow, self.ctx)
@@ -132,6 +138,9 @@ class Consumer:
                     events = dict(poller.poll(100))
                 if self.data in events:
                     self._drain()
+                    self._probe_at = time.monotonic() + IDLE_PROBE_S  # a commit is the probe
+                elif not self.store_error and time.monotonic() >= self._probe_at:
+                    self._probe_store()
                 self.notifier.ping()
                 if self.signals.reload:
                     self._reload_keys()
@@ -216,9 +225,22 @@ class Consumer:
             msg, plain = self.sealer.open_plain(parts[0])
         except WireError as e:
             self._reject(e.reason, str(e))
+            if isinstance(e, wire.OutOfTime):
+                self._answer_out_of_time(e)
             return None, b""
         self.metrics.stage("open", time.perf_counter() - t0)
         return msg, plain
+
+    def _answer_out_of_time(self, e: wire.OutOfTime) -> None:
+        """An authentic frame refused for its stamp: tell its producer this host's time, with an
+        ACK of status ``clock`` (sealed now), if it asks for one. It stamps its frames in that
+        time from then on: hosts whose clocks disagree by over a minute stalled every run."""
+        try:
+            msg = wire.decode(e.plain)
+        except WireError:
+            return
+        if msg.get("clock_acks") is True and msg["kind"] in ("begin", "data", "end", "abort"):
+            self._ack(msg, msg["kind"], "clock")
 
     def _on_message(self, msg: dict[str, Any], ticket: int | None = None, job: int | None = None) -> None:
         kind = msg["kind"]
@@ -242,7 +264,8 @@ class Consumer:
                 self.store.fail_run(msg["run"], producer=msg["producer"], reason=msg["reason"], state=state)
                 self._ack(msg, "abort", "applied")
                 if row.get("state") not in ("failed", "cancelled"):
-                    logger.warning("run %s %s on the producer: %s", msg["run"], state, msg["reason"])
+                    logger.log(logging.WARNING if state == "cancelled" else logging.ERROR,
+                               "run %s %s on the producer: %s", msg["run"], state, msg["reason"])
                     self.render(run_id=msg["run"], state=state)
             else:
                 self._reject("bad_schema", f"{kind} message on the data socket")
@@ -382,6 +405,14 @@ class Consumer:
         self._retry_at = time.monotonic() + STORE_RETRY
         # The producer re-sends unACKed frames; keep nothing, lose nothing.
 
+    def _probe_store(self) -> None:
+        """While idle: does the state still take writes? (/healthz and the gauge say so.)"""
+        self._probe_at = time.monotonic() + IDLE_PROBE_S
+        try:
+            self.store.writable()
+        except StoreError as e:
+            self._store_failed(e)
+
     def _retry_store(self) -> None:
         if time.monotonic() < self._retry_at:
             return
@@ -397,13 +428,12 @@ class Consumer:
 
     def _worker_failed(self, why: str) -> None:
         self.metrics.worker_failures.inc()
-        if self._warn.allow("batch-worker"):
-            logger.warning("%s; its batches are handled in the daemon until it is back", why)
+        # With the count of the failures held back, a minute on (a second one went unsaid).
+        self._warn.warning("batch-worker", "%s; its batches are handled in the daemon until it is back", why)
 
     def _scorer_failed(self, why: str) -> None:
         self.metrics.scorer_failures.inc()
-        if self._warn.allow("scorer"):
-            logger.warning("%s; scoring passwords in-process until it is back", why)
+        self._warn.warning("scorer", "%s; scoring passwords in-process until it is back", why)
 
     def _health(self) -> tuple[int, dict[str, Any]]:
         if self.store_error:

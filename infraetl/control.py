@@ -136,7 +136,8 @@ def _dispatch(producer: Producer, cmd: str, args: dict[str, Any], nonce: str) ->
         limit = limit if type(limit) is int and 0 < limit <= 1000 else 20
         return {"runs": [r.as_dict() for r in producer.spool.runs(limit)],
                 "in_flight": len(producer.in_flight), "producer_id": producer.producer_id,
-                "rejected": dict(producer.rejects), "stages": dict(producer.stages)}
+                "rejected": dict(producer.rejects), "stages": dict(producer.stages),
+                "consumer_clock_offset_s": round(producer.clock.offset, 1)}
     if cmd == "cancel":
         run_id = str(args.get("run_id", ""))
         row = producer.spool.run(run_id)

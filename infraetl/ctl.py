@@ -184,8 +184,9 @@ def _follow(client: ControlClient, run_id: str, requested: int, timeout: float, 
 def wait(obj: Ctx, run_id: str, timeout: float, as_json: bool) -> None:
     """Wait until RUN_ID is rendered on the dashboard (exit 1 if it failed)."""
     with obj.client() as client:
-        row = client.call("status", run_id=run_id)["runs"][0]
-        _follow(client, run_id, row["requested"] or 0, timeout, as_json)
+        # Every call inside the wait: one before it, to a producer restarting, failed at once
+        # and overran --timeout (a review).
+        _follow(client, run_id, 0, timeout, as_json)
 
 
 @cli.command()
@@ -193,7 +194,7 @@ def wait(obj: Ctx, run_id: str, timeout: float, as_json: bool) -> None:
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="Runs to list.")
 @click.pass_obj
 def status(obj: Ctx, as_json: bool, limit: int) -> None:
-    """List the producer's runs: state, users requested, batches sent and ACKed, users the
+    """List the producer's runs: state, users requested, batches spooled and ACKed, users the
     consumer counted (once complete; nothing of a failed or cancelled run), and why a run failed."""
     with obj.client() as client:
         result = client.call("status", limit=limit)
@@ -206,6 +207,10 @@ def status(obj: Ctx, as_json: bool, limit: int) -> None:
         if rejected:
             click.echo("frames rejected since the producer started: "
                        + ", ".join(f"{reason} {n:,}" for reason, n in sorted(rejected.items())))
+        offset = result.get("consumer_clock_offset_s")
+        if type(offset) in (int, float) and abs(offset) >= wire.PeerClock.TELL_AT:
+            click.echo(f"the consumer's clock is {offset:+.0f} s off the producer's: frames are stamped in its "
+                       "time; set both hosts' clocks right (NTP)")
 
 
 @cli.command()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import math
 import os
 import socket
 import sys
@@ -43,6 +44,9 @@ BEGIN_SEQ = 0
 END_SEQ = -1        # the END (or ABORT) frame of a run; data batches are 1..N
 #: Seconds between attempts to spool what a full or read-only disk refused.
 SPOOL_RETRY_S = 1.0
+#: Seconds past two re-send intervals within which an answer from the consumer means that it
+#: is there (a send that does not go is then a full queue, not a missing consumer).
+HEARD_WITHIN_S = 5.0
 WORK_ENDPOINT = "inproc://infraetl-work"
 MAX_USERS = 10_000_000
 #: Allocations between young-generation collections (the default is 700): see tune_gc.
@@ -108,13 +112,13 @@ def check_run_args(args: dict[str, Any]) -> dict[str, Any]:
 class RunWorker(threading.Thread):
     """Pulls one run's users from its source and hands sealed frames to the main loop."""
 
-    def __init__(self, ctx: zmq.Context, settings: ProducerSettings, sealer: Callable[[], wire.Sealer],
+    def __init__(self, ctx: zmq.Context, settings: ProducerSettings, seal: Callable[[wire.Message], bytes],
                  run_id: str, spec: dict[str, Any], *, skip_batches: int, producer_id: str) -> None:
         super().__init__(name=f"run-{run_id}", daemon=True)
         self.run_id = run_id
         self._ctx = ctx
         self._settings = settings
-        self._sealer = sealer
+        self._seal = seal
         self._spec = spec
         self._skip = skip_batches
         self._producer = producer_id
@@ -185,7 +189,7 @@ class RunWorker(threading.Thread):
         quarantine = dict(batch.quarantine)
         msg = wire.make("data", self.run_id, seq, producer=self._producer, n=len(batch.users),
                         cols=cols, quarantine=quarantine)
-        frame = self._sealer().seal(msg)
+        frame = self._seal(msg)
         if len(frame) > self._settings.max_frame:
             raise SourceError(f"batch {seq} ({len(batch.users)} users) seals to {len(frame):,} bytes, over "
                               f"--max-frame {self._settings.max_frame:,}: lower --batch-size, or raise "
@@ -208,7 +212,7 @@ class RunWorker(threading.Thread):
         msg = wire.make(kind, self.run_id, seq, producer=self._producer, **fields)
         self._push(out, {"run": self.run_id, "seq": seq, "kind": kind, "users": users,
                          "reason": fields.get("reason"), "cancelled": cancelled,
-                         "frame": self._sealer().seal(msg)}, always=kind == "abort")
+                         "frame": self._seal(msg)}, always=kind == "abort")
 
     def _push(self, out: zmq.Socket, item: dict[str, Any], always: bool = False) -> None:
         data = msgpack.packb(item, use_bin_type=True)
@@ -246,6 +250,8 @@ class Producer:
         self.s = settings
         self.producer_id = settings.producer_id or socket.gethostname()
         self.sealer = wire.Sealer(settings.keys, ttl=settings.token_ttl, max_size=settings.max_frame)
+        #: The consumer's clock, which the data path's frames are stamped in (see wire.PeerClock).
+        self.clock = wire.PeerClock()
         self._lock = lock_state_dir(settings.state_dir, "producer")
         self.spool = Spool(settings.state_dir / "spool.sqlite3")
         self.ctx = zmq.Context()
@@ -270,6 +276,8 @@ class Producer:
         self.consumer_max_frame = 0
         #: BEGINs sent again at start for the runs carried over (see _resume), until sent.
         self._hellos: list[bytes] = []
+        #: When the consumer last answered (monotonic; -inf: never).
+        self._answered_at = -math.inf
 
     # -- set-up --
     def _open_sockets(self) -> None:
@@ -311,8 +319,8 @@ class Producer:
         # this producer the consumer's --max-frame, which a run whose frames are all too large
         # would otherwise never learn (none of them is ever ACKed). Not spooled: if it is lost,
         # so is only that.
-        self._hellos = [self.sealer.seal(wire.make("begin", run.run_id, BEGIN_SEQ, producer=self.producer_id,
-                                                   **begin_fields(run.spec)))
+        self._hellos = [self.seal(wire.make("begin", run.run_id, BEGIN_SEQ, producer=self.producer_id,
+                                            **begin_fields(run.spec)))
                         for run in self.spool.unfinished_runs()]
         if self.in_flight:
             logger.info("re-sending %d unACKed frame(s) from the spool", len(self.in_flight))
@@ -324,9 +332,18 @@ class Producer:
                            "leak, cancel those runs (`infraetl-ctl cancel`), or they hold the window until then",
                            foreign, self.s.token_ttl / 2)
 
+    def seal(self, msg: wire.Message) -> bytes:
+        """Seal a message of the data path, stamped in the consumer's time (any thread).
+
+        ``clock_acks`` asks the consumer to answer the frame with its own time should it refuse
+        it for its stamp (status ``clock``): an older producer would take such an answer for an
+        ACK, so only a producer that says so gets one."""
+        msg["clock_acks"] = True
+        return self.sealer.seal(msg, at=self.clock.now())
+
     def _start_worker(self, run_id: str, spec: dict[str, Any], skip: int = 0) -> None:
         # The worker seals with whatever keys the producer holds now (SIGHUP swaps them).
-        worker = RunWorker(self.ctx, self.s, lambda: self.sealer, run_id, spec, skip_batches=skip,
+        worker = RunWorker(self.ctx, self.s, self.seal, run_id, spec, skip_batches=skip,
                            producer_id=self.producer_id)
         self.workers[run_id] = worker
         worker.start()
@@ -426,8 +443,9 @@ class Producer:
                              finish=finish)
         self.stages["spool"] += time.perf_counter() - t
         crash_point("after_spool")
-        if finish is not None:
-            logger.warning("run %s %s: %s", run_id, *finish)
+        if finish is not None:  # failed at ERROR, as every failed run (journalctl -p err lists them all)
+            logger.log(logging.WARNING if finish[0] == "cancelled" else logging.ERROR, "run %s %s: %s",
+                       run_id, *finish)
         self.in_flight[(run_id, seq)] = [item["frame"], kind, item["users"], 0.0]
         self._send(run_id, seq)
 
@@ -443,7 +461,7 @@ class Producer:
         # Seal again a frame near the end of the consumer's replay window, or one under a key
         # this producer no longer seals with while a key it holds still opens it (a worker
         # sealed it just before a SIGHUP, say): the consumer may have dropped that key.
-        stale = time.time() - self.sealer.sealed_at(frame) > self.s.token_ttl / 2
+        stale = self.clock.is_off(self.sealer.sealed_at(frame), self.s.token_ttl)
         if (stale or (not self.sealer.seals_like(frame) and self._opener(frame) is not None)) \
                 and not self._reseal(run_id, seq, entry):
             return
@@ -459,8 +477,15 @@ class Producer:
         except zmq.Again:
             # No consumer connected (IMMEDIATE) or its queue is full: try again later.
             entry[3] = now - self.s.resend_after + 0.5
-            self._warn.warning("no-consumer", "consumer at %s not reachable; frames stay spooled",
-                               self.s.data_connect)
+            if now - self._answered_at < 2 * self.s.resend_after + HEARD_WITHIN_S:
+                # It answers: a full queue, not a missing consumer (a review found this case
+                # logged as "not reachable", which the guide reads as "consumer down").
+                self._warn.warning("slow-consumer", "the consumer at %s (or the link to it) takes frames slower "
+                                   "than this producer makes them: %d frame(s) wait in the spool",
+                                   self.s.data_connect, len(self.in_flight))
+            else:
+                self._warn.warning("no-consumer", "consumer at %s not taking frames (down, unreachable, or not "
+                                   "reading: see its /healthz); frames stay spooled", self.s.data_connect)
 
     def _opener(self, frame: bytes) -> wire.Sealer | None:
         """Our sealer that holds the key ``frame`` names: the current one, else the one a SIGHUP retired."""
@@ -473,7 +498,7 @@ class Producer:
         """Seal an in-flight frame again with the current key; False if no key of ours opens it
         (its run is then failed: see :meth:`_fail_run`)."""
         try:
-            entry[0] = self.sealer.reseal(entry[0], opener=self._opener(entry[0]))
+            entry[0] = self.sealer.reseal(entry[0], opener=self._opener(entry[0]), at=self.clock.now())
         except WireError as e:
             if seq == END_SEQ:
                 # The END went out before: the consumer may have completed the run. Its answer to
@@ -502,8 +527,7 @@ class Producer:
         and tell the consumer with an ABORT (sealed now, with the current key). The spool first:
         if it refuses the write, nothing changes here (False; the caller tries again later)."""
         extra = {"cancelled": True} if state == "cancelled" else {}
-        abort = self.sealer.seal(wire.make("abort", run_id, END_SEQ, producer=self.producer_id, reason=why,
-                                           **extra))
+        abort = self.seal(wire.make("abort", run_id, END_SEQ, producer=self.producer_id, reason=why, **extra))
         try:
             self.spool.fail_run(run_id, END_SEQ, abort, why, state=state)
         except StoreError as e:
@@ -546,8 +570,13 @@ class Producer:
 
     def _on_ack(self, frame: bytes) -> None:
         prefix = self.producer_id.encode() + b"\0"
+        sealed = frame[len(prefix):]
         try:
-            msg = self.sealer.open(frame[len(prefix):])
+            # Not checked against this host's clock: an ACK answers a frame of ours, by its run
+            # (unique) and seq, so an old one answers nothing in flight; and one from a consumer
+            # whose clock is off must still count (its run was counted there, a review found,
+            # while this producer refused every ACK of it, and a cancel then counted it twice).
+            msg = self.sealer.open(sealed, check_time=False)
         except WireError as e:
             self.rejects[e.reason] += 1
             self._warn.warning(e.reason, "rejected ACK frame: %s", e)
@@ -562,14 +591,23 @@ class Producer:
             # An END and the ABORT that replaced it share their seq: an ACK of the END that
             # crossed a cancel must not take the ABORT for answered.
             entry = None
+        self._answered_at = time.monotonic()
+        if entry is not None:  # an answer to a frame in flight, so just sealed: the consumer's time
+            self._heard_clock(self.sealer.sealed_at(sealed))
+        if msg["status"] == "clock":
+            # Refused for its stamp: sealed again in the consumer's time and sent at once.
+            if entry is not None:
+                entry[3] = 0.0
+            return
         try:
             if entry is not None and msg["status"] != "pending":
                 self.in_flight.pop((run_id, seq))
                 self.spool.ack(run_id, seq)
                 MALLOC.tick()
             if msg["of"] == "end" and msg["status"] == "complete" and run_id not in self.failed_here:
-                self.spool.finish(run_id, "complete", url=msg.get("url"), outcome=_outcome(msg))
-                logger.info("run %s complete: %s users on %s", run_id, msg.get("applied"), msg.get("url"))
+                # Once: every copy of the END (a re-send) is answered again.
+                if self.spool.finish(run_id, "complete", url=msg.get("url"), outcome=_outcome(msg)):
+                    logger.info("run %s complete: %s users on %s", run_id, msg.get("applied"), msg.get("url"))
                 MALLOC.release()
             elif msg["status"] == "complete":  # of an ABORT, or of the END it replaced: too late
                 if self.spool.completed_after_all(run_id, msg.get("url"), outcome=_outcome(msg)):
@@ -577,8 +615,8 @@ class Producer:
                                    "it is counted there, and complete here", run_id)
             elif msg["of"] == "end" and msg["status"] == "failed":
                 why = str(msg.get("reason") or "the consumer failed it")[:500]
-                self.spool.finish(run_id, "failed", reason=why)
-                logger.error("run %s failed on the consumer: %s", run_id, why)
+                if self.spool.finish(run_id, "failed", reason=why):
+                    logger.error("run %s failed on the consumer: %s", run_id, why)
             elif msg["of"] == "end" and msg["status"] == "pending" and entry is not None:  # not an ABORT
                 self._check_missing(run_id, msg.get("missing"))
         except StoreError as e:
@@ -587,6 +625,18 @@ class Producer:
             if entry is not None:
                 self.in_flight[(run_id, seq)] = entry
             self._warn.warning("spool", "cannot record an ACK: %s", e)
+
+    def _heard_clock(self, stamp: float) -> None:
+        """Take the consumer's time from an ACK; tell the operator when it is off this host's."""
+        before = self.clock.offset
+        if not self.clock.heard(stamp):
+            return
+        offset, tell = self.clock.offset, wire.PeerClock.TELL_AT
+        if abs(offset) >= tell:
+            logger.warning("the consumer's clock is %+.0f s off this host's: frames are stamped in its time so "
+                           "that it takes them; set both hosts' clocks right (NTP)", offset)
+        elif abs(before) >= tell:
+            logger.info("the consumer's clock agrees with this host's again (%+.0f s)", offset)
 
     def _check_missing(self, run_id: str, missing: Any) -> None:
         """The consumer lacks batches of a run whose END it holds: fail the run if this producer

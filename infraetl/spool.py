@@ -251,29 +251,32 @@ class Spool:
                              (frame, run_id, seq))
 
     def finish(self, run_id: str, state: str, *, reason: str | None = None, url: str | None = None,
-               outcome: dict[str, Any] | None = None) -> None:
-        """Close a run as complete, failed or cancelled.
+               outcome: dict[str, Any] | None = None) -> bool:
+        """Close a run as complete, failed or cancelled; False if it was not running (closed
+        already: an answer came again).
 
         Its ACKed frames' rows go: the run's row keeps their counts, and a run that is over is
         never produced again. Frames still waiting for an ACK (an ABORT, say) stay until it comes.
         """
         with self._tx():
-            self._finish(run_id, state, reason=reason, url=url)
+            closed = self._finish(run_id, state, reason=reason, url=url)
             if outcome is not None:
                 self._db.execute("UPDATE runs SET outcome=? WHERE run_id=? AND outcome IS NULL",
                                  (json.dumps(outcome), run_id))
+        return closed
 
-    def _finish(self, run_id: str, state: str, *, reason: str | None = None, url: str | None = None) -> None:
-        self._db.execute(
+    def _finish(self, run_id: str, state: str, *, reason: str | None = None, url: str | None = None) -> bool:
+        closed = self._db.execute(
             "UPDATE runs SET state=?, reason=COALESCE(?, reason), url=COALESCE(?, url), finished_at=? "
             "WHERE run_id=? AND state='running'",
             (state, reason, url, time.time(), run_id),
-        )
+        ).rowcount > 0
         self._db.execute("DELETE FROM frames WHERE run_id=? AND acked=1", (run_id,))
         # Every run's row stayed for good (~0.3 KB a run, a review): the finished ones past both
         # the RUNS_KEPT newest and RUN_ROWS_KEPT_S old go, the oldest first, unless a frame of
         # theirs still waits.
         self._prune_rows(self._db, kept=RUNS_KEPT, kept_s=RUN_ROWS_KEPT_S, chunk=PRUNE_CHUNK, every_s=PRUNE_EVERY_S)
+        return closed
 
     def close_aborted(self) -> list[str]:
         """Close the runs a producer killed between spooling their ABORT and closing them left

@@ -503,7 +503,8 @@ class Store:
     def _fail(self, run_id: str, reason: str, state: str = "failed") -> None:
         assert state in ("failed", "cancelled")
         self._db.execute(
-            "UPDATE runs SET state=?, reason=?, finished_at=? WHERE run_id=? AND state='running'",
+            # Not before it started, whatever the clock did (an NTP step back showed "-40.2 s").
+            "UPDATE runs SET state=?, reason=?, finished_at=MAX(?, started_at) WHERE run_id=? AND state='running'",
             (state, reason, time.time(), run_id),
         )
         self._drop_batches(run_id)
@@ -547,7 +548,9 @@ class Store:
         # the run completed before it, whatever the clock did: "latest" is by it, here and in
         # an older release (a clock stepped back showed the wrong last run). Both from reviews.
         last = self._one("SELECT MAX(finished_at) FROM runs WHERE stats IS NOT NULL")[0]
-        finished = time.time() if last is None else max(time.time(), last + 1e-3)
+        started = self._one("SELECT started_at FROM runs WHERE run_id=?", (run_id,))[0]
+        # Nor before the run started: an NTP step back mid-run showed a duration of "-40.2 s" (a review).
+        finished = max(time.time(), started if last is None else max(started, last + 1e-3))
         self._db.execute("UPDATE runs SET state='complete', finished_at=?, stats=?, audit=? WHERE run_id=?",
                          (finished, stats_blob, audit_blob, run_id))
         self._db.execute(RUN_FIGURES)  # made at open, unless the disk was full then
@@ -631,7 +634,7 @@ class Store:
             row = dict(zip(RUN_COLUMNS, r, strict=True))
             row["meta"] = json.loads(row["meta"])
             fin = row["finished_at"]
-            row["duration_s"] = round(fin - row["started_at"], 3) if fin else None
+            row["duration_s"] = round(max(0.0, fin - row["started_at"]), 3) if fin else None
             yield row
 
     def _summary_blobs(self, run_id: str) -> tuple[bytes, bytes] | None:

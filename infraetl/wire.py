@@ -116,12 +116,65 @@ def check_schema(msg: Any) -> Message:
     return msg
 
 
+def decode(plain: bytes) -> Message:
+    """The checked message of an authentic plaintext (an :class:`OutOfTime`'s, say), or raise
+    ``WireError``."""
+    return check_schema(_unpack(plain))
+
+
 def make(kind: str, run: str = "", seq: int = 0, **fields: Any) -> Message:
     """Build a message map of ``kind`` (checked on the way in, as it will be on open)."""
     return check_schema({"v": PROTOCOL_VERSION, "kind": kind, "run": run, "seq": seq, **fields})
 
 
 # --- seal / open ----------------------------------------------------------
+
+class OutOfTime(WireError):
+    """An authentic frame refused for its timestamp (``expired`` or ``from_future``): its
+    ``stamp`` and ``plain`` text, so that the receiver can tell its sender its own clock."""
+
+    def __init__(self, reason: str, message: str, *, stamp: int, plain: bytes) -> None:
+        super().__init__(reason, message)
+        self.stamp = stamp
+        self.plain = plain
+
+
+class PeerClock:
+    """The consumer's clock as a producer last heard it, to stamp the producer's frames with.
+
+    A frame is refused if its stamp is over ``--token-ttl`` old or over :data:`CLOCK_SKEW`
+    ahead *by the receiver's clock*: hosts whose clocks disagreed by more than a minute
+    stalled every run for good (a review). The consumer's ACKs carry its time (their own
+    stamps), and it answers a frame it refused for its time with one (status ``clock``); the
+    producer stamps its frames in that time. The stamps are whole seconds: differences of
+    :data:`CLOSE_ENOUGH` or less are left alone."""
+
+    CLOSE_ENOUGH = 2.0
+    #: An offset worth telling the operator of (their clocks want fixing all the same).
+    TELL_AT = 10.0
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self.offset = 0.0
+
+    def now(self) -> float:
+        """The consumer's time, as far as this host can tell."""
+        return self._clock() + self.offset
+
+    def heard(self, stamp: float) -> bool:
+        """Take the consumer's time from a frame it sealed just now; True if the offset moved."""
+        offset = stamp - self._clock()
+        if abs(offset - self.offset) <= self.CLOSE_ENOUGH:
+            return False
+        self.offset = 0.0 if abs(offset) <= self.CLOSE_ENOUGH else offset
+        return True
+
+    def is_off(self, stamp: float, ttl: float) -> bool:
+        """Whether a frame sealed at ``stamp`` should be sealed again before it is sent: past
+        half its window, or ahead of the consumer's time (it was sealed before the offset was known)."""
+        age = self.now() - stamp
+        return age > ttl / 2 or age < -CLOCK_SKEW / 2
+
 
 def _unpack(plain: bytes) -> Any:
     """A frame's plaintext decoded, or raise ``WireError`` ``bad_msgpack``."""
@@ -200,9 +253,11 @@ class Sealer:
         if check_time:
             now = self._clock()
             if now - stamp > self._ttl:
-                raise WireError("expired", f"frame sealed {now - stamp:.0f}s ago, beyond the {self._ttl:.0f}s window")
+                raise OutOfTime("expired", f"frame sealed {now - stamp:.0f}s ago by this host's clock, beyond the "
+                                f"{self._ttl:.0f}s window", stamp=stamp, plain=plain)
             if stamp - now > CLOCK_SKEW:
-                raise WireError("from_future", "frame sealed in the future; check the hosts' clocks")
+                raise OutOfTime("from_future", f"frame sealed {stamp - now:.0f}s in the future by this host's "
+                                "clock; check the hosts' clocks", stamp=stamp, plain=plain)
         return plain  # type: ignore[no-any-return]
 
     def holds_key_of(self, frame: bytes) -> bool:
@@ -217,9 +272,10 @@ class Sealer:
         """When a frame of ours was sealed (unauthenticated: only for re-seal decisions)."""
         return float(struct.unpack(">Q", base64.urlsafe_b64decode(frame[KID_LEN:KID_LEN + 16])[1:9])[0])
 
-    def reseal(self, frame: bytes, *, opener: Sealer | None = None) -> bytes:
-        """Seal the same message again with a fresh timestamp and this sealer's sealing key,
-        opened by ``opener`` (default: this sealer; a SIGHUP's retired keys, say)."""
+    def reseal(self, frame: bytes, *, opener: Sealer | None = None, at: float | None = None) -> bytes:
+        """Seal the same message again with a fresh timestamp (``at``, default now) and this
+        sealer's sealing key, opened by ``opener`` (default: this sealer; a SIGHUP's retired
+        keys, say)."""
         # Our own spooled frame may be past the window after a long outage;
         # it is still authenticated, so age is no reason to lose it.
-        return self.seal((opener or self).open_raw(frame, check_time=False))
+        return self.seal((opener or self).open_raw(frame, check_time=False), at=at)

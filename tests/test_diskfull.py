@@ -73,6 +73,27 @@ def test_disk_full_then_read_only_then_back(tmp_path: Path, small_disk: Path) ->
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
+def test_an_idle_consumer_says_its_disk_is_full_before_any_run(tmp_path: Path, small_disk: Path) -> None:
+    """/healthz said "ok" on a full disk until a run's batch failed to commit (a review): an idle
+    consumer now tries a write every 10 s (consumer.IDLE_PROBE_S)."""
+    c = LocalCluster(tmp_path / "cluster")
+    c.consumer.state_dir = small_disk / "consumer"
+    argv = c.consumer.argv
+    argv[argv.index("--state-dir") + 1] = str(c.consumer.state_dir)
+    c.consumer.start()
+    try:
+        assert _health(c)[0] == 200
+        ballast = small_disk / "ballast"
+        _fill(ballast)
+        wait_for(lambda: _health(c)[0] == 503, 30, "/healthz to report the full disk")
+        assert metric(c, "infraetl_store_writable") == 0
+        ballast.unlink()
+        wait_for(lambda: _health(c)[0] == 200, 20, "/healthz to recover")
+        assert metric(c, "infraetl_store_writable") == 1
+    finally:
+        c.consumer.stop()
+
+
 def test_read_only_state_dir_at_start_is_one_clear_error(tmp_path: Path, small_disk: Path) -> None:
     state = small_disk / "consumer"
     state.mkdir()
