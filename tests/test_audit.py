@@ -171,6 +171,12 @@ def test_by_nationality_shares_of_weak_passwords() -> None:
       "name.last": "\u0639\u0644\u06cc\u200c\u0632\u0627\u062f\u0647"}, {"last_name"}),
     ({"login.password": "\u062e\u0631\u0627\u0633\u0627\u0646\u0631\u0636\u0648\u06cc7",
       "location.city": "\u062e\u0631\u0627\u0633\u0627\u0646\u200c\u0631\u0636\u0648\u06cc"}, {"city"}),
+    # Cases a mutation test found untested: digits from a run that is not the password's last,
+    # a typographic apostrophe, a "+" in an e-mail's local part, a name that is its own reverse.
+    ({"login.password": "ab1234cd5678", "phone": "(555) 5678-000"}, {"phone_digits"}),
+    ({"login.password": "obrien!!", "name.last": "O\u2019Brien"}, {"last_name"}),
+    ({"login.password": "kingfisher9", "email": "jo+kingfisher@example.com"}, {"email_local"}),
+    ({"login.password": "anna77", "name.first": "Anna"}, {"first_name"}),
     ({"login.password": "olive", "name.first": "Li"}, set()),  # under 3 characters
     ({"login.password": "", "name.first": ""}, set()),
 ])
@@ -330,6 +336,23 @@ def test_reveal_keeps_plaintext_only_when_every_part_opted_in() -> None:
     assert not merged["revealed"]
     assert {t["password"] for t in merged["top_passwords"]} == {"s****t", "s****r"}
     assert merged["most_secure_password"]["password"] in ("s****t", "s****r")
+
+
+def test_a_revealed_summary_merged_into_a_masked_one_is_masked_and_mask_reaches_base_words() -> None:
+    # The other order of the test above, and mask() of every label: a mutation test found that
+    # neither keeping the revealed side's plaintext nor skipping the base words failed a test.
+    secret, word = "Sup3rSecret!x", "sunshine7"
+    masked = AuditSummary.from_columns(cols({"login.password": "soccer"}), KEY)
+    shown = AuditSummary.from_columns(cols({"login.password": secret}, {"login.password": word}), KEY, reveal=True)
+    assert secret in json.dumps(shown.figures()) and "sunshine" in json.dumps(shown.figures())
+    merged = masked.merge(shown)
+    assert not merged.revealed and not merged.mask()  # nothing left to mask
+    text = json.dumps(merged.figures())
+    assert secret not in text and "sunshine" not in text
+    assert "S***********x" in text
+    alone = AuditSummary.from_columns(cols({"login.password": word}), KEY, reveal=True)
+    assert alone.mask() and "sunshine" not in json.dumps(alone.figures())
+    assert "s******e" in json.dumps(alone.figures())  # its base word, masked
 
 
 def test_tally_past_its_cap_is_flagged_and_its_bounds_hold(monkeypatch: pytest.MonkeyPatch) -> None:

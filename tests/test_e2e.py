@@ -281,16 +281,20 @@ def test_a_resent_batch_is_acked_again_without_redoing_its_work(cluster: LocalCl
     from infraetl import schema, wire
 
     sample = sample_users()
+    cols = schema.to_columns(sample)
+    cols["email"][0] = "nobody"  # quarantined here: users applied counts the users kept (untested before)
     frame = cluster_sealer(cluster).seal(wire.make(
-        "data", "resent", 1, producer="by-hand", n=len(sample), cols=schema.to_columns(sample), quarantine={}))
+        "data", "resent", 1, producer="by-hand", n=len(sample), cols=cols, quarantine={}))
     push_frames(cluster.consumer.endpoints["data"], [frame])
     wait_for(lambda: metric(cluster, "infraetl_batches_applied_total") == 1, 30, "the batch applied")
+    assert metric(cluster, "infraetl_users_applied_total") == len(sample) - 1
     work = {s: metric(cluster, "infraetl_stage_seconds_total", f'stage="{s}"') for s in ("validate", "audit")}
     assert all(v > 0 for v in work.values())
     push_frames(cluster.consumer.endpoints["data"], [frame, frame])
     wait_for(lambda: metric(cluster, "infraetl_batches_duplicate_total") == 2, 30, "both re-sends ACKed")
     assert {s: metric(cluster, "infraetl_stage_seconds_total", f'stage="{s}"') for s in work} == work
     assert metric(cluster, "infraetl_batches_applied_total") == 1
+    assert metric(cluster, "infraetl_users_applied_total") == len(sample) - 1
 
 
 def test_password_figures_stay_whole_across_a_key_rotation(tmp_path) -> None:

@@ -588,6 +588,45 @@ def test_plaintext_in_run_figures_is_masked_after_a_roll_back_cleared_the_first_
         assert not AuditSummary.from_bytes(blob).revealed
 
 
+@pytest.mark.parametrize("ends", ["complete", "failed"])
+def test_a_clock_stepped_back_mid_run_gives_no_negative_duration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 ends: str) -> None:
+    # An NTP step back of 50 s mid-run showed "-40.2 s" on the dashboard (a review).
+    import infraetl.store
+
+    store = Store(tmp_path / "c.sqlite3")
+    assert _apply(store, 1)
+    real = time.time
+    monkeypatch.setattr(infraetl.store.time, "time", lambda: real() - 50)
+    if ends == "complete":
+        assert store.end_run("r1", producer="p", batches=1, requested=20, delivered=20).run_complete
+    else:
+        store.fail_run("r1", producer="p", reason="cancelled by operator", state="cancelled")
+    row = store.run("r1")
+    assert row["finished_at"] >= row["started_at"] and row["duration_s"] >= 0
+
+
+def test_masking_reaches_every_table_that_holds_a_revealed_audit(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run in flight under --reveal-passwords has its aggregate in ``checkpoints`` and partials
+    in ``batches``; a mutation test found no test that masks them (dropping either table from
+    the masking passed every test)."""
+    import infraetl.store
+
+    monkeypatch.setattr(infraetl.store, "CHECKPOINT_EVERY", 4)
+    store = Store(tmp_path / "c.sqlite3")
+    for seq in range(1, 7):  # a checkpoint at 4, partials 5 and 6 after it
+        assert _apply(store, seq, reveal=True)
+    _complete_runs(store, ["done"], reveal=True)
+    held = {t: store._db.execute(f"SELECT COUNT(*) FROM {t} WHERE audit IS NOT NULL").fetchone()[0]  # noqa: S608
+            for t in ("checkpoints", "batches", "runs", "run_figures", "cumulative")}
+    assert held == {"checkpoints": 1, "batches": 2, "runs": 1, "run_figures": 1, "cumulative": 1}
+    assert store.mask_revealed() == sum(held.values())
+    for table in held:
+        for (blob,) in store._db.execute(f"SELECT audit FROM {table} WHERE audit IS NOT NULL"):  # noqa: S608
+            assert not AuditSummary.from_bytes(blob).revealed, table
+
+
 def test_the_figures_kept_beside_the_summaries_are_theirs(tmp_path: Path) -> None:
     # A render decoded the summaries every time: 221 ms once the password tally was full. The
     # figures are kept as JSON beside them; whatever path a render takes, it shows the same.

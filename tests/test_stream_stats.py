@@ -350,3 +350,30 @@ def test_hash_memo_starting_afresh_still_hashes_the_values_it_knew() -> None:
     batch = ["Oslo", "Tromsø", "Bodø", "Molde"]
     assert memo(batch).tolist() == hash64(batch).tolist()
     assert len(memo.known) <= 4
+
+
+def test_merged_counts_add_and_users_are_not_usernames_and_age_zero_is_not_negative() -> None:
+    # Three figures a mutation test found untested: quarantine counts merged across batches (a
+    # union kept the larger: 3 where 5), the two distinct counts swapped (every test's usernames
+    # were unique), and a registration at age 0 taken for one before birth.
+    users = userfactory.make_users(8, seed=11)
+    for u in users[:4]:
+        u["login"]["username"] = "sharedname"
+    users[5]["registered"]["age"] = users[5]["dob"]["age"]  # registered in the year of birth: 0
+    users[5]["registered"]["date"] = users[5]["dob"]["date"]
+    a, b = summary(users[:4]), summary(users[4:])
+    a.add_counts({"format:email": 3, "empty:name.first": 1})
+    b.add_counts({"format:email": 2})
+    f = a.merge(b).figures()
+    assert f["quarantine"] == {"format:email": 5, "empty:name.first": 1}
+    assert (round(f["distinct"]["users"]), round(f["distinct"]["usernames"])) == (8, 5)
+    assert f["age_at_registration"]["min"] == 0 and f["age_at_registration"]["negative"] == 0
+
+
+@pytest.mark.parametrize("s2", [2**63 - 1, 2**63, 2**64 - 1, 2**64, 2**64 + 5, 2**70])
+def test_moments_travel_exactly_at_msgpacks_integer_limits(s2: int) -> None:
+    # msgpack takes integers below 2**64 and no further: a mutation of that bound (2**65) passed
+    # every test, and a sum of squares of 2**64 + 5 would then have failed the store's commit.
+    m = Moments(3, -(2**63) if s2 % 2 else 7, s2, -5, 9)
+    back = Moments.from_wire(msgpack.unpackb(msgpack.packb(m.to_wire())))
+    assert back == m and (back.s1, back.s2) == (m.s1, m.s2)

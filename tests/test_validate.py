@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+import time
 from collections import Counter
 from typing import Any
 
@@ -336,6 +337,11 @@ def test_passwords_are_never_changed() -> None:
     ("dob.date", "1970-06-31T00:00:00+02:00", "format:dob.date"),
     ("name.first", "N" * 257, "length:name.first"),
     ("login.password", "x7" * 50_000, "length:login.password"),
+    # Boundaries a mutation test found untested: April's 31st, midnight as 24:00, an account age
+    # out of range (not taken for one that disagrees with the dates).
+    ("registered.date", "2011-04-31T10:00:00.000Z", "format:registered.date"),
+    ("registered.date", "2011-04-30T24:00:00.000Z", "format:registered.date"),
+    ("registered.age", 151, "range:registered.age"),
 ])
 def test_wrong_types_ranges_and_formats(path: str, value: Any, reason: str) -> None:
     assert validated(path, value).quarantine == {reason: 1}
@@ -463,6 +469,10 @@ def test_the_vectorised_calendar_check_agrees_with_the_standard_library(parts: l
     assert validate._on_calendar(raw) == all(map(validate._date_exists, dates))
 
 
+#: The latest year the validator takes a person's ages to be as of (its clock's year + 2).
+_LATEST = time.gmtime().tm_year + validate._FUTURE_SLACK_YEARS
+
+
 def _life(dob: str, age: int, reg: str, reg_age: int) -> validate.Validated:
     """The sample batch with user 1 born ``dob`` (``age``), registered ``reg`` (``reg_age``)."""
     cols = schema.to_columns(userfactory.sample_users())
@@ -479,6 +489,13 @@ def _life(dob: str, age: int, reg: str, reg_age: int) -> validate.Validated:
     ("1994-12-24T21:13:11.895Z", 31, "2009-10-10T13:38:34.770Z", 15),  # as of 2025-12-24
     ("1994-12-24T21:13:11+02:00", 31, "2009-10-10T13:38:34Z", 16),     # another form: judged alone
     ("1994-12-24T21:13:11.895Z", 31, "1994-12-24T21:13:12.000Z", 31),  # registered at birth
+    # The slack's ends: 41 whole years from birth to registration; ages 40 and 43 years apart.
+    ("1970-02-12T22:44:33.886Z", 54, "2011-06-03T21:04:40.587Z", 14),
+    ("1970-02-12T22:44:33.886Z", 57, "2011-06-03T21:04:40.587Z", 14),
+    ("1970-02-12T22:44:33+01:00", 54, "2011-06-03T21:04:40Z", 14),
+    ("1970-02-12T22:44:33+01:00", 57, "2011-06-03T21:04:40Z", 14),
+    # Ages as of a moment exactly two years past the consumer's clock (its year + 2).
+    (f"{_LATEST - 100}-01-01T00:00:00.000Z", 100, f"{_LATEST - 50}-01-02T00:00:00.000Z", 50),
 ])
 def test_ages_that_agree_with_their_dates_pass(dob: str, age: int, reg: str, reg_age: int) -> None:
     v = _life(dob, age, reg, reg_age)
@@ -514,6 +531,14 @@ def test_a_registration_before_birth_is_kept_and_counted(dob: str, age: int, reg
     ("1970-02-12T22:44:33.886Z", 150, "2011-06-03T21:04:40.587Z", 109, "range:dob.age"),
     ("1970-02-12T22:44:33+01:00", 0, "2011-06-03T21:04:40Z", 14, "inconsistent:dob.age"),
     ("1970-02-12T22:44:33Z", 55, "1950-06-03T21:04:40+00:00", 14, "inconsistent:dob.age"),
+    # Past the slack's ends, both forms (41 whole years; ages 39 and 44 years apart).
+    ("1970-02-12T22:44:33.886Z", 53, "2011-06-03T21:04:40.587Z", 14, "inconsistent:dob.age"),
+    ("1970-02-12T22:44:33.886Z", 58, "2011-06-03T21:04:40.587Z", 14, "inconsistent:dob.age"),
+    ("1970-02-12T22:44:33+01:00", 53, "2011-06-03T21:04:40Z", 14, "inconsistent:dob.age"),
+    ("1970-02-12T22:44:33+01:00", 58, "2011-06-03T21:04:40Z", 14, "inconsistent:dob.age"),
+    # A year past that moment; and an age over 150 whose dates agree with it (born 1860).
+    (f"{_LATEST - 100}-01-01T00:00:00.000Z", 101, f"{_LATEST - 50}-01-02T00:00:00.000Z", 51, "range:dob.age"),
+    ("1860-01-01T00:00:00.000Z", 151, "2010-01-02T00:00:00.000Z", 1, "range:dob.age"),
     # A date Python cannot take to UTC: a format error, not a batch that fails for ever (a review).
     ("9999-12-31T23:00:00.000-05:00", 55, "2011-06-03T21:04:40.587Z", 14, "format:dob.date"),
     ("0001-01-01T00:30:00.000+01:00", 55, "2011-06-03T21:04:40.587Z", 14, "format:dob.date"),
