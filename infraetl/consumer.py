@@ -266,6 +266,7 @@ class Consumer:
                 if row.get("state") not in ("failed", "cancelled"):
                     logger.log(logging.WARNING if state == "cancelled" else logging.ERROR,
                                "run %s %s on the producer: %s", msg["run"], state, msg["reason"])
+                    self.metrics.given_up.labels(state).inc()
                     self.render(run_id=msg["run"], state=state)
             else:
                 self._reject("bad_schema", f"{kind} message on the data socket")
@@ -340,6 +341,7 @@ class Consumer:
 
     def _failed(self, run_id: str, why: str) -> None:
         logger.error("run %s failed: %s; none of it is counted", run_id, why)
+        self.metrics.given_up.labels("failed").inc()
         self.render(run_id=run_id, state="failed")
 
     def _complete(self, msg: dict[str, Any], render: bool = True) -> None:

@@ -14,10 +14,18 @@ class ConsumerMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.batches = Counter("infraetl_batches_applied", "Data batches applied", registry=r)
-        self.users = Counter("infraetl_users_applied", "Users applied (after validation)", registry=r)
-        self.duplicates = Counter("infraetl_batches_duplicate", "Duplicate batches skipped and ACKed again",
+        self.users = Counter("infraetl_users_applied", "Users applied (after validation) as their batches "
+                             "committed; those of a run that then failed or was cancelled count on no figure "
+                             "(infraetl_runs_given_up_total)", registry=r)
+        self.duplicates = Counter("infraetl_batches_duplicate", "Batches already applied (re-sends), or of a run "
+                                  "already over, skipped and ACKed again",
                                   registry=r)
         self.runs = Counter("infraetl_runs_completed", "Runs completed and rendered", registry=r)
+        # A cancelled run's 25,000 users showed only as applied (a review): runs that end otherwise.
+        self.given_up = Counter("infraetl_runs_given_up", "Runs that failed or were cancelled (none of their "
+                                "users counted), by state", ["state"], registry=r)
+        for state in ("failed", "cancelled"):
+            self.given_up.labels(state)
         self.rejected = Counter("infraetl_frames_rejected", "Frames dropped, by reason", ["reason"], registry=r)
         for reason in REASONS:
             self.rejected.labels(reason)  # every reason shows, at 0, from the start

@@ -77,6 +77,10 @@ def test_a_cancel_once_answered_survives_a_producer_restart(tmp_path: Path) -> N
         assert 'class="state state-cancelled"' in get_text(c.url)[2]  # the runs table
         stats = get_json(c.url + "api/stats.json")
         assert stats["cumulative"]["total_users"] == 0
+        # /metrics says so: its applied users showed only as applied (a review).
+        assert metric(c, "infraetl_runs_given_up_total", 'state="cancelled"') == 1
+        assert metric(c, "infraetl_runs_given_up_total", 'state="failed"') == 0
+        assert metric(c, "infraetl_runs_completed_total") == 0
         # Nothing of it comes back, and nothing is left to send.
         assert json.loads(ctl(c, "status", "--json").stdout)["in_flight"] == 0
         assert _runs(c)[run_id]["state"] == "cancelled"
