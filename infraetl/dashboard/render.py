@@ -202,6 +202,13 @@ def _table_panel(pid: str, key: str, title: str, columns: list[str], rows: list[
             "note": note, "wide": False}
 
 
+#: The personal-information kinds (``personal.KINDS``, and ``any``) as the page names them.
+PERSONAL_KINDS = {"first_name": "First name", "last_name": "Last name", "username": "Username",
+                  "birth_year": "Birth year", "email_local": "E-mail name", "city": "City",
+                  "phone_digits": "Phone digits", "birth_date": "Birth day and month",
+                  "name_reversed": "Name reversed", "leet": "Name or word in leetspeak",
+                  "any": "Any of these"}
+
 COMPLEXITY = {"lowercase_only": "Lowercase only", "numbers_only": "Numbers only",
               "letters_and_numbers": "Letters and numbers", "includes_symbols": "Includes symbols",
               "empty": "Empty"}
@@ -295,7 +302,8 @@ def _panels(f: dict[str, Any], masked: bool) -> list[dict[str, Any]]:
                note=(f"mean {fmt_num(m)} bits" if (m := _num(_map(audit.get("entropy_bits")).get("mean")))
                      is not None else None)),
         panel("personal_info", "audit.personal_info", "Personal information in passwords",
-               _top(_counts(audit.get("personal_info")), n=64), charts.hbar_chart, "Kind"),  # every kind
+               _top(_counts(audit.get("personal_info")), n=64), charts.hbar_chart, "Kind",  # every kind
+               labels=PERSONAL_KINDS),
         _weak_panel(audit),
         _panel("quarantine", "quarantine", "Quarantined, by reason", _top(_counts(f.get("quarantine"))),
                charts.hbar_chart, "Reason", total=sum(v for _, v in _counts(f.get("quarantine")))),
@@ -311,10 +319,12 @@ def _panels(f: dict[str, Any], masked: bool) -> list[dict[str, Any]]:
                         "Top 10 passwords" + (" (masked)" if masked else " (plaintext: operator opt-in)"),
                         audit.get("top_passwords")),
         _reuse_panel(_map(audit.get("reuse")), _repeated_people(f) is not None),
+        # An empty password's mask is "": "(empty)", as elsewhere (a blank row header, a review).
         _table_panel("masks", "audit.masks", "Top password masks", ["Mask", "Users"],
-                     [{"key": str(r.get("mask")), "cells": [(str(r.get("mask")), str(r.get("mask"))),
+                     [{"key": str(r.get("mask")), "cells": [(str(r.get("mask")) or "(empty)", str(r.get("mask"))),
                                                             (fmt_int(n), n)]}
-                      for r in _rows(audit.get("masks")) if (n := _num(r.get("count"))) is not None][:TOP_N]),
+                      for r in _rows(audit.get("masks")) if (n := _num(r.get("count"))) is not None][:TOP_N],
+                     note="hashcat masks: ?l lower, ?u upper, ?d digit, ?s symbol, ?b other"),
     ]
     for p in panels:
         p["wide"] = p["id"] == "registration_years"
@@ -411,16 +421,16 @@ def _cards(f: dict[str, Any], masked: bool) -> list[dict[str, Any]]:
                                  ("name_in_password", "username_in_password", "birthyear_in_password"))
     return [
         card("total_users", "Users", fmt_int(users), users_sub or None),
-        card("average_age", "Average age", fmt_num(_num(age.get("mean"))),
+        card("average_age", "Average age (years)", fmt_num(_num(age.get("mean"))),
              f"median {fmt_num(_num(age.get('median')))} · "
              f"{fmt_int(_num(age.get('min')))}–{fmt_int(_num(age.get('max')))}"
              if age else None),
         card("top_gender", "Most frequent gender", gender[0][0] if gender else "–",
              fmt_pct(100 * gender[0][1] / gtotal) if gender else None),
         card("countries", "Countries", fmt_int(len(_map(f.get("countries")))) if f.get("countries") else "–"),
-        card("password_length", "Average password length", fmt_num(_num(plen.get("mean"))),
+        card("password_length", "Average password length (characters)", fmt_num(_num(plen.get("mean"))),
              f"{fmt_pct(s)} shorter than 8" if (s := _num(plen.get("short_pct"))) is not None else None),
-        card("password_length_range", "Password length min / max",
+        card("password_length_range", "Password length min / max (characters)",
              f"{fmt_int(_num(plen.get('min')))} / {fmt_int(_num(plen.get('max')))}" if plen else "–"),
         card("strong_share", "Strong passwords", fmt_pct(strong_pct),
              f"{fmt_int(strong)} strong" if strong is not None else None),
@@ -429,7 +439,8 @@ def _cards(f: dict[str, Any], masked: bool) -> list[dict[str, Any]]:
         card("username_in_password", "Username in password", fmt_int(user_in), share(user_in)),
         card("most_secure_password", "Most secure password" + (" (masked)" if masked else ""),
              str(best.get("password")) if best else "–",
-             f"{fmt_int(_num(best.get('length')))} characters · score {fmt_int(_num(best.get('score')))} · "
+             f"{fmt_int(_num(best.get('length')))} characters · score {fmt_int(_num(best.get('score')))} "
+             f"(length + 3 a character class) · "
              f"zxcvbn {fmt_int(_num(best.get('zxcvbn_score')))}" if best else None),
     ]
 

@@ -149,7 +149,7 @@ def _progress(collector: Collector, plan: RunPlan) -> str:
     if not collector.examined:
         return "no answer yet"
     top = ", ".join(f"{k} {v}" for k, v in collector.dropped.most_common(3))
-    return (f"only {collector.accepted} of {plan.users} users passed the checks in "
+    return (f"only {collector.accepted:,} of {plan.users:,} users passed the checks in "
             f"{collector.examined} records" + (f" ({top})" if top else ""))
 
 

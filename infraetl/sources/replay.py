@@ -85,7 +85,7 @@ def raise_if_stopped(plan: RunPlan, what: str, collector: Collector) -> None:
     """Raise ``SourceError`` naming ``what`` if the run was cancelled or is past its deadline."""
     reason = stop_reason(plan)
     if reason:
-        raise SourceError(f"{what}: {reason} after {collector.accepted} of {plan.users} users")
+        raise SourceError(f"{what}: {reason} after {collector.accepted:,} of {plan.users:,} users")
 
 
 def examine_limit(users: int) -> int:
@@ -276,7 +276,7 @@ class ReplaySource:
             if collector.done:
                 return
         raise SourceError(
-            f"file {self.path} holds only {collector.accepted} valid users, {plan.users} were requested"
+            f"file {self.path} holds only {collector.accepted:,} valid users, {plan.users:,} were requested"
         )
 
     def _chunks(self, *, typed: bool = False) -> Iterator[list[Any]]:

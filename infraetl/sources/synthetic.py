@@ -514,7 +514,7 @@ class SyntheticSource:
             raise_if_stopped(plan, "synthetic source", collector)
             if collector.examined >= limit:
                 top = ", ".join(f"{k} {v}" for k, v in collector.dropped.most_common(3))
-                raise SourceError(f"synthetic source: only {collector.accepted} of {plan.users} users "
+                raise SourceError(f"synthetic source: only {collector.accepted:,} of {plan.users:,} users "
                                   f"passed the checks in {collector.examined} records ({top})")
             for batch in collector.add(generator.users(min(self.chunk_size, collector.missing))):
                 raise_if_stopped(plan, "synthetic source", collector)

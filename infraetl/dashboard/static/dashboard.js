@@ -46,6 +46,19 @@
   });
   setView(location.hash === '#all' ? 'all' : 'last');
 
+  // Printing shows both views (the style sheet) and every "Numbers" table, closed again after.
+  var openedForPrint = [];
+  window.addEventListener('beforeprint', function () {
+    openedForPrint = Array.prototype.filter.call(document.querySelectorAll('details:not([open])'), function (d) {
+      d.open = true;
+      return true;
+    });
+  });
+  window.addEventListener('afterprint', function () {
+    openedForPrint.forEach(function (d) { d.open = false; });
+    openedForPrint = [];
+  });
+
   // Up to twice the base delay per failure so far, capped, times 0.5-1.5: a hundred tabs that
   // lost the same server do not come back in step.
   function backoff(base, failures) {
@@ -75,13 +88,20 @@
     if (!payload || !payload.sections || Number(payload.generated_at) === current) { return false; }
     var focused = document.activeElement;
     var focusChart = focused && focused.tagName === 'SUMMARY' && focused.closest('[data-chart]');
+    // Another element that holds the focus by name (the run table's scroller): it keeps it.
+    var focusName = focused && focused.getAttribute && focused.getAttribute('data-focus');
     Object.keys(payload.sections).forEach(function (id) {
       var el = document.querySelector('[data-section="' + CSS.escape(id) + '"]');
       if (!el) { return; }
       var open = openTables(el);
       var chart = focusChart && el.contains(focusChart) ? focusChart.getAttribute('data-chart') : null;
+      var hadFocus = focusName && el.contains(focused);
       el.innerHTML = payload.sections[id];
       restore(el, open, chart);
+      if (hadFocus) {
+        var named = el.querySelector('[data-focus="' + CSS.escape(focusName) + '"]');
+        if (named) { named.focus({ preventScroll: true }); }
+      }
     });
     current = Number(payload.generated_at);
     body.setAttribute('data-generated-at', String(payload.generated_at));
