@@ -234,7 +234,8 @@ class AuditSummary:
         the first such user's password on a tie (as the original's loop takes it; ties once
         went by the keyed fingerprint, so the same users showed another password under another
         key). ``ranked`` is (score, fp, password) of the distinct passwords."""
-        held = [r for r in ranked if flagged[r[2]] < self.passwords.counts[r[1]]]
+        # An empty password is no candidate: the original's loop skips it (its "N/A"; a review).
+        held = [r for r in ranked if r[2] and flagged[r[2]] < self.passwords.counts[r[1]]]
         if not held:
             return
         best = max(r[0] for r in held)

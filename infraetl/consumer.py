@@ -42,8 +42,8 @@ from .store import Store
 logger = logging.getLogger(__name__)
 
 STORE_RETRY = 2.0  # seconds between attempts to write while the disk is failing
-#: Seconds between writes (a 16 KB page) that check, while no batch commits, that the state
-#: still takes them: /healthz said "ok" for a full disk until a run's first batch failed (a review).
+#: Seconds between checks, while no batch commits, that the state's disk has room: /healthz said
+#: "ok" for a full disk until a run's first batch failed (a review).
 IDLE_PROBE_S = 10.0
 #: Frames opened ahead of the one in hand, so the zxcvbn helper scores their passwords while the
 #: main thread works; with batch workers, enough to keep each of them busy (see :func:`lookahead`).
@@ -92,8 +92,8 @@ class Consumer:
         from .dashboard.server import DashboardServer
 
         s = self.s
-        # Room for a window of 128 and its re-sends; a consumer not reading (a full disk) held
-        # 1,000 frames of re-sends: 75 → 349 MB (a review).
+        # Room for a producer's window of 128 (the benchmark's; 64 by default) and its re-sends;
+        # a consumer not reading (a full disk) held 1,000 frames of re-sends: 75 → 349 MB (a review).
         self.data = make_socket(self.ctx, zmq.PULL, max_frame=s.max_frame, hwm=4 * config.WINDOW)
         self.acks = make_socket(self.ctx, zmq.PUB, max_frame=64 * 1024, hwm=10000)
         apply_server(self.data, s.curve_secret, s.curve_allow, self.ctx)
@@ -408,10 +408,11 @@ class Consumer:
         # The producer re-sends unACKed frames; keep nothing, lose nothing.
 
     def _probe_store(self) -> None:
-        """While idle: does the state still take writes? (/healthz and the gauge say so.)"""
+        """While idle: has the state's disk room for writes? (/healthz and the gauge say so.)
+        Nothing is written: the room is reserved and given back (Store.has_room)."""
         self._probe_at = time.monotonic() + IDLE_PROBE_S
         try:
-            self.store.writable()
+            self.store.has_room()
         except StoreError as e:
             self._store_failed(e)
 

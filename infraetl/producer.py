@@ -44,6 +44,9 @@ BEGIN_SEQ = 0
 END_SEQ = -1        # the END (or ABORT) frame of a run; data batches are 1..N
 #: Seconds between attempts to spool what a full or read-only disk refused.
 SPOOL_RETRY_S = 1.0
+#: Seconds after a frame's "clock" answer that it goes again (sealed again): not at once, so that a
+#: consumer that refuses it again cannot make a storm of it.
+CLOCK_RESEND_S = 0.5
 #: Seconds past two re-send intervals within which an answer from the consumer means that it
 #: is there (a send that does not go is then a full queue, not a missing consumer).
 HEARD_WITHIN_S = 5.0
@@ -592,12 +595,14 @@ class Producer:
             # crossed a cancel must not take the ABORT for answered.
             entry = None
         self._answered_at = time.monotonic()
-        if entry is not None:  # an answer to a frame in flight, so just sealed: the consumer's time
+        if entry is not None:  # an answer to a frame of ours in flight: the consumer's time then
             self._heard_clock(self.sealer.sealed_at(sealed))
         if msg["status"] == "clock":
-            # Refused for its stamp: sealed again in the consumer's time and sent at once.
-            if entry is not None:
-                entry[3] = 0.0
+            # Refused for its stamp: sealed again now, in the consumer's time as last heard, and
+            # sent soon. Always sealed again: a consumer with a shorter --token-ttl than this
+            # producer's refused the same frame again and again, at network speed (a review).
+            if entry is not None and self._reseal(run_id, seq, entry):
+                entry[3] = self._answered_at - self.s.resend_after + CLOCK_RESEND_S
             return
         try:
             if entry is not None and msg["status"] != "pending":

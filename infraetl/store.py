@@ -27,6 +27,7 @@ syncs the WAL before each checkpoint and the database after it.)
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -148,6 +149,11 @@ class Applied:
     run_complete: bool
     #: Why the run failed, if it has (its END is then ACKed "failed" with this reason).
     failed: str | None = None
+
+
+#: Bytes of room the state's file system must have for the store to count as writable: a few
+#: batches' commits (a 500-user batch's partials and WAL frames are ~0.3 MB).
+ROOM_NEEDED = 4 << 20
 
 
 class Store:
@@ -716,8 +722,27 @@ class Store:
         got = self._db.execute("SELECT finished_at FROM runs WHERE run_id=?", (run_id,)).fetchone()
         return float(got[0]) if got and got[0] is not None else 0.0
 
+    def has_room(self) -> None:
+        """Raise StoreError unless the state's file system takes :data:`ROOM_NEEDED` new bytes
+        now (reserved with fallocate and given back: nothing is written).
+
+        A write into the database cannot tell: once the consumer has worked, its WAL and pages
+        have room inside them, and a full disk took such a write (a review)."""
+        probe = self.path.with_name(f".{self.path.name}.room")
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, ROOM_NEEDED)
+            finally:
+                os.close(fd)
+                os.unlink(probe)
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                return  # a file system that cannot reserve: the write into the database decides
+            raise StoreError(f"state directory cannot take writes: {e.strerror or e}") from None
+
     def writable(self) -> None:
         """Raise StoreError if a write cannot commit now (disk full, read-only)."""
+        self.has_room()
         with self._tx():
-            # A real page of data: a no-op write would succeed on a full disk.
-            self._db.execute("INSERT OR REPLACE INTO probe (id, filler) VALUES (1, randomblob(16384))")
+            self._db.execute("INSERT OR REPLACE INTO probe (id, filler) VALUES (1, randomblob(64))")

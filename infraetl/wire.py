@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import struct
 import time
 from collections.abc import Callable
@@ -145,27 +146,50 @@ class PeerClock:
     A frame is refused if its stamp is over ``--token-ttl`` old or over :data:`CLOCK_SKEW`
     ahead *by the receiver's clock*: hosts whose clocks disagreed by more than a minute
     stalled every run for good (a review). The consumer's ACKs carry its time (their own
-    stamps), and it answers a frame it refused for its time with one (status ``clock``); the
-    producer stamps its frames in that time. The stamps are whole seconds: differences of
-    :data:`CLOSE_ENOUGH` or less are left alone."""
+    stamps), and it answers a frame it refused for its stamp with one (status ``clock``); the
+    producer stamps its frames in that time.
+
+    A stamp read late reads as a consumer clock that far behind (ACKs that waited while the
+    producer stood still, or in a cut link: a review found a pause taken for a clock 25 s off),
+    never ahead. So the offset moves up at once, and down only once every answer over
+    :data:`CONFIRM_S` says so (by the least late of them). The stamps are whole seconds:
+    differences of :data:`CLOSE_ENOUGH` or less are left alone."""
 
     CLOSE_ENOUGH = 2.0
+    CONFIRM_S = 3.0
     #: An offset worth telling the operator of (their clocks want fixing all the same).
     TELL_AT = 10.0
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
+        self._monotonic = monotonic
         self.offset = 0.0
+        self._lower_since: float | None = None  # when the answers began to say "further behind"
+        self._lower = -math.inf                 # the least late of them
 
     def now(self) -> float:
         """The consumer's time, as far as this host can tell."""
         return self._clock() + self.offset
 
     def heard(self, stamp: float) -> bool:
-        """Take the consumer's time from a frame it sealed just now; True if the offset moved."""
+        """Take the consumer's time from a frame it sealed; True if the offset moved."""
         offset = stamp - self._clock()
-        if abs(offset - self.offset) <= self.CLOSE_ENOUGH:
+        if offset >= self.offset - self.CLOSE_ENOUGH:
+            self._lower_since = None
+            if offset <= self.offset + self.CLOSE_ENOUGH:
+                return False
+            return self._move(offset)  # ahead: no late stamp reads so
+        now = self._monotonic()
+        if self._lower_since is None:
+            self._lower_since, self._lower = now, offset
+        self._lower = max(self._lower, offset)
+        if now - self._lower_since < self.CONFIRM_S:
             return False
+        self._lower_since = None
+        return self._move(self._lower)
+
+    def _move(self, offset: float) -> bool:
         self.offset = 0.0 if abs(offset) <= self.CLOSE_ENOUGH else offset
         return True
 

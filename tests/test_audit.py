@@ -126,6 +126,9 @@ def test_most_secure_on_a_tie_is_the_first_users_whatever_the_key_and_the_batche
         assert halves.figures()["most_secure_password"]["password"] == "A******!"
         later = AuditSummary.from_columns(cols(*rows[2:]), key).merge(AuditSummary.from_columns(cols(*rows[:2]), key))
         assert later.figures()["most_secure_password"]["password"] == "Z******?"
+    # An empty password is no candidate: the original skips it ("N/A"; a review).
+    only_empty = [{"login.password": "Mary1990!xy", "name.first": "Mary"}, {"login.password": ""}]
+    assert AuditSummary.from_columns(cols(*only_empty), KEY).figures()["most_secure_password"] is None
     # A password first held by a flagged user counts from its first holder who is not flagged.
     rows = [{"login.password": "Mary1990!xyz", "name.first": "Mary"}, {"login.password": "Bcdefg12!xyz"},
             {"login.password": "Mary1990!xyz", "name.first": "Ann"}]
@@ -276,7 +279,7 @@ def reference(rows: list[dict[str, Any]]) -> dict[str, Any]:
         kinds["any"] += bool(found)
         score = entropy.zxcvbn_strength(pw)[0]
         zx[min(score, 1) if found else score] += 1
-        if not any(o):  # the original's loop: the first user with the best score
+        if pw and not any(o):  # the original's loop: the first user with the best score, no empty one
             cand = (entropy.secure_score(pw), fingerprint(KEY, pw), pw)
             best = cand if best is None or cand[0] > best[0] else best
     return {"name_in_password": name, "username_in_password": user,

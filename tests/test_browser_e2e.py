@@ -120,7 +120,8 @@ def expected_cards(f: dict[str, Any]) -> dict[str, tuple[str, str | None]]:
         **{k: (f"{audit[k]:,}", share(audit[k]))
            for k in ("name_in_password", "birthyear_in_password", "username_in_password")},
         "most_secure_password": (audit["most_secure_password"]["password"],
-                                 f"score {audit['most_secure_password']['score']} · "
+                                 f"{audit['most_secure_password']['length']:,} characters · "
+                                 f"score {audit['most_secure_password']['score']} (length + 3 a character class) · "
                                  f"zxcvbn {audit['most_secure_password']['zxcvbn_score']}"),
     }
 

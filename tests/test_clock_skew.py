@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -119,3 +120,49 @@ def test_only_a_producer_that_asks_is_told_the_time(tmp_path: Path) -> None:
         assert abs(sealer.sealed_at(got[0].partition(b"\0")[2]) - time.time()) <= 2  # the consumer's own time
         assert metric(c, "infraetl_frames_rejected_total", 'reason="from_future"') >= 2
         assert "r-old" not in json.dumps(get_json(c.url + "api/runs.json"))  # refused: no run
+
+
+def test_a_consumer_with_a_shorter_token_ttl_gets_each_frame_again_sealed_afresh(tmp_path: Path,
+                                                                                reference: dict) -> None:
+    """Frames that waited past the consumer's --token-ttl (2 s here, the producer's is 3600 s)
+    were answered "clock" and sent again unchanged, at network speed, until half the producer's
+    TTL had passed: a storm and a stalled run (a review). Each now goes again sealed afresh."""
+    c = LocalCluster(tmp_path / "cluster", key_file=reference["key_file"],
+                     consumer_args=["--token-ttl", "2"], producer_args=["--resend-after", "1"])
+    with c:
+        run_id = ctl(c, "start-run", "--users", str(USERS), "--seed", SEED, "--no-wait").stdout.strip()
+        wait_for(lambda: metric(c, "infraetl_batches_applied_total") >= 1, 60, "a batch applied")
+        c.consumer.signal(signal.SIGSTOP)  # whatever waits for it outlives its 2 s
+        try:
+            wait_for(lambda: c.producer is not None and "awaiting ACK" in ctl(c, "status").stdout, 10, "status")
+            deadline = time.monotonic() + 4
+            while time.monotonic() < deadline:  # not a synchronisation: the pause itself
+                time.sleep(0.2)
+        finally:
+            c.consumer.signal(signal.SIGCONT)
+        ctl(c, "wait", run_id, "--timeout", "60")
+        assert figures_without_times(get_json(c.url + "api/stats.json")["last_run"]) == reference["figures"]
+        # The frames that waited were refused once or twice each, not thousands of times.
+        assert metric(c, "infraetl_frames_rejected_total", 'reason="expired"') < 400
+
+
+def test_answers_that_waited_for_a_stopped_producer_are_not_the_consumers_clock(tmp_path: Path,
+                                                                                reference: dict) -> None:
+    """ACKs queued while the producer stood still (SIGSTOP) are as old as the pause: they read as a
+    consumer clock 25 s behind, with a warning to fix the clocks (a review). Only a prompt answer
+    counts."""
+    c = LocalCluster(tmp_path / "cluster", key_file=reference["key_file"])
+    with c:
+        run_id = ctl(c, "start-run", "--users", str(USERS), "--seed", SEED, "--no-wait").stdout.strip()
+        wait_for(lambda: metric(c, "infraetl_batches_applied_total") >= 1, 60, "a batch applied")
+        assert c.producer is not None
+        c.producer.signal(signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 12  # past PeerClock.TELL_AT: it would be said
+            while time.monotonic() < deadline:  # not a synchronisation: the pause itself
+                time.sleep(0.2)
+        finally:
+            c.producer.signal(signal.SIGCONT)
+        ctl(c, "wait", run_id, "--timeout", "60")
+        assert json.loads(ctl(c, "status", "--json").stdout)["consumer_clock_offset_s"] == 0
+        assert "clock is" not in c.producer.log()

@@ -73,15 +73,16 @@ def test_disk_full_then_read_only_then_back(tmp_path: Path, small_disk: Path) ->
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
-def test_an_idle_consumer_says_its_disk_is_full_before_any_run(tmp_path: Path, small_disk: Path) -> None:
+def test_an_idle_consumer_says_its_disk_is_full_before_the_next_run(tmp_path: Path, small_disk: Path) -> None:
     """/healthz said "ok" on a full disk until a run's batch failed to commit (a review): an idle
-    consumer now tries a write every 10 s (consumer.IDLE_PROBE_S)."""
+    consumer checks every 10 s (consumer.IDLE_PROBE_S) that its disk has room. A write into the
+    database cannot tell once it has worked (its WAL has room inside: a second review)."""
     c = LocalCluster(tmp_path / "cluster")
     c.consumer.state_dir = small_disk / "consumer"
     argv = c.consumer.argv
     argv[argv.index("--state-dir") + 1] = str(c.consumer.state_dir)
-    c.consumer.start()
-    try:
+    with c:
+        ctl(c, "start-run", "--users", "20000", "--seed", "before")  # its WAL then has room inside
         assert _health(c)[0] == 200
         ballast = small_disk / "ballast"
         _fill(ballast)
@@ -90,8 +91,7 @@ def test_an_idle_consumer_says_its_disk_is_full_before_any_run(tmp_path: Path, s
         ballast.unlink()
         wait_for(lambda: _health(c)[0] == 200, 20, "/healthz to recover")
         assert metric(c, "infraetl_store_writable") == 1
-    finally:
-        c.consumer.stop()
+        ctl(c, "start-run", "--users", "500", "--seed", "after")
 
 
 def test_read_only_state_dir_at_start_is_one_clear_error(tmp_path: Path, small_disk: Path) -> None:

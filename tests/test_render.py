@@ -472,6 +472,9 @@ def test_decades_years_and_lengths_draw_their_empty_bins_and_outliers_share_the_
     assert dict(got)["2"] == dict(got)["20"] == 0 and dict(got)["200–245"] == 2
     assert sum(v for _, v in got) == len(lengths)
     assert _filled([("1", 1), (str(1 + MAX_BINS), 4)], 1)[-1] == (str(1 + MAX_BINS), 4)  # one outlier: its own key
+    # A low outlier (a valid registration in 1900) put every real year in the last bin (a review).
+    years = _filled([("1900", 1), ("1850", 1)] + [(str(y), 10) for y in range(2003, 2027)], 1)
+    assert years[0] == ("1850–1900", 2) and [k for k, _ in years[1:]] == [str(y) for y in range(2003, 2027)]
     stats = sample_stats()
     for doc in (stats["last_run"], stats["cumulative"]):
         doc["age"]["decades"] = {"10s": 3, "30s": 1}

@@ -201,3 +201,24 @@ def test_replay_guard_takes_each_control_nonce_once_and_forgets_expired_ones() -
     assert len(guard) <= 31  # only the window's nonces are kept
     with pytest.raises(WireError):
         guard.take("n99", now[0])  # still remembered within the window
+
+
+def test_the_peer_clock_moves_up_at_once_and_down_only_when_every_answer_says_so() -> None:
+    """A stamp read late reads as a consumer clock behind, never ahead: ACKs that waited while the
+    producer stood still were taken for a clock 25 s off (a review)."""
+    from infraetl.wire import PeerClock
+
+    wall, mono = [1000.0], [50.0]
+    clock = PeerClock(lambda: wall[0], lambda: mono[0])
+    assert not clock.heard(1001.0) and clock.offset == 0  # within the stamps' rounding
+    assert clock.heard(1300.0) and clock.offset == 300    # ahead: at once
+    for late in (1275.0, 1276.0, 1280.0, 1300.0):           # a burst of late answers, then a prompt one
+        mono[0] += 1.0
+        assert not clock.heard(late)
+    assert clock.offset == 300
+    for i, behind in enumerate((1100.0, 1101.0, 1099.0, 1100.5)):  # stepped back: every answer says so
+        mono[0] += 1.0
+        assert clock.heard(behind) == (i == 3)
+    assert clock.offset == 101  # the least late of them
+    mono[0] += 1.0
+    assert not clock.heard(900.0) and clock.offset == 101  # one answer further behind moves nothing at once

@@ -223,9 +223,11 @@ def _filled(items: list[tuple[str, float]], step: int | None = None, suffix: str
     as zero: a chart must not draw the 10s beside the 30s, or 2006 beside 2008 (a review).
 
     ``step`` is the bins' width; by default their own spacing (every key is on the grid: the
-    smallest gap dropped 11 from 6, 8, 11). Keys more than :data:`MAX_BINS` bins past the
-    first (a 245-character password among 8–16) share one last bin, ``"200–245"``, instead of
-    hundreds of empty bins; the bins before it stay whole (they were all dropped once)."""
+    smallest gap dropped 11 from 6, 8, 11). The bins are drawn over the :data:`MAX_BINS` that
+    hold the most users; keys outside them (a 245-character password among 8–16, a registration
+    in 1900 among 2003–2026) share one bin on their side, ``"200–245"``, instead of hundreds of
+    empty bins, and the bins between stay whole (they were all dropped once; then a low outlier
+    put every real year in the last bin: two reviews)."""
     size = len(suffix)
     keyed = {int(k[:len(k) - size]): v for k, v in items
              if k.endswith(suffix) and re.fullmatch(r"-?\d+", k[:len(k) - size])}
@@ -233,12 +235,24 @@ def _filled(items: list[tuple[str, float]], step: int | None = None, suffix: str
         return _ordered(items)
     keys = sorted(keyed)
     step = step or math.gcd(*(b - a for a, b in itertools.pairwise(keys))) or 1
-    dense = [k for k in keys if (k - keys[0]) // step < MAX_BINS]
-    out = [(f"{k}{suffix}", keyed.get(k, 0.0)) for k in range(keys[0], dense[-1] + step, step)]
-    if tail := keys[len(dense):]:
-        label = f"{tail[0]}{suffix}" if len(tail) == 1 else f"{tail[0]}–{tail[-1]}{suffix}"
-        out.append((label, sum(keyed[k] for k in tail)))
-    return out
+    # The window of MAX_BINS bins, starting at a key, that holds the most (the first such).
+    most, lo, hi, held, end = -1.0, 0, 0, 0.0, 0
+    for start in range(len(keys)):
+        while end < len(keys) and (keys[end] - keys[start]) // step < MAX_BINS:
+            held += keyed[keys[end]]
+            end += 1
+        if held > most:
+            most, lo, hi = held, start, end
+        held -= keyed[keys[start]]
+
+    def shared(side: list[int]) -> list[tuple[str, float]]:
+        if not side:
+            return []
+        label = f"{side[0]}{suffix}" if len(side) == 1 else f"{side[0]}–{side[-1]}{suffix}"
+        return [(label, sum(keyed[k] for k in side))]
+
+    inside = range(keys[lo], keys[hi - 1] + step, step)
+    return shared(keys[:lo]) + [(f"{k}{suffix}", keyed.get(k, 0.0)) for k in inside] + shared(keys[hi:])
 
 
 def _trimmed(items: list[tuple[str, float]]) -> list[tuple[str, float]]:
