@@ -248,10 +248,16 @@ class Consumer:
             if kind == "data":
                 self._on_data(msg, ticket, job)
             elif kind == "begin":
+                row = self.store.run(msg["run"]) or {}
+                late = row.get("state") == "complete" and not row.get("source")
                 self.store.begin_run(msg["run"], producer=msg["producer"], source=msg["source"],
                                      requested=msg["requested"],
                                      meta={"nat": msg.get("nat"), "seed": msg.get("seed")})
                 self._ack(msg, "begin", "applied")
+                if late:
+                    # The BEGIN came last (lost, or refused for its stamp, and sent again): the
+                    # page showed the run without its source and filter until now.
+                    self.render()
             elif kind == "end":
                 self._on_end(msg)
             elif kind == "abort":

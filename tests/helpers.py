@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from infraetl.crash import figures_without_times
@@ -77,3 +78,13 @@ def cluster_sealer(cluster: LocalCluster) -> Any:
     from infraetl import config, wire
 
     return wire.Sealer(config.parse_keys(cluster.key_file.read_text(), "test"), ttl=3600, max_size=16 << 20)
+
+
+def reference_run(root: Path, users: int, seed: str) -> dict[str, Any]:
+    """A fault-free run's figures (times left out) and the key it ran under: what a run of the
+    same users under faults must show."""
+    with LocalCluster(root / "cluster") as c:
+        ctl(c, "start-run", "--users", str(users), "--seed", seed)
+        figures = figures_without_times(get_json(c.url + "api/stats.json")["last_run"])
+    assert figures["total_users"] == users
+    return {"figures": figures, "key_file": root / "cluster" / "etl-key"}

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import ctl, figures_without_times, get_json, metric, wait_for
+from helpers import ctl, figures_without_times, get_json, metric, reference_run, wait_for
 
 from infraetl.crash import helper_pid, helper_pids
 from infraetl.localcluster import Daemon, LocalCluster
@@ -22,12 +22,7 @@ SEED = "crash"
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Figures of the same run without faults, under the same key."""
-    root = tmp_path_factory.mktemp("reference")
-    with LocalCluster(root / "cluster") as c:
-        ctl(c, "start-run", "--users", str(USERS), "--seed", SEED)
-        figures = figures_without_times(get_json(c.url + "api/stats.json")["last_run"])
-    assert figures["total_users"] == USERS
-    return {"figures": figures, "key_file": root / "cluster" / "etl-key"}
+    return reference_run(tmp_path_factory.mktemp("reference"), USERS, SEED)
 
 
 @pytest.fixture

@@ -347,3 +347,27 @@ def test_a_dashboard_on_an_ipv6_address_has_a_url_that_works(tmp_path: Path) -> 
         assert get_json(url + "healthz")["status"] == "ok"
     finally:
         c.stop()
+
+
+def test_a_begin_that_lands_after_its_run_completed_still_names_the_source(cluster: LocalCluster) -> None:
+    # A BEGIN lost or refused for its stamp is sent again, and may land after the END: the page
+    # showed the run without its source and filter for good (found with clocks apart).
+    from helpers import cluster_sealer, push_frames
+    from userfactory import sample_users
+
+    from infraetl import schema, wire
+
+    sealer, sample = cluster_sealer(cluster), sample_users()
+    data = wire.make("data", "late-begin", 1, producer="by-hand", n=len(sample), cols=schema.to_columns(sample),
+                     quarantine={})
+    end = wire.make("end", "late-begin", -1, producer="by-hand", batches=1, delivered=len(sample), quarantine={})
+    push_frames(cluster.consumer.endpoints["data"], [sealer.seal(data), sealer.seal(end)])
+
+    def last_run() -> dict:
+        return get_json(cluster.url + "api/stats.json")["last_run"] or {}
+    wait_for(lambda: last_run().get("run_id") == "late-begin", 30, "the run complete")
+    assert last_run()["source"] == ""
+    begin = wire.make("begin", "late-begin", 0, producer="by-hand", requested=len(sample), source="file:/late.jsonl")
+    push_frames(cluster.consumer.endpoints["data"], [sealer.seal(begin)])
+    wait_for(lambda: last_run()["source"] == "file:/late.jsonl", 30, "the late BEGIN shown")
+    assert 'file:/late.jsonl' in get_text(cluster.url)[2]  # the page, re-rendered
