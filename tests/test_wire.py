@@ -172,6 +172,10 @@ def test_fernet_refuses_what_cryptography_refuses_and_only_non_canonical_tokens_
     ("end", {"batches": -1}),
     ("end", {"batches": 1 << 63}),
     ("data", {"quarantine": {"type:email": 1 << 64}}),
+    # A batch without one of the schema's columns, or with one more (a mutation test found the
+    # missing one untested: it would have reached the validator).
+    ("data", {"cols": {p: [] for p in schema.FIELD_PATHS[1:]}}),
+    ("data", {"cols": {**{p: [] for p in schema.FIELD_PATHS}, "extra": []}}),
 ])
 def test_numbers_no_real_message_carries_are_a_schema_error(kind: str, fields: dict) -> None:
     base = {"data": {"seq": 1, "producer": "p", "n": 0, "cols": {p: [] for p in schema.FIELD_PATHS},
