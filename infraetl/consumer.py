@@ -249,7 +249,8 @@ class Consumer:
                 self._on_data(msg, ticket, job)
             elif kind == "begin":
                 row = self.store.run(msg["run"]) or {}
-                late = row.get("state") == "complete" and not row.get("source")
+                # A BEGIN notes the run's seed (None too): a complete run without one had it last.
+                late = row.get("state") == "complete" and "seed" not in (row.get("meta") or {})
                 self.store.begin_run(msg["run"], producer=msg["producer"], source=msg["source"],
                                      requested=msg["requested"],
                                      meta={"nat": msg.get("nat"), "seed": msg.get("seed")})
@@ -415,7 +416,7 @@ class Consumer:
 
     def _probe_store(self) -> None:
         """While idle: has the state's disk room for writes? (/healthz and the gauge say so.)
-        Nothing is written: the room is reserved and given back (Store.has_room)."""
+        Nothing is written (Store.has_room)."""
         self._probe_at = time.monotonic() + IDLE_PROBE_S
         try:
             self.store.has_room()

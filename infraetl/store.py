@@ -27,7 +27,6 @@ syncs the WAL before each checkpoint and the database after it.)
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
@@ -723,23 +722,23 @@ class Store:
         return float(got[0]) if got and got[0] is not None else 0.0
 
     def has_room(self) -> None:
-        """Raise StoreError unless the state's file system takes :data:`ROOM_NEEDED` new bytes
-        now (reserved with fallocate and given back: nothing is written).
+        """Raise StoreError unless the state's file system is writable with :data:`ROOM_NEEDED`
+        bytes free (``statvfs``: nothing is written, no file made).
 
         A write into the database cannot tell: once the consumer has worked, its WAL and pages
-        have room inside them, and a full disk took such a write (a review)."""
-        probe = self.path.with_name(f".{self.path.name}.room")
+        have room inside them, and a full disk took such a write (a review). Nor may the check
+        need a file of its own: a state disk out of inodes, where SQLite still commits into its
+        files, then stopped the consumer (a second review)."""
         try:
-            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.posix_fallocate(fd, 0, ROOM_NEEDED)
-            finally:
-                os.close(fd)
-                os.unlink(probe)
+            st = os.statvfs(self.path.parent)
         except OSError as e:
-            if e.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                return  # a file system that cannot reserve: the write into the database decides
-            raise StoreError(f"state directory cannot take writes: {e.strerror or e}") from None
+            raise StoreError(f"state directory unavailable: {e.strerror or e}") from None
+        if st.f_flag & os.ST_RDONLY:
+            raise StoreError("state directory is on a read-only file system")
+        free = st.f_bavail * st.f_frsize
+        if free < ROOM_NEEDED:
+            raise StoreError(f"state disk full: {free / (1 << 20):.1f} MB free, "
+                             f"{ROOM_NEEDED >> 20} MB needed to commit batches")
 
     def writable(self) -> None:
         """Raise StoreError if a write cannot commit now (disk full, read-only)."""

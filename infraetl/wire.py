@@ -167,6 +167,7 @@ class PeerClock:
         self.offset = 0.0
         self._lower_since: float | None = None  # when the answers began to say "further behind"
         self._lower = -math.inf                 # the least late of them
+        self._lower_last = -math.inf            # when the last of them came
 
     def now(self) -> float:
         """The consumer's time, as far as this host can tell."""
@@ -181,8 +182,11 @@ class PeerClock:
                 return False
             return self._move(offset)  # ahead: no late stamp reads so
         now = self._monotonic()
-        if self._lower_since is None:
+        if self._lower_since is None or now - self._lower_last > self.CONFIRM_S:
+            # A new spell of "behind" (one after a silence is no continuation: two late answers
+            # 10 minutes apart said nothing about the minutes between, a review found).
             self._lower_since, self._lower = now, offset
+        self._lower_last = now
         self._lower = max(self._lower, offset)
         if now - self._lower_since < self.CONFIRM_S:
             return False

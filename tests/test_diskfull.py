@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,6 +93,35 @@ def test_an_idle_consumer_says_its_disk_is_full_before_the_next_run(tmp_path: Pa
         wait_for(lambda: _health(c)[0] == 200, 20, "/healthz to recover")
         assert metric(c, "infraetl_store_writable") == 1
         ctl(c, "start-run", "--users", "500", "--seed", "after")
+
+
+def test_a_state_disk_out_of_inodes_but_not_of_space_keeps_committing(tmp_path: Path) -> None:
+    """The first idle probe made a file of its own: a disk out of inodes, where SQLite still
+    commits into its files, stopped the consumer (a review). The probe now makes none."""
+    mnt = tmp_path / "few-inodes"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128m,nr_inodes=400", "tmpfs", str(mnt)], check=True)
+    try:
+        c = LocalCluster(tmp_path / "cluster")
+        c.consumer.state_dir = mnt / "consumer"
+        argv = c.consumer.argv
+        argv[argv.index("--state-dir") + 1] = str(c.consumer.state_dir)
+        with c:
+            ctl(c, "start-run", "--users", "2000", "--seed", "before")
+            filler = mnt / "filler"
+            filler.mkdir()
+            with pytest.raises(OSError):
+                for i in range(1000):
+                    (filler / str(i)).touch()
+            # Not a synchronisation: longer than the idle probe's period (consumer.IDLE_PROBE_S).
+            deadline = time.monotonic() + 11
+            while time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert _health(c)[0] == 200
+            ctl(c, "start-run", "--users", "2000", "--seed", "after")
+            assert get_json(c.url + "api/stats.json")["cumulative"]["total_users"] == 4000
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_read_only_state_dir_at_start_is_one_clear_error(tmp_path: Path, small_disk: Path) -> None:

@@ -226,3 +226,5 @@ def test_the_peer_clock_moves_up_at_once_and_down_only_when_every_answer_says_so
     assert clock.offset == 101  # the least late of them
     mono[0] += 1.0
     assert not clock.heard(900.0) and clock.offset == 101  # one answer further behind moves nothing at once
+    mono[0] += 600.0  # ...nor one more after ten silent minutes: no spell of its own (a review)
+    assert not clock.heard(900.0) and clock.offset == 101

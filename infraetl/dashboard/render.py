@@ -206,7 +206,7 @@ def _table_panel(pid: str, key: str, title: str, columns: list[str], rows: list[
 PERSONAL_KINDS = {"first_name": "First name", "last_name": "Last name", "username": "Username",
                   "birth_year": "Birth year", "email_local": "E-mail name", "city": "City",
                   "phone_digits": "Phone digits", "birth_date": "Birth day and month",
-                  "name_reversed": "Name reversed", "leet": "Name or word in leetspeak",
+                  "name_reversed": "Name reversed", "leet": "Leetspeak",  # a chart label: 20 characters at most
                   "any": "Any of these"}
 
 COMPLEXITY = {"lowercase_only": "Lowercase only", "numbers_only": "Numbers only",
