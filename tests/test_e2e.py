@@ -371,3 +371,34 @@ def test_a_begin_that_lands_after_its_run_completed_still_names_the_source(clust
     push_frames(cluster.consumer.endpoints["data"], [sealer.seal(begin)])
     wait_for(lambda: last_run()["source"] == "file:/late.jsonl", 30, "the late BEGIN shown")
     assert 'file:/late.jsonl' in get_text(cluster.url)[2]  # the page, re-rendered
+
+
+def test_copies_of_a_late_begin_render_the_page_once(cluster: LocalCluster) -> None:
+    # A late BEGIN with an empty source re-rendered the whole site on every copy (a review).
+    from helpers import cluster_sealer, push_frames
+    from userfactory import sample_users
+
+    from infraetl import schema, wire
+
+    sealer, sample, data_port = cluster_sealer(cluster), sample_users(), cluster.consumer.endpoints["data"]
+    cols = schema.to_columns(sample)
+
+    def batch(run: str) -> bytes:
+        return sealer.seal(wire.make("data", run, 1, producer="by-hand", n=len(sample), cols=cols, quarantine={}))
+
+    end = wire.make("end", "late-empty", -1, producer="by-hand", batches=1, delivered=len(sample), quarantine={})
+    push_frames(data_port, [batch("late-empty"), sealer.seal(end)])
+    wait_for(lambda: (get_json(cluster.url + "api/stats.json")["last_run"] or {}).get("run_id") == "late-empty", 30,
+             "the run complete")
+    begin = sealer.seal(wire.make("begin", "late-empty", 0, producer="by-hand", requested=len(sample), source=""))
+    page = cluster.consumer.state_dir / "www" / "dashboard.html"
+
+    def handled(frames: list[bytes], marker: int) -> None:
+        # A batch of another run behind them: frames are handled in order, and it is counted.
+        push_frames(data_port, [*frames, batch(f"marker-{marker}")])
+        wait_for(lambda: metric(cluster, "infraetl_batches_applied_total") >= 1 + marker, 30, "the frames handled")
+
+    handled([begin], 1)
+    rendered = page.stat().st_mtime_ns
+    handled([begin] * 3, 2)
+    assert page.stat().st_mtime_ns == rendered
