@@ -248,12 +248,9 @@ class Consumer:
             if kind == "data":
                 self._on_data(msg, ticket, job)
             elif kind == "begin":
-                row = self.store.run(msg["run"]) or {}
-                # A BEGIN notes the run's seed (None too): a complete run without one had it last.
-                late = row.get("state") == "complete" and "seed" not in (row.get("meta") or {})
-                self.store.begin_run(msg["run"], producer=msg["producer"], source=msg["source"],
-                                     requested=msg["requested"],
-                                     meta={"nat": msg.get("nat"), "seed": msg.get("seed")})
+                late = self.store.begin_run(msg["run"], producer=msg["producer"], source=msg["source"],
+                                            requested=msg["requested"],
+                                            meta={"nat": msg.get("nat"), "seed": msg.get("seed")})
                 self._ack(msg, "begin", "applied")
                 if late:
                     # The BEGIN came last (lost, or refused for its stamp, and sent again): the

@@ -347,16 +347,22 @@ class Store:
 
     # -- writes --
     def begin_run(self, run_id: str, *, producer: str, source: str, requested: int | None,
-                  meta: dict[str, Any]) -> None:
-        """Create or complete the row of a run that a BEGIN announced."""
+                  meta: dict[str, Any]) -> bool:
+        """Create or complete the row of a run that a BEGIN announced; True if this is the run's
+        first BEGIN and the run is complete already (the BEGIN came last: lost, or refused for
+        its stamp, and sent again), so that what it names is not shown yet."""
         with self._tx():
             self._ensure_run(run_id, producer)
             # Merged: an END re-sent ahead of a lost BEGIN may have noted its count already.
-            meta = {**self._meta(run_id), **meta}
+            before = self._meta(run_id)
+            state = self._db.execute("SELECT state FROM runs WHERE run_id=?", (run_id,)).fetchone()[0]
+            meta = {**before, **meta}
             self._db.execute(
                 "UPDATE runs SET source=?, requested=?, meta=? WHERE run_id=?",
                 (source, requested, json.dumps(meta), run_id),
             )
+        # A BEGIN notes the run's seed (None too): a run without one has had no BEGIN.
+        return state == "complete" and "seed" not in before
 
     def _meta(self, run_id: str) -> dict[str, Any]:
         row = self._db.execute("SELECT meta FROM runs WHERE run_id=?", (run_id,)).fetchone()
