@@ -184,8 +184,13 @@ class ControlClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def call(self, cmd: str, **args: Any) -> Any:
-        """Send one command; return its result or raise ControlError / NotAuthorised."""
+    def call(self, cmd: str, *, within: float | None = None, **args: Any) -> Any:
+        """Send one command; return its result or raise ControlError / NotAuthorised.
+
+        ``within`` waits at most that long instead of the client's timeout, if shorter (a caller
+        with a deadline of its own: ``wait --timeout 2`` gave up after 5 s; a review).
+        """
+        timeout = self._timeout if within is None else max(0.001, min(self._timeout, within))
         self._seq += 1
         nonce = os.urandom(6).hex()
         frame = self._sealer.seal(wire.make("control", nonce, self._seq, cmd=cmd, args=args))
@@ -193,20 +198,20 @@ class ControlClient:
             # The producer's socket would drop it unseen, and this would wait for nothing.
             raise ControlError(f"the {cmd} request is {len(frame):,} bytes sealed, over the "
                                f"{MAX_REQUEST:,} the producer takes: shorten its arguments")
-        deadline = time.monotonic() + self._timeout
+        deadline = time.monotonic() + timeout
         # IMMEDIATE=1 and no session (producer down, link cut, CURVE refused): a blocking
         # send would wait forever; wait for a session at most as long as for the answer.
-        if not self._sock.poll(int(self._timeout * 1000), zmq.POLLOUT):
+        if not self._sock.poll(max(1, int(timeout * 1000)), zmq.POLLOUT):
             raise ControlError(
-                f"no answer from the producer at {self.endpoint} within {self._timeout:g}s; "
+                f"no answer from the producer at {self.endpoint} within {timeout:g}s; "
                 "is infraetl-producer running there?"
             )
         self._sock.send(frame, zmq.NOBLOCK)
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not self._sock.poll(int(left * 1000), zmq.POLLIN):
+            if left <= 0 or not self._sock.poll(max(1, int(left * 1000)), zmq.POLLIN):
                 raise ControlError(
-                    f"no answer from the producer at {self.endpoint} within {self._timeout:g}s; "
+                    f"no answer from the producer at {self.endpoint} within {timeout:g}s; "
                     "is infraetl-producer running there?"
                 )
             frame = self._sock.recv()
@@ -245,7 +250,8 @@ def wait_run(client: ControlClient, run_id: str, *, timeout: float,
         if check is not None:
             check()
         try:
-            row = client.call("status", run_id=run_id)["runs"][0]
+            row = client.call("status", run_id=run_id,
+                              within=max(0.1, deadline - time.monotonic()))["runs"][0]
             last_error = None
             if on_progress is not None:
                 on_progress(row)
@@ -259,7 +265,7 @@ def wait_run(client: ControlClient, run_id: str, *, timeout: float,
             last_error = e
             if on_error is not None:
                 on_error(e)
-        if time.monotonic() > deadline:
+        if time.monotonic() + poll > deadline:
             why = f" (last error: {last_error})" if last_error else ""
             raise ControlError(
                 f"run {run_id} is not finished after {timeout:g}s{why}; "

@@ -144,6 +144,27 @@ def test_a_request_too_big_for_the_control_socket_is_refused_at_once(cluster: Lo
         assert client.call("status")["runs"] == []  # and the next one is answered
 
 
+def test_wait_gives_up_at_its_timeout_not_at_the_end_of_a_call(cluster: LocalCluster) -> None:
+    """``wait --timeout 1`` against a producer that does not answer ends after about a second,
+    not after the 30 s a call may take (it overran by a whole call; a review)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "infraetl.ctl", "--producer", f"tcp://127.0.0.1:{port}",
+                           "--call-timeout", "30", "wait", "r-x", "--timeout", "1"],
+                          env=cluster.env, capture_output=True, text=True, timeout=60)
+    took = time.monotonic() - t
+    assert proc.returncode == 1 and "not finished after 1s" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert took < 15, took  # the whole command: interpreter start-up, then at most ~1 s of waiting
+
+
 def test_the_producer_refuses_a_seed_past_its_limit() -> None:
     from infraetl.exceptions import InfraETLError
     from infraetl.producer import check_run_args
