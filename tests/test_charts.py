@@ -131,3 +131,26 @@ def test_many_columns_thin_out_axis_labels() -> None:
     assert len(titles(root)) == len(items)
     labels = [t for t in root.iter(f"{SVG}text") if (t.text or "").isdigit() and len(t.text or "") == 4]
     assert 0 < len(labels) < len(items)
+
+
+def _luminance(colour: str) -> float:
+    def channel(c: float) -> float:
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (channel(int(colour[i:i + 2], 16) / 255) for i in (1, 3, 5))
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def test_every_chart_colour_stands_out_from_the_panel_in_both_schemes() -> None:
+    """WCAG 1.4.11: 3:1 for the graphics a reader needs (five colours were 1.6-2.4:1 on white)."""
+    import re
+    from pathlib import Path
+
+    css = (Path(charts.__file__).parent / "static" / "dashboard.css").read_text()
+    panels = re.findall(r"--panel:\s*(#[0-9a-f]{6})", css)
+    assert len(panels) == 2, panels  # the light and the dark scheme
+    for colour in charts.PALETTE:
+        for panel in panels:
+            hi, lo = sorted((_luminance(colour), _luminance(panel)), reverse=True)
+            assert (hi + 0.05) / (lo + 0.05) >= 3.0, (colour, panel)
+    assert len(set(charts.PALETTE)) == len(charts.PALETTE)

@@ -21,10 +21,12 @@ logger = logging.getLogger(__name__)
 Items = Sequence[tuple[str, float]]
 Formatter = Callable[[float], str]
 
-#: Tableau 10: distinguishable, and readable on light and dark backgrounds.
+#: Tableau 10's hues, each at least 3:1 against the panel in both schemes (WCAG 1.4.11 for
+#: graphics; five of Tableau's own were 1.6-2.4:1 on white: a review). Mid tones: a colour is
+#: drawn on a light or a dark panel alike.
 PALETTE: tuple[str, ...] = (
-    "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2",
-    "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac",
+    "#4e79a7", "#bd640c", "#4c8943", "#e15759", "#478681",
+    "#96780f", "#b07aa1", "#d04a8a", "#9c755f", "#897872",
 )
 _TEXT = "#5b6472"
 _GRID = "#d5d9e0"
