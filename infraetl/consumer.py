@@ -226,12 +226,12 @@ class Consumer:
         except WireError as e:
             self._reject(e.reason, str(e))
             if isinstance(e, wire.OutOfTime):
-                self._answer_out_of_time(e)
+                self._answer_out_of_time(e, parts[0])
             return None, b""
         self.metrics.stage("open", time.perf_counter() - t0)
         return msg, plain
 
-    def _answer_out_of_time(self, e: wire.OutOfTime) -> None:
+    def _answer_out_of_time(self, e: wire.OutOfTime, frame: bytes) -> None:
         """An authentic frame refused for its stamp: tell its producer this host's time, with an
         ACK of status ``clock`` (sealed now), if it asks for one. It stamps its frames in that
         time from then on: hosts whose clocks disagree by over a minute stalled every run."""
@@ -240,7 +240,10 @@ class Consumer:
         except WireError:
             return
         if msg.get("clock_acks") is True and msg["kind"] in ("begin", "data", "end", "abort"):
-            self._ack(msg, msg["kind"], "clock")
+            # ``copy`` names the copy refused: the producer seals again only the copy it has in
+            # flight, not one a replayed answer names (a review replayed one to make a producer
+            # re-seal and re-spool a batch a thousand times a second).
+            self._ack(msg, msg["kind"], "clock", copy=wire.copy_id(frame))
 
     def _on_message(self, msg: dict[str, Any], ticket: int | None = None, job: int | None = None) -> None:
         kind = msg["kind"]

@@ -275,8 +275,14 @@ class Producer:
         # Work the spool refused (disk full, read-only): held in order, retried, and no more taken.
         self.unspooled: deque[bytes] = deque()
         self._spool_retry_at = 0.0
-        #: The consumer's frame limit, as its last ACK said (0: not known yet).
+        #: The consumer's frame limit, as its newest ACK said (0: not known yet), and that ACK's
+        #: stamp: an old ACK replayed brought back an old limit and failed every large run (a review).
         self.consumer_max_frame = 0
+        self._max_frame_stamp = -math.inf
+        #: Per run with frames in flight: the newest stamp of an ACK that settled one of them. A
+        #: ``pending`` answer to its END no older than that is stale (sent before those ACKs, and
+        #: replayed: it failed a run the consumer had counted; a review). At most FAILED_KEPT.
+        self._settled_at: dict[str, float] = {}
         #: BEGINs sent again at start for the runs carried over (see _resume), until sent.
         self._hellos: list[bytes] = []
         #: When the consumer last answered (monotonic; -inf: never).
@@ -312,6 +318,12 @@ class Producer:
     def _resume(self) -> None:
         for run_id in self.spool.close_aborted():
             logger.warning("run %s was aborted before a restart; closed as failed", run_id)
+        for run in self.spool.answered_unclosed():
+            logger.warning("run %s: its END was answered but the run not closed before a restart; asking the "
+                           "consumer again", run.run_id)
+            self.spool.respool_end(run.run_id, END_SEQ, self.seal(wire.make(
+                "end", run.run_id, END_SEQ, producer=self.producer_id, batches=run.batches,
+                delivered=run.produced, quarantine={}, requested=run.spec.get("users"))))
         for frame_run, seq, kind, frame in self.spool.unacked():
             self.in_flight[(frame_run, seq)] = [frame, kind, 0, 0.0]
         for run in self.spool.unfinished_runs():
@@ -586,18 +598,25 @@ class Producer:
             return
         if msg["kind"] != "ack":
             return
-        run_id, seq = msg["run"], msg["seq"]
-        if type(msg.get("max_frame")) is int and msg["max_frame"] > 0:
-            self.consumer_max_frame = msg["max_frame"]
+        run_id, seq, status = msg["run"], msg["seq"], msg["status"]
+        # Opened whatever its stamp, an ACK may be a copy replayed long after: what it says is
+        # taken only where a replay can do no harm (a review replayed old ACKs to bring back an
+        # old frame limit, to re-seal a batch a thousand times a second, and to fail a run
+        # the consumer had counted). Its stamp is the consumer's time when it was sent.
+        stamp = self.sealer.sealed_at(sealed)
+        if type(msg.get("max_frame")) is int and msg["max_frame"] > 0 and stamp >= self._max_frame_stamp:
+            self.consumer_max_frame, self._max_frame_stamp = msg["max_frame"], stamp
         entry = self.in_flight.get((run_id, seq))
         if entry is not None and entry[1] != msg["of"]:
             # An END and the ABORT that replaced it share their seq: an ACK of the END that
             # crossed a cancel must not take the ABORT for answered.
             entry = None
         self._answered_at = time.monotonic()
+        if entry is not None and not self._answers_copy(run_id, entry, msg, stamp):
+            return
         if entry is not None:  # an answer to a frame of ours in flight: the consumer's time then
-            self._heard_clock(self.sealer.sealed_at(sealed))
-        if msg["status"] == "clock":
+            self._heard_clock(stamp)
+        if status == "clock":
             # Refused for its stamp: sealed again now, in the consumer's time as last heard, and
             # sent soon. Always sealed again: a consumer with a shorter --token-ttl than this
             # producer's refused the same frame again and again, at network speed (a review).
@@ -605,24 +624,35 @@ class Producer:
                 entry[3] = self._answered_at - self.s.resend_after + CLOCK_RESEND_S
             return
         try:
-            if entry is not None and msg["status"] != "pending":
-                self.in_flight.pop((run_id, seq))
-                self.spool.ack(run_id, seq)
+            settles = entry is not None and status != "pending"
+            finish: tuple[str, str | None] | None = None
+            if msg["of"] == "end" and status == "complete" and run_id not in self.failed_here:
+                finish = ("complete", None)
+            elif msg["of"] == "end" and status == "failed":
+                finish = ("failed", str(msg.get("reason") or "the consumer failed it")[:500])
+            # The ACK and the run's close in one transaction: a producer killed between the two
+            # left the run running for good, its END ACKed and nothing left to close it (a review).
+            closed = self.spool.settle(run_id, seq if settles else None, finish=finish, url=msg.get("url"),
+                                       outcome=_outcome(msg) if finish and finish[0] == "complete" else None)
+            if settles:
+                self.in_flight.pop((run_id, seq), None)
                 MALLOC.tick()
-            if msg["of"] == "end" and msg["status"] == "complete" and run_id not in self.failed_here:
-                # Once: every copy of the END (a re-send) is answered again.
-                if self.spool.finish(run_id, "complete", url=msg.get("url"), outcome=_outcome(msg)):
+            if status != "pending" and (settles or (run_id, END_SEQ) in self.in_flight):
+                self._settled(run_id, stamp)  # a BEGIN sent again after a restart is answered too
+            if finish is not None:
+                self._settled_at.pop(run_id, None)
+            if finish is not None and finish[0] == "complete":
+                if closed:  # once: every copy of the END (a re-send) is answered again
                     logger.info("run %s complete: %s users on %s", run_id, msg.get("applied"), msg.get("url"))
                 MALLOC.release()
-            elif msg["status"] == "complete":  # of an ABORT, or of the END it replaced: too late
+            elif finish is not None:
+                if closed:
+                    logger.error("run %s failed on the consumer: %s", run_id, finish[1])
+            elif status == "complete":  # of an ABORT, or of the END it replaced: too late
                 if self.spool.completed_after_all(run_id, msg.get("url"), outcome=_outcome(msg)):
                     logger.warning("run %s had completed on the consumer before its ABORT reached it: "
                                    "it is counted there, and complete here", run_id)
-            elif msg["of"] == "end" and msg["status"] == "failed":
-                why = str(msg.get("reason") or "the consumer failed it")[:500]
-                if self.spool.finish(run_id, "failed", reason=why):
-                    logger.error("run %s failed on the consumer: %s", run_id, why)
-            elif msg["of"] == "end" and msg["status"] == "pending" and entry is not None:  # not an ABORT
+            elif msg["of"] == "end" and status == "pending" and entry is not None:  # not an ABORT
                 self._check_missing(run_id, msg.get("missing"))
         except StoreError as e:
             # Not recorded: the frame is sent again, and its ACK (the consumer ACKs a duplicate
@@ -630,6 +660,30 @@ class Producer:
             if entry is not None:
                 self.in_flight[(run_id, seq)] = entry
             self._warn.warning("spool", "cannot record an ACK: %s", e)
+
+    def _answers_copy(self, run_id: str, entry: list[Any], msg: dict[str, Any], stamp: float) -> bool:
+        """Whether an ACK of a frame in flight may be taken as answering the copy sent now.
+
+        A ``clock`` answer names the copy it refused (a consumer of this release does): one
+        about an earlier copy, already sealed again, is a replay or a late one. A
+        ``pending`` answer to an END is stale if an ACK that settled a batch of the run is as new
+        as it (ACKs leave the consumer in order: a pending sent before those batches came, and
+        replayed after). Anything else settles its frame once, and a copy of it then finds none.
+        """
+        if msg["status"] == "clock":
+            refused = msg.get("copy")
+            return type(refused) is not bytes or refused == wire.copy_id(entry[0])
+        if msg["status"] == "pending":
+            return stamp > self._settled_at.get(run_id, -math.inf)
+        return True
+
+    def _settled(self, run_id: str, stamp: float) -> None:
+        """Remember the newest stamp of an ACK that settled a frame of ``run_id`` (see _answers_copy)."""
+        if stamp > self._settled_at.get(run_id, -math.inf):
+            self._settled_at.pop(run_id, None)  # the newest last, the oldest first to go
+            self._settled_at[run_id] = stamp
+            if len(self._settled_at) > FAILED_KEPT:
+                del self._settled_at[next(iter(self._settled_at))]
 
     def _heard_clock(self, stamp: float) -> None:
         """Take the consumer's time from an ACK; tell the operator when it is off this host's."""

@@ -140,6 +140,18 @@ class Spool:
                     "AND f.kind='data' AND f.acked=1)")
                 self._db.execute("DELETE FROM frames WHERE acked=1 AND run_id IN "
                                  "(SELECT run_id FROM runs WHERE state!='running')")
+        else:
+            # A release before the counters ACKed into the frames only (rolled back to, then
+            # forward again): its runs showed 0 ACKed for good (a review). Counted from the
+            # frames where they hold more; this release's own never do.
+            with self._tx():
+                self._db.execute(
+                    "WITH f AS (SELECT run_id, COUNT(*) AS n, SUM(users) AS u FROM frames "
+                    "WHERE kind='data' AND acked=1 GROUP BY run_id) "
+                    "UPDATE runs SET acked_batches=f.n, acked_users=f.u FROM f "
+                    "WHERE f.run_id=runs.run_id AND f.n > runs.acked_batches")
+                self._db.execute("DELETE FROM frames WHERE acked=1 AND run_id IN "
+                                 "(SELECT run_id FROM runs WHERE state!='running')")
         for column in ("nonce", "outcome"):
             if column not in have:
                 with self._tx():
@@ -209,16 +221,33 @@ class Spool:
         """Mark a frame ACKed and drop its bytes (its row too once the run is over); count it on
         its run. True if it was not ACKed before."""
         with self._tx():
-            rows = self._db.execute(
-                "UPDATE frames SET acked=1, frame=NULL WHERE run_id=? AND seq=? AND acked=0 "
-                "RETURNING kind, users", (run_id, seq)).fetchall()
-            if not rows:
-                return False
-            if rows[0][0] == "data":
-                self._db.execute("UPDATE runs SET acked_batches=acked_batches+1, acked_users=acked_users+? "
-                                 "WHERE run_id=?", (rows[0][1], run_id))
-            self._db.execute("DELETE FROM frames WHERE run_id=? AND seq=? AND "
-                             "(SELECT state FROM runs WHERE run_id=?) IS NOT 'running'", (run_id, seq, run_id))
+            return self._ack(run_id, seq)
+
+    def settle(self, run_id: str, seq: int | None, *, finish: tuple[str, str | None] | None,
+               url: str | None = None, outcome: dict[str, Any] | None = None) -> bool:
+        """An answer of the consumer, in one transaction: the frame ``seq`` ACKed (None: none),
+        and the run closed as ``finish`` ((state, reason); None: left as it is). True if this
+        closed the run.
+
+        One transaction: a producer killed between an END's ACK and its run's close came back
+        with the run running for good, its END ACKed and nothing left to close it (a review).
+        """
+        with self._tx():
+            if seq is not None:
+                self._ack(run_id, seq)
+            return finish is not None and self._close(run_id, finish[0], reason=finish[1], url=url, outcome=outcome)
+
+    def _ack(self, run_id: str, seq: int) -> bool:
+        rows = self._db.execute(
+            "UPDATE frames SET acked=1, frame=NULL WHERE run_id=? AND seq=? AND acked=0 "
+            "RETURNING kind, users", (run_id, seq)).fetchall()
+        if not rows:
+            return False
+        if rows[0][0] == "data":
+            self._db.execute("UPDATE runs SET acked_batches=acked_batches+1, acked_users=acked_users+? "
+                             "WHERE run_id=?", (rows[0][1], run_id))
+        self._db.execute("DELETE FROM frames WHERE run_id=? AND seq=? AND "
+                         "(SELECT state FROM runs WHERE run_id=?) IS NOT 'running'", (run_id, seq, run_id))
         return True
 
     def fail_run(self, run_id: str, seq: int, abort: bytes, reason: str, *, state: str = "failed") -> None:
@@ -259,10 +288,14 @@ class Spool:
         never produced again. Frames still waiting for an ACK (an ABORT, say) stay until it comes.
         """
         with self._tx():
-            closed = self._finish(run_id, state, reason=reason, url=url)
-            if outcome is not None:
-                self._db.execute("UPDATE runs SET outcome=? WHERE run_id=? AND outcome IS NULL",
-                                 (json.dumps(outcome), run_id))
+            return self._close(run_id, state, reason=reason, url=url, outcome=outcome)
+
+    def _close(self, run_id: str, state: str, *, reason: str | None, url: str | None,
+               outcome: dict[str, Any] | None) -> bool:
+        closed = self._finish(run_id, state, reason=reason, url=url)
+        if outcome is not None:
+            self._db.execute("UPDATE runs SET outcome=? WHERE run_id=? AND outcome IS NULL",
+                             (json.dumps(outcome), run_id))
         return closed
 
     def _finish(self, run_id: str, state: str, *, reason: str | None = None, url: str | None = None) -> bool:
@@ -288,6 +321,19 @@ class Spool:
             for run_id in stuck:
                 self._finish(run_id, "failed", reason="aborted; closed after a producer restart")
         return stuck
+
+    def answered_unclosed(self) -> list[RunRow]:
+        """Runs left running with their END answered and nothing else waiting: a producer of an
+        older release killed between recording the END's ACK and closing the run (see
+        :meth:`settle`). Only the consumer's answer, asked again, can close them."""
+        return self._runs("WHERE r.state='running' AND r.ended=1 AND NOT EXISTS "
+                          "(SELECT 1 FROM frames f WHERE f.run_id=r.run_id AND f.acked=0)", ())
+
+    def respool_end(self, run_id: str, seq: int, frame: bytes) -> None:
+        """Spool a run's END again (sealed anew), to be sent until it is answered."""
+        with self._tx():
+            self._db.execute("INSERT OR REPLACE INTO frames (run_id, seq, kind, users, frame, acked) "
+                             "VALUES (?, ?, 'end', 0, ?, 0)", (run_id, seq, frame))
 
     def unacked(self) -> Iterator[tuple[str, int, str, bytes]]:
         """Every frame still waiting for an ACK: (run, seq, kind, frame)."""

@@ -194,6 +194,12 @@ class Store:
                 self._db.execute(RUN_FIGURES)
                 self._db.execute("DROP TABLE IF EXISTS figures_json")  # this round's first cut
             self._drop_stale_docs()
+            # A run an older release closed kept its batch rows for good (a review): no batch of
+            # a run that is over applies again.
+            with self._tx():
+                for table in ("batches", "checkpoints"):
+                    self._db.execute(f"DELETE FROM {table} WHERE run_id IN "  # noqa: S608
+                                     "(SELECT run_id FROM runs WHERE state!='running')")
             latest = self.last_complete_run()
             if self._one("SELECT 1 FROM runs WHERE stats IS NOT NULL AND run_id IS NOT ? ORDER BY finished_at "
                          "LIMIT 1", (latest,)):

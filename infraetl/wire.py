@@ -139,6 +139,12 @@ class OutOfTime(WireError):
         self.plain = plain
 
 
+def copy_id(frame: bytes) -> bytes:
+    """Names one sealed copy of a frame (each seal differs: a fresh IV): what a ``clock`` ACK
+    refused, so that its producer acts on an answer about the copy it has in flight only."""
+    return hashlib.blake2b(frame, digest_size=8).digest()
+
+
 class PeerClock:
     """The consumer's clock as a producer last heard it, to stamp the producer's frames with.
 

@@ -374,3 +374,149 @@ def test_the_producer_remembers_a_bounded_number_of_failed_runs(tmp_path: Path,
         assert all(p.spool.run(f"r{i}").state == "cancelled" for i in range(5))  # type: ignore[union-attr]
     finally:
         _close(p)
+
+
+# -- ACKs replayed: the producer opens an ACK whatever its stamp, so a copy captured on the
+# network may come back at any age. A review replayed old ones to bring back an old frame limit,
+# to make the producer re-seal and re-spool a batch a thousand times a second, and to fail a run
+# the consumer had counted; and killed the producer between an END's ACK and its run's close.
+
+def _sealed_ack(p, run: str, seq: int, of: str, status: str, at: float, **extra) -> bytes:  # type: ignore[no-untyped-def]
+    from infraetl import wire
+
+    return b"p1\0" + p.sealer.seal(wire.make("ack", run, seq, producer="p1", of=of, status=status, **extra), at=at)
+
+
+def _run_in_flight(p, run: str, seqs: tuple[int, ...], *, end: bool) -> None:  # type: ignore[no-untyped-def]
+    from infraetl import schema, wire
+    from infraetl.producer import END_SEQ
+
+    p.spool.create_run(run, {"users": 10 * len(seqs), "nat": [], "seed": "x", "source": "synthetic",
+                             "batch_size": 10})
+    for seq in seqs:
+        frame = p.seal(wire.make("data", run, seq, producer="p1", n=0, quarantine={},
+                                 cols={path: [] for path in schema.FIELD_PATHS}))
+        p.spool.add_frame(run, seq, "data", 10, frame)
+        p.in_flight[(run, seq)] = [frame, "data", 10, time.monotonic()]
+    if end:
+        frame = p.seal(wire.make("end", run, END_SEQ, producer="p1", batches=len(seqs),
+                                 delivered=10 * len(seqs), quarantine={}, requested=10 * len(seqs)))
+        p.spool.add_frame(run, END_SEQ, "end", 0, frame)
+        p.in_flight[(run, END_SEQ)] = [frame, "end", 0, time.monotonic()]
+
+
+def test_an_old_ack_replayed_does_not_bring_back_an_old_frame_limit(tmp_path: Path) -> None:
+    p = _producer_in_process(tmp_path)
+    try:
+        now = time.time()
+        p._on_ack(_sealed_ack(p, "r-new", 0, "begin", "applied", now, max_frame=16 << 20))
+        p._on_ack(_sealed_ack(p, "r-old", 0, "begin", "applied", now - 3600, max_frame=65536))
+        assert p.consumer_max_frame == 16 << 20
+        p._on_ack(_sealed_ack(p, "r-new", 0, "begin", "applied", now + 1, max_frame=1 << 20))
+        assert p.consumer_max_frame == 1 << 20  # the newest answer says it: lowered since
+    finally:
+        _close(p)
+
+
+def test_a_clock_answer_seals_again_only_the_copy_it_refused(tmp_path: Path) -> None:
+    p = _producer_in_process(tmp_path)
+    try:
+        _run_in_flight(p, "r1", (1,), end=False)
+        first = p.in_flight[("r1", 1)][0]
+        from infraetl import wire
+
+        ack = _sealed_ack(p, "r1", 1, "data", "clock", time.time(), copy=wire.copy_id(first))
+        p._on_ack(ack)
+        second = p.in_flight[("r1", 1)][0]
+        assert second != first  # sealed again, and spooled so
+        assert p.spool._db.execute("SELECT frame FROM frames WHERE run_id='r1' AND seq=1").fetchone()[0] == second
+        for _ in range(50):  # the same answer again, and again: it names a copy no longer in flight
+            p._on_ack(ack)
+        assert p.in_flight[("r1", 1)][0] == second
+        # An answer without the name (an older consumer) is taken as before.
+        p._on_ack(_sealed_ack(p, "r1", 1, "data", "clock", time.time()))
+        assert p.in_flight[("r1", 1)][0] != second
+    finally:
+        _close(p)
+
+
+def test_a_stale_pending_answer_does_not_fail_a_run_the_consumer_counted(tmp_path: Path) -> None:
+    from infraetl.producer import END_SEQ
+
+    p = _producer_in_process(tmp_path)
+    try:
+        _run_in_flight(p, "r1", (1, 2), end=True)
+        now = time.time()
+        # The END was answered "pending [1, 2]" (captured), then both batches came and were ACKed.
+        stale = _sealed_ack(p, "r1", END_SEQ, "end", "pending", now - 5, missing=[1, 2])
+        for seq in (1, 2):
+            p._on_ack(_sealed_ack(p, "r1", seq, "data", "applied", now))
+        p._on_ack(stale)  # replayed: sent before those ACKs
+        row = p.spool.run("r1")
+        assert row is not None and row.state == "running", row
+        assert ("r1", END_SEQ) in p.in_flight
+        # A consumer that lacks them now (its state was reset) still fails the run, saying so.
+        p._on_ack(_sealed_ack(p, "r1", END_SEQ, "end", "pending", now + 2, missing=[1, 2]))
+        row = p.spool.run("r1")
+        assert row is not None and row.state == "failed" and "lacks batch(es) 1, 2" in (row.reason or "")
+    finally:
+        _close(p)
+
+
+def test_an_end_answer_the_spool_cannot_record_leaves_the_run_to_be_answered_again(tmp_path: Path) -> None:
+    """The END's ACK and the run's close are one transaction: when the close fails (a trigger
+    stands for a disk that fails right then; a kill between the two did the same), the END is
+    still waiting, and its next answer completes the run. Before, the END was ACKed and the run
+    left running for good."""
+    from infraetl.producer import END_SEQ
+
+    p = _producer_in_process(tmp_path)
+    try:
+        _run_in_flight(p, "r1", (1,), end=True)
+        p._on_ack(_sealed_ack(p, "r1", 1, "data", "applied", time.time()))
+        p.spool._db.execute("CREATE TRIGGER no_close BEFORE UPDATE OF state ON runs "
+                            "BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END")
+        done = _sealed_ack(p, "r1", END_SEQ, "end", "complete", time.time(), url="http://c/", applied=10,
+                           kept=10, quarantined=0)
+        p._on_ack(done)
+        assert ("r1", END_SEQ) in p.in_flight
+        acked = p.spool._db.execute("SELECT acked FROM frames WHERE run_id='r1' AND seq=?", (END_SEQ,)).fetchone()
+        assert acked == (0,)
+        p.spool._db.execute("DROP TRIGGER no_close")
+        p._on_ack(done)
+        row = p.spool.run("r1")
+        assert row is not None and row.state == "complete" and row.as_dict()["applied_users"] == 10
+        assert ("r1", END_SEQ) not in p.in_flight
+    finally:
+        _close(p)
+
+
+@pytest.mark.slow
+def test_a_run_an_older_producer_left_with_its_end_answered_but_open_completes(tmp_path: Path) -> None:
+    """A producer of an older release killed between the END's ACK and the run's close came
+    back with the run running for good. This one asks the consumer again, and closes it."""
+    import sqlite3
+
+    from infraetl.producer import END_SEQ
+
+    c = LocalCluster(tmp_path / "cluster", producer_args=["--batch-size", "100"])
+    try:
+        c.start()
+        ctl(c, "start-run", "--users", "700")
+        c.producer.stop()  # type: ignore[union-attr]
+        db = sqlite3.connect(c.root / "producer" / "spool.sqlite3")
+        with db:  # what the older release left: END ACKed, the run open
+            (run_id,) = db.execute("SELECT run_id FROM runs").fetchone()
+            db.execute("UPDATE runs SET state='running', finished_at=NULL, url=NULL, outcome=NULL")
+            db.execute("INSERT INTO frames (run_id, seq, kind, users, frame, acked) VALUES (?, ?, 'end', 0, NULL, 1)",
+                       (run_id, END_SEQ))
+        db.close()
+        c.start_producer()
+        done = ctl(c, "wait", run_id, "--timeout", "60", check=False)
+        assert done.returncode == 0, done.stderr
+        row = json.loads(ctl(c, "status", "--json").stdout)["runs"][0]
+        assert row["state"] == "complete" and row["applied_users"] == 700, row
+        assert "asking the consumer again" in c.producer.log()  # type: ignore[union-attr]
+        assert get_json(c.url + "api/stats.json")["cumulative"]["total_users"] == 700  # counted once
+    finally:
+        c.stop()

@@ -189,3 +189,24 @@ def test_a_run_given_up_keeps_only_its_abort_and_counts_none_of_its_users(tmp_pa
     row = spool.run("r1")
     assert row is not None and row.acked_users == 1000
     assert row.as_dict()["applied_users"] == 0 and row.as_dict()["state"] == "cancelled"
+
+
+def test_runs_an_older_release_acked_show_their_acks_again_after_an_upgrade(tmp_path: Path) -> None:
+    """A release before the runs' ACK counts flagged ACKs in the frames only: rolled back to, it
+    finished runs that showed 0 ACKed under this one for good (a review). Recounted at open."""
+    spool = Spool(tmp_path / "spool.sqlite3")
+    _spooled_run(spool, "old", 3)
+    _spooled_run(spool, "new", 2)
+    spool.ack("new", 1)
+    spool.close()
+    db = sqlite3.connect(tmp_path / "spool.sqlite3")
+    with db:  # what the older release did: flags in the frames, the run closed, no counts
+        db.execute("UPDATE frames SET acked=1, frame=NULL WHERE run_id='old'")
+        db.execute("UPDATE runs SET state='complete', finished_at=1 WHERE run_id='old'")
+    db.close()
+    again = Spool(tmp_path / "spool.sqlite3")
+    old, new = again.run("old"), again.run("new")
+    assert old is not None and (old.acked_batches, old.acked_users) == (3, 1500)
+    assert new is not None and (new.acked_batches, new.acked_users) == (1, 500)  # its own counts
+    assert _frames(again, "old") == []  # and its rows go, as this release's own do
+    again.close()

@@ -674,3 +674,23 @@ def test_a_run_named_like_the_cumulative_copy_keeps_its_own(tmp_path: Path) -> N
     _complete_runs(store, ["r1", "", "cumulative"])
     assert build_stats(store)["last_run"]["total_users"] == 20
     assert store.cumulative_figures()[1]["stats"]["total_users"] == 60
+
+
+def test_batch_rows_an_older_release_left_of_a_run_it_closed_go_at_the_next_start(tmp_path: Path) -> None:
+    """A run closed by an older release (rolled back to) kept its batch rows for good (a review):
+    the next start of this one drops them; a running run's stay."""
+    store = Store(tmp_path / "c.sqlite3")
+    for seq in (1, 2):
+        _apply(store, seq, "old")
+        _apply(store, seq, "live")
+    assert store.end_run("old", producer="p", batches=2, requested=40).run_complete
+    store.sync()
+    # What the older release left: the rows of the run it completed.
+    store._db.execute("INSERT INTO batches (run_id, seq, users, applied_at) VALUES ('old', 1, 20, 0), "
+                      "('old', 2, 20, 0)")
+    store.close()
+    again = Store(tmp_path / "c.sqlite3")
+    rows = dict(again._db.execute("SELECT run_id, COUNT(*) FROM batches GROUP BY run_id").fetchall())
+    assert rows == {"live": 2}
+    assert again.run("old")["kept"] == 40  # type: ignore[index]
+    again.close()
