@@ -355,11 +355,14 @@ class Spool:
         return self._runs("ORDER BY r.created_at DESC LIMIT ?", (limit,))
 
     def _runs(self, where: str, args: tuple[Any, ...]) -> list[RunRow]:
-        rows = self._db.execute(
-            "SELECT r.run_id, r.spec, r.state, r.produced, r.batches, r.quarantine, r.ended, r.reason, "
-            "r.url, r.created_at, r.finished_at, r.acked_batches, r.acked_users, r.outcome "
-            f"FROM runs r {where}", args,
-        ).fetchall()
+        try:
+            rows = self._db.execute(
+                "SELECT r.run_id, r.spec, r.state, r.produced, r.batches, r.quarantine, r.ended, r.reason, "
+                "r.url, r.created_at, r.finished_at, r.acked_batches, r.acked_users, r.outcome "
+                f"FROM runs r {where}", args,
+            ).fetchall()
+        except sqlite3.Error as e:  # a `status` must not end the daemon's loop (a review)
+            raise StoreError(f"state database unavailable: {e}") from None
         return [
             RunRow(r[0], json.loads(r[1]), r[2], r[3], r[4], json.loads(r[5]), bool(r[6]), r[7], r[8],
                    r[9], r[10], r[11], r[12], json.loads(r[13]) if r[13] else None)

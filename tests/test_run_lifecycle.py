@@ -520,3 +520,19 @@ def test_a_run_an_older_producer_left_with_its_end_answered_but_open_completes(t
         assert get_json(c.url + "api/stats.json")["cumulative"]["total_users"] == 700  # counted once
     finally:
         c.stop()
+
+
+def test_a_status_the_spool_cannot_read_is_an_error_reply_not_the_daemons_end(tmp_path: Path) -> None:
+    import os
+
+    from infraetl import wire
+    from infraetl.control import handle_control
+
+    p = _producer_in_process(tmp_path)
+    try:
+        p.spool._db.close()  # stands for a spool that can no longer be read
+        request = p.sealer.seal(wire.make("control", os.urandom(6).hex(), 1, cmd="status", args={}))
+        reply = p.sealer.open(handle_control(p, request), check_time=False)
+        assert reply["ok"] is False and "state database unavailable" in reply["error"], reply
+    finally:
+        _close(p)
