@@ -158,6 +158,62 @@ def test_a_redirect_to_another_host_is_not_followed(hostile) -> None:  # noqa: A
     assert "another host, or plain http, is not followed" in why
 
 
+def test_no_hop_of_a_redirect_chain_leaves_the_origin(hostile) -> None:  # noqa: ANN001
+    """127.0.0.1 -> localhost -> 127.0.0.1: the last hop alone was checked, so the request (its
+    query, its seed) went through another host and back (a review). Each hop is checked first."""
+    hosts: list[str] = []
+
+    def chain(conn: socket.socket, head: bytes) -> None:
+        host = re.search(rb"\r\nhost: ([^\r]+)", head, re.I)
+        hosts.append(host.group(1).decode() if host else "?")
+        path = head.split(b" ")[1]
+        port = srv.port
+        target = f"http://localhost:{port}/hop" if path.startswith(b"/api/") else f"http://127.0.0.1:{port}/final"
+        conn.sendall(f"HTTP/1.1 302 Found\r\nLocation: {target}\r\nContent-Length: 0\r\n\r\n".encode())
+
+    srv = hostile(chain)
+    why = _failure(f"http://127.0.0.1:{srv.port}/api/")
+    assert "another host, or plain http, is not followed" in why, why
+    assert hosts and all(h.startswith("127.0.0.1") for h in hosts), hosts
+
+
+def test_a_redirect_loop_is_one_sentence(hostile) -> None:  # noqa: ANN001
+    srv = hostile(lambda c, _: c.sendall(
+        f"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{srv.port}/api/\r\nContent-Length: 0\r\n\r\n".encode()))
+    why = _failure(f"http://127.0.0.1:{srv.port}/api/")
+    assert "redirected over 5 times" in why and "not retried" in why, why
+
+
+@pytest.mark.parametrize("status", ["429 Too Many Requests", "503 Service Unavailable"])
+def test_retry_after_is_heeded_but_never_sooner_than_the_back_off(hostile, status: str) -> None:  # noqa: ANN001
+    """A 503's Retry-After was ignored; "Retry-After: 0" spent every retry at once (a review)."""
+    times: list[float] = []
+
+    def busy(conn: socket.socket, _: bytes) -> None:
+        times.append(time.monotonic())
+        _reply(conn, status, b"busy", Retry_After="0")
+
+    srv = hostile(busy)
+    source = RandomUserSource(api_url=f"http://127.0.0.1:{srv.port}/api/", backoff_base=0.2, backoff_cap=0.2,
+                              timeout=2.0, retry_budget=3)
+    with pytest.raises(SourceError, match="after 3 retries"):
+        list(source.batches(RunPlan(users=10, batch_size=10, deadline=time.monotonic() + 30), accept_all))
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert len(gaps) == 3 and min(gaps) >= 0.1, gaps  # half the 0.2 s step at least
+    waited: list[float] = []
+
+    def later(conn: socket.socket, _: bytes) -> None:
+        waited.append(time.monotonic())
+        if len(waited) == 1:
+            _reply(conn, status, b"busy", Retry_After="1")
+        else:
+            _reply(conn, "500 Internal Server Error", b"down")
+
+    srv2 = hostile(later)
+    _failure(f"http://127.0.0.1:{srv2.port}/api/")
+    assert waited[1] - waited[0] >= 0.9, waited  # the server's second, not the 0.01 s back-off
+
+
 def test_what_the_server_says_cannot_blow_the_stack_or_the_terminal(hostile) -> None:  # noqa: ANN001
     deep = b'{"error": ' + b"[" * 1000 + b"]" * 1000 + b"}"
     srv = hostile(lambda c, _: _reply(c, "200 OK", deep))
@@ -269,10 +325,8 @@ def test_a_certificate_that_does_not_verify_is_not_retried(hostile, tmp_path) ->
 
 
 def test_redirects_within_the_origin_are_followed() -> None:
-    from types import SimpleNamespace
-
     def answer(api: str, final: str) -> None:
-        RandomUserSource(api_url=api)._same_origin(SimpleNamespace(history=[object()], url=final))  # type: ignore[arg-type]
+        RandomUserSource(api_url=api)._same_origin(final)
 
     answer("https://randomuser.me/api/", "https://randomuser.me:443/api/1.4/")  # a default port named
     answer("http://randomuser.me/api/", "https://randomuser.me/api/")            # up to https

@@ -48,8 +48,10 @@ API_URL = "https://randomuser.me/api/1.4/"
 #: The API's largest page; anything above silently becomes 1.
 MAX_RESULTS = 5000
 #: Largest response body read (decoded): a 5000-user page is ~6 MB; a server sending more
-#: (or a compression bomb) has its page retried, not the producer's memory filled.
+#: (or a compression bomb) fails the run (not retried), not the producer's memory filled.
 MAX_BODY = 64 << 20
+#: Redirects followed for one request, each checked before it is asked (see _get).
+MAX_REDIRECTS = 5
 BODY_CHUNK = 1 << 16
 _CERTIFICATE = re.compile(r"certificate verify failed|CERTIFICATE_VERIFY_FAILED|hostname mismatch", re.I)
 #: Connection failures worth naming, from the text of what requests raises.
@@ -225,14 +227,15 @@ class _Run:
             done = f"after {self.retries} retries"
             if self.retries >= self.budget:
                 raise self._locked_fail(f"RandomUser API failed: {reason} {done}")
+            step = min(self.cap, self.base * 2 ** (attempt - 1))
+            delay = step / 2 + self._jitter.uniform(0, step / 2)
             if retry_after is not None:
                 if retry_after > self.max_retry_after:
                     raise self._locked_fail(f"RandomUser API failed: {reason}, Retry-After "
                                             f"{retry_after:.0f}s is too long, {done}")
-                delay = retry_after
-            else:
-                step = min(self.cap, self.base * 2 ** (attempt - 1))
-                delay = step / 2 + self._jitter.uniform(0, step / 2)
+                # Never sooner than the back-off: "Retry-After: 0", or a date the server's slow
+                # clock put in the past, spent every retry at once (a review).
+                delay = max(delay, retry_after)
             now = time.monotonic()
             if self.plan.deadline is not None and now + delay >= self.plan.deadline:
                 # Sleeping past the deadline only to fail later helps nobody.
@@ -445,9 +448,7 @@ class RandomUserSource:
             retry_after = None
             resp = None
             try:
-                resp = session.get(self.api_url, params=params, timeout=run.request_timeout(self.timeout),
-                                   stream=True)
-                self._same_origin(resp)
+                resp = self._get(session, params, run)
                 body = self._body(resp, run)
             except requests.Timeout:
                 reason = f"no answer within {self.timeout:g}s"
@@ -482,19 +483,33 @@ class RandomUserSource:
                     resp.close()  # a body not read to its end closes the connection
             run.retry(f"page {page}: {reason}", attempts, retry_after)
 
-    def _same_origin(self, resp: requests.Response) -> None:
-        """Refuse an answer that came through a redirect to another host, or down to plain http
-        (http up to https on the same host is fine)."""
-        if not resp.history:
-            return
+    def _get(self, session: requests.Session, params: dict[str, Any], run: _Run) -> requests.Response:
+        """The API's answer, following redirects one at a time: each hop is checked *before*
+        it is asked (requests followed a whole chain and the last hop alone was checked, so a
+        request with its query went through another host and back: a review)."""
+        url: str = self.api_url
+        for _ in range(MAX_REDIRECTS + 1):
+            resp = session.get(url, params=params, timeout=run.request_timeout(self.timeout), stream=True,
+                               allow_redirects=False)
+            if not resp.is_redirect:
+                return resp
+            target = urllib.parse.urljoin(resp.url, resp.headers["location"])
+            resp.close()
+            self._same_origin(target)
+            url, params = target, {}  # the query is in the Location, as the server gave it
+        raise _Fatal(f"{shown_url(self.api_url)} redirected over {MAX_REDIRECTS} times")
+
+    def _same_origin(self, url: str) -> None:
+        """Refuse a redirect to another host, or down to plain http (http up to https on the
+        same host is fine)."""
         want = urllib.parse.urlsplit(self.api_url)
-        got = urllib.parse.urlsplit(resp.url)
+        got = urllib.parse.urlsplit(url)
         downgrade = want.scheme == "https" and got.scheme != "https"
         upgrade = want.scheme == "http" and got.scheme == "https" and want.port in (None, 80) \
             and got.port in (None, 443)
         same = (got.hostname, _port(got)) == (want.hostname, _port(want))
         if downgrade or not (same or (upgrade and got.hostname == want.hostname)):
-            raise _Fatal(f"{shown_url(self.api_url)} redirected to {shown_url(resp.url)}: "
+            raise _Fatal(f"{shown_url(self.api_url)} redirected to {shown_url(url)}: "
                          "another host, or plain http, is not followed")
 
     def _body(self, resp: requests.Response, run: _Run) -> bytes:
@@ -526,7 +541,8 @@ class RandomUserSource:
         if status == 429:
             raise _Retry("HTTP 429 (rate limited)", _retry_after(resp.headers.get("Retry-After")))
         if status == 408 or status >= 500:
-            raise _Retry(f"HTTP {status}")
+            # A 503 may say when to come back, as a 429 does (it was retried at once: a review).
+            raise _Retry(f"HTTP {status}", _retry_after(resp.headers.get("Retry-After")) if status == 503 else None)
         if status != 200:
             raise _Fatal(f"HTTP {status} from {shown_url(self.api_url)}")
         try:
