@@ -20,10 +20,7 @@ the worker's environment.
 
 from __future__ import annotations
 
-import queue
-import signal
 import sys
-import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -73,41 +70,25 @@ def compute(msg: dict[str, Any], fp_key: bytes, reveal: bool) -> Work:
 def _serve(conn: Connection) -> None:
     """A worker's loop: (fp_key, reveal, plaintext) in, the batch's :class:`Work` out, in order.
 
-    A thread reads the requests as they come, so the main thread's sends never wait for this
-    one's work, whatever the sizes (a send blocked on each side would be a deadlock).
+    Requests are read as they come (``helperproc.serve``): the main thread's sends never wait.
     """
     from .wire import _unpack
 
-    # Ctrl-C and systemd's SIGTERM to the whole unit are for the daemon; we end when it closes
-    # the socket (a worker dying first would be logged as a failure).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-
-    def read() -> None:
-        while True:
-            try:
-                inbox.put(conn.recv())
-            except (EOFError, OSError):
-                inbox.put(None)
-                return
-
-    threading.Thread(target=read, daemon=True).start()
     fp_key = b""
-    while (request := inbox.get()) is not None:
+
+    def handle(request: Any) -> Any:
+        nonlocal fp_key
         key, reveal, plain = request
         if key != fp_key:
             fp_key = key  # one object per value: pwinfo caches fingerprints by the key's identity
         try:
             work = compute(_unpack(plain), fp_key, reveal)
-            answer: Any = ("ok", work.stats.to_bytes(canonical=False), work.audit.to_bytes(),
-                           work.kept, work.quarantined, work.seconds)
+            return ("ok", work.stats.to_bytes(canonical=False), work.audit.to_bytes(),
+                    work.kept, work.quarantined, work.seconds)
         except Exception as e:  # the main thread computes it again, and handles what it raises
-            answer = ("error", f"{type(e).__name__}: {e}")
-        try:
-            conn.send(answer)
-        except OSError:
-            return  # the daemon is gone or closed the socket
+            return ("error", f"{type(e).__name__}: {e}")
+
+    helperproc.serve(conn, handle)
 
 
 class _Worker:

@@ -18,7 +18,6 @@ child of the same daemon (same user, same sandbox); nothing is written.
 
 from __future__ import annotations
 
-import signal
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -40,18 +39,10 @@ def _serve(conn: Connection) -> None:
 
     The consumer sends every distinct password of a batch (it cannot cheaply ask its own
     cache which are new), so the helper keeps an LRU of the same size as the audit's.
+    Requests are read as they come (``helperproc.serve``): the daemon's sends never wait.
     """
-    # Ctrl-C and systemd's SIGTERM to the whole unit are for the daemon; we end when it closes
-    # the socket (a helper dying first would be logged as a failure).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     strength = lru_cache(maxsize=entropy.CACHE_SIZE)(entropy.zxcvbn_strength)
-    while True:
-        try:
-            passwords = conn.recv()
-            conn.send(list(map(strength, passwords)))
-        except (EOFError, OSError):
-            return  # the daemon is gone or closed the pipe
+    helperproc.serve(conn, lambda passwords: list(map(strength, passwords)))
 
 
 class Scorer:
@@ -85,7 +76,15 @@ class Scorer:
     # -- requests --
     def prefetch(self, passwords: Iterable[Any]) -> int | None:
         """Queue one batch's distinct passwords; the ticket for :meth:`take` (None: nothing owed)."""
-        if not self._alive() or len(self._pending) >= MAX_PENDING:
+        if not self._alive():
+            return None
+        # Answers nobody took (a re-sent batch already applied takes none) first: they filled
+        # the socket and the pending list (a review).
+        conn = self._helper.conn
+        while self._pending and conn is not None and conn.poll(0):
+            if not self._receive(helperproc.TAKE_TIMEOUT):
+                return None
+        if len(self._pending) >= MAX_PENDING:
             return None
         inflight, done = self._inflight, self._done
         # Any msgpack value can sit in a column until validation: only strings are looked at.
