@@ -95,7 +95,9 @@ class ZapHandler(threading.Thread):
         try:
             st = self.allow.stat()
         except OSError as e:
-            logger.warning("CURVE allow-list %s unreadable (%s): admitting nobody", self.allow, e)
+            # Once a minute at most: it is looked at on every handshake (a peer retrying flooded
+            # the journal; a review).
+            self._warn.warning("unreadable", "CURVE allow-list %s unreadable (%s): admitting nobody", self.allow, e)
             self.keys, self._stamp = set(), None
             return
         stamp = (st.st_mtime_ns, st.st_ino)

@@ -300,3 +300,18 @@ def test_refused_keys_are_reported_once_a_minute_however_many_there_are(
     refused = [r for r in caplog.records if "refused peer" in r.getMessage()]
     assert len(refused) == 1 and zap.denied == 500
     assert not any(isinstance(v, dict) and len(v) > 10 for v in vars(zap).values())
+
+
+def test_an_unreadable_allow_list_is_logged_once_a_minute_not_at_every_handshake(
+        tmp_path: Path, ctx: zmq.Context, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from zmq.utils import z85
+
+    zap = curve.ZapHandler(ctx, tmp_path / "gone")
+    request = [b"1.0", b"1", b"", b"127.0.0.1", b"", b"CURVE", z85.decode(zmq.curve_keypair()[0])]
+    with caplog.at_level(logging.WARNING, logger="infraetl.curve"):
+        for _ in range(200):  # a peer retrying
+            assert zap.answer(request)[2] == b"400"
+    lines = [r for r in caplog.records if "unreadable" in r.getMessage()]
+    assert 1 <= len(lines) <= 2, len(lines)
