@@ -206,7 +206,8 @@ def consumer_cli(state_dir: Path | None, log_level: str, **opts: Any) -> None:
 @env_option("--batch-size", type=click.IntRange(1, 5000), default=config.BATCH_SIZE, help="Users per batch.")
 @env_option("--resend-after", type=Seconds(0.05, 3600), default=config.RESEND_AFTER,
             help="Seconds without an ACK before a batch is sent again.")
-@env_option("--window", type=click.IntRange(1, 100000), default=config.WINDOW, help="UnACKed batches in flight.")
+@env_option("--window", type=click.IntRange(1, 100000), default=config.WINDOW,
+            help="UnACKed batches in flight (and at most 128 MB of them).")
 @env_option("--run-deadline", type=Seconds(1, 10_000_000), default=config.RUN_DEADLINE,
             help="Seconds a run may take to fetch its users before it fails.")
 @curve_secret_option

@@ -129,6 +129,12 @@ class RunWorker(threading.Thread):
         #: The producer is stopping (SIGTERM): not a cancel, so no ABORT; a restart resumes the run.
         self.stopping = threading.Event()
         self._t_read = 0.0
+        #: Seconds this run waited for the main loop to take its frames (the consumer's pace):
+        #: not the source's time, so not charged to its deadline.
+        self._waited = 0.0
+
+    def _clock(self) -> float:
+        return time.monotonic() - self._waited
 
     def run(self) -> None:
         out = self._ctx.socket(zmq.PUSH)
@@ -160,8 +166,11 @@ class RunWorker(threading.Thread):
         plan = RunPlan(
             users=spec["users"], nat=tuple(spec["nat"]), seed=spec["seed"],
             batch_size=spec.get("batch_size") or self._settings.batch_size,
-            deadline=time.monotonic() + deadline_s,
+            deadline=self._clock() + deadline_s,
             cancelled=lambda: self.cancel.is_set() or self.stopping.is_set(),
+            # A consumer down for 10 minutes (or busy with other runs) failed every run in
+            # progress "deadline reached", blaming the source (a review).
+            clock=self._clock,
         )
         source = open_source(spec["source"], api_url=self._settings.api_url)
         if self._skip == 0:
@@ -220,12 +229,16 @@ class RunWorker(threading.Thread):
     def _push(self, out: zmq.Socket, item: dict[str, Any], always: bool = False) -> None:
         data = msgpack.packb(item, use_bin_type=True)
         # Blocks while the main loop's window is full: that is the back-pressure.
-        while True:
-            if (self.cancel.is_set() and not always) or self.stopping.is_set():
-                raise _Cancelled
-            if out.poll(200, zmq.POLLOUT):
-                out.send(data)
-                return
+        t = time.monotonic()
+        try:
+            while True:
+                if (self.cancel.is_set() and not always) or self.stopping.is_set():
+                    raise _Cancelled
+                if out.poll(200, zmq.POLLOUT):
+                    out.send(data)
+                    return
+        finally:
+            self._waited += time.monotonic() - t
 
 
 def _outcome(ack: dict[str, Any]) -> dict[str, Any] | None:
@@ -238,6 +251,14 @@ def _outcome(ack: dict[str, Any]) -> dict[str, Any] | None:
 
 #: Failed or cancelled runs whose late work and ACKs this producer remembers to drop.
 FAILED_KEPT = 4096
+#: Runs whose sources run at once; the others wait their turn, in order. Every run shares one
+#: window, so more gain nothing, and 100-200 at once starved the main loop past the systemd
+#: watchdog (40-50 s without a ping, `status` unanswered) and took ~4 MB each (a review).
+MAX_PRODUCING = 4
+#: Bytes of sealed frames in flight (each is also spooled, and queued once more in the data
+#: socket while the consumer is away), whatever --window says: 2,000 frames of 5,000 users
+#: would have held ~4 GB (a review).
+IN_FLIGHT_BYTES = 128 << 20
 #: Seconds a stopping producer waits for its run workers, all of them together.
 STOP_WORKERS_S = 2.0
 
@@ -267,6 +288,11 @@ class Producer:
         # (run, seq) -> [frame, kind, users, last send attempt]
         self.in_flight: dict[tuple[str, int], list[Any]] = {}
         self.workers: dict[str, RunWorker] = {}
+        #: Runs waiting for one of the MAX_PRODUCING places, oldest first: (run, spec, skip).
+        self.queued: deque[tuple[str, dict[str, Any], int]] = deque()
+        #: The size of the last frame taken from a worker: the window in frames, within
+        #: IN_FLIGHT_BYTES (see _window).
+        self._frame_size = 1
         self.stages: dict[str, float] = defaultdict(float)   # seconds per stage, for the benchmark
         # Runs this producer failed: their late work is dropped. The latest FAILED_KEPT only (a
         # set of every cancelled run grew for good): late work comes within seconds.
@@ -357,6 +383,11 @@ class Producer:
         return self.sealer.seal(msg, at=self.clock.now())
 
     def _start_worker(self, run_id: str, spec: dict[str, Any], skip: int = 0) -> None:
+        if len(self.workers) >= MAX_PRODUCING:
+            self.queued.append((run_id, spec, skip))
+            logger.info("run %s waits its turn: %d runs are producing, %d wait", run_id,
+                        len(self.workers), len(self.queued))
+            return
         # The worker seals with whatever keys the producer holds now (SIGHUP swaps them).
         worker = RunWorker(self.ctx, self.s, self.seal, run_id, spec, skip_batches=skip,
                            producer_id=self.producer_id)
@@ -379,7 +410,8 @@ class Producer:
             while not self.signals.stop:
                 if self.unspooled and time.monotonic() >= self._spool_retry_at:
                     self._spool_held()
-                want_work = len(self.in_flight) < self.s.window and not self.unspooled
+                window = self._window()
+                want_work = len(self.in_flight) < window and not self.unspooled
                 if want_work != work_registered:
                     (poller.register(self.work, zmq.POLLIN) if want_work else poller.unregister(self.work))
                     work_registered = want_work
@@ -389,7 +421,7 @@ class Producer:
                 if self.acks in events:
                     self._drain(self.acks, self._on_ack)
                 if self.work in events:
-                    self._drain(self.work, self._on_work, limit=self.s.window - len(self.in_flight))
+                    self._drain(self.work, self._on_work, limit=window - len(self.in_flight))
                 self._send_hellos()  # when no frame is due (_send sends them ahead of any)
                 self._resend_due()
                 self._reap_workers()
@@ -462,6 +494,7 @@ class Producer:
             logger.log(logging.WARNING if finish[0] == "cancelled" else logging.ERROR, "run %s %s: %s",
                        run_id, *finish)
         self.in_flight[(run_id, seq)] = [item["frame"], kind, item["users"], 0.0]
+        self._frame_size = max(1, len(item["frame"]))
         self._send(run_id, seq)
 
     def _send(self, run_id: str, seq: int) -> None:
@@ -561,6 +594,7 @@ class Producer:
         worker = self.workers.get(run_id)
         if worker is not None:
             worker.cancel.set()
+        self.queued = deque(q for q in self.queued if q[0] != run_id)  # never started: nothing to stop
         for key in [k for k in self.in_flight if k[0] == run_id]:
             del self.in_flight[key]
         self.in_flight[(run_id, END_SEQ)] = [abort, "abort", 0, 0.0]
@@ -719,10 +753,17 @@ class Producer:
         reply = handle_control(self, frame)
         self.control.send_multipart([ident, reply], zmq.NOBLOCK)
 
+    def _window(self) -> int:
+        """Frames in flight at most: --window, and no more than IN_FLIGHT_BYTES of frames the
+        size of the last one."""
+        return max(1, min(self.s.window, IN_FLIGHT_BYTES // self._frame_size))
+
     def _reap_workers(self) -> None:
         for run_id, worker in list(self.workers.items()):
             if not worker.is_alive():
                 del self.workers[run_id]
+        while self.queued and len(self.workers) < MAX_PRODUCING:
+            self._start_worker(*self.queued.popleft())
 
     def _stop_workers(self) -> None:
         for worker in self.workers.values():

@@ -536,3 +536,69 @@ def test_a_status_the_spool_cannot_read_is_an_error_reply_not_the_daemons_end(tm
         assert reply["ok"] is False and "state database unavailable" in reply["error"], reply
     finally:
         _close(p)
+
+
+# -- Capacity (a review): runs waiting on the consumer failed their deadline, 100-200 runs at once
+# starved the producer's loop past the watchdog, and --window held frames in memory without bound.
+
+@pytest.mark.slow
+def test_a_run_waiting_for_the_consumer_is_not_charged_to_its_deadline(tmp_path: Path) -> None:
+    """``--deadline`` is the source's time: a run whose frames wait for a consumer that is away
+    failed "deadline reached" the moment it came back, blaming the source."""
+    c = LocalCluster(tmp_path / "c", producer_args=["--window", "2"])
+    try:
+        c.start()
+        c.consumer.stop()
+        run_id = ctl(c, "start-run", "--users", "5000", "--deadline", "2", "--no-wait").stdout.strip()
+        wait_for(lambda: _runs(c)[run_id]["sent"] >= 1, 30, "the window full (a BEGIN, a batch), the consumer away")
+        t = time.monotonic()
+        time.sleep(3)  # not a synchronisation: the deadline's two seconds pass while the run waits
+        assert time.monotonic() - t >= 3
+        c.restart_consumer()
+        done = ctl(c, "wait", run_id, "--timeout", "60", check=False)
+        assert done.returncode == 0, done.stderr
+        assert get_json(c.url + "api/stats.json")["cumulative"]["total_users"] == 5000
+    finally:
+        c.stop()
+
+
+@pytest.mark.slow
+def test_runs_beyond_the_producing_limit_wait_their_turn_and_a_waiting_one_can_be_cancelled(
+        tmp_path: Path) -> None:
+    from infraetl.producer import MAX_PRODUCING
+
+    c = LocalCluster(tmp_path / "c")
+    try:
+        c.start()
+        c.consumer.stop()  # the runs stay in progress
+        runs = [ctl(c, "start-run", "--users", "2000", "--seed", f"s{i}", "--no-wait").stdout.strip()
+                for i in range(MAX_PRODUCING + 2)]
+        assert c.producer is not None
+        wait_for(lambda: c.producer.log().count("waits its turn") == 2, 30, "two runs waiting")  # type: ignore[union-attr]
+        last = runs[-1]
+        assert ctl(c, "cancel", last).stdout.startswith(f"run {last}: cancelled")
+        c.restart_consumer()
+        for run_id in runs[:-1]:
+            assert ctl(c, "wait", run_id, "--timeout", "120", check=False).returncode == 0
+        states = _runs(c)
+        assert [states[r]["state"] for r in runs] == ["complete"] * (MAX_PRODUCING + 1) + ["cancelled"]
+        assert get_json(c.url + "api/stats.json")["cumulative"]["total_users"] == 2000 * (MAX_PRODUCING + 1)
+    finally:
+        c.stop()
+
+
+def test_frames_in_flight_stay_within_their_byte_budget_whatever_the_window(tmp_path: Path) -> None:
+    from infraetl import producer as prod
+
+    p = _producer_in_process(tmp_path)
+    try:
+        p.s = p.s.__class__(**{**p.s.__dict__, "window": 100_000})
+        p._frame_size = 2_150_000  # a batch of 5,000 users
+        assert p._window() * p._frame_size <= prod.IN_FLIGHT_BYTES
+        assert p._window() >= 32
+        p._frame_size = 216_000  # of 500
+        assert p._window() == prod.IN_FLIGHT_BYTES // 216_000
+        p.s = p.s.__class__(**{**p.s.__dict__, "window": 64})
+        assert p._window() == 64
+    finally:
+        _close(p)

@@ -12,6 +12,7 @@ users both times.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,8 +38,11 @@ class RunPlan:
     nat: tuple[str, ...] = ()           # empty = every nationality
     seed: str = "infraetl"              # same seed, same users
     batch_size: int = 500               # good users per batch (the last may be short)
-    deadline: float | None = None       # time.monotonic() after which the run fails
+    deadline: float | None = None       # the ``clock`` reading after which the run fails
     cancelled: Callable[[], bool] = lambda: False
+    #: The deadline's clock: ``time.monotonic`` by default; the producer's stops while its run
+    #: waits for the consumer (the deadline is the source's, not the consumer's: a review).
+    clock: Callable[[], float] = time.monotonic
 
 
 @dataclass

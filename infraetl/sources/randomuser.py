@@ -200,7 +200,7 @@ class _Run:
             raise _Stopped
         if self.plan.cancelled():
             raise self.fail("RandomUser API: run cancelled")
-        if self.plan.deadline is not None and time.monotonic() >= self.plan.deadline:
+        if self.plan.deadline is not None and self.plan.clock() >= self.plan.deadline:
             raise self.deadline_error()
 
     def pause_until(self, when: float) -> None:
@@ -215,7 +215,7 @@ class _Run:
     def request_timeout(self, timeout: float) -> tuple[float, float]:
         """Connect and read timeouts, shortened so no request outlives the deadline."""
         if self.plan.deadline is not None:
-            timeout = min(timeout, max(0.05, self.plan.deadline - time.monotonic()))
+            timeout = min(timeout, max(0.05, self.plan.deadline - self.plan.clock()))
         return min(timeout, 10.0), timeout
 
     def retry(self, reason: str, attempt: int, retry_after: float | None) -> None:
@@ -237,7 +237,7 @@ class _Run:
                 # clock put in the past, spent every retry at once (a review).
                 delay = max(delay, retry_after)
             now = time.monotonic()
-            if self.plan.deadline is not None and now + delay >= self.plan.deadline:
+            if self.plan.deadline is not None and self.plan.clock() + delay >= self.plan.deadline:
                 # Sleeping past the deadline only to fail later helps nobody.
                 raise self._locked_fail(f"RandomUser API failed: {reason} {done} (deadline reached)")
             if retry_after is not None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -76,7 +75,7 @@ def stop_reason(plan: RunPlan) -> str | None:
     """Why the run must stop now (cancelled, deadline passed), or None."""
     if plan.cancelled():
         return "run cancelled"
-    if plan.deadline is not None and time.monotonic() >= plan.deadline:
+    if plan.deadline is not None and plan.clock() >= plan.deadline:
         return "deadline reached"
     return None
 
