@@ -136,13 +136,21 @@ class PasswordInfo:
 _PRECOMPUTED: dict[str, tuple[int, float]] = {}
 
 
-def add_strengths(scores: dict[str, tuple[int, float]]) -> None:
-    """Offer zxcvbn results computed elsewhere (by the same function) for the next batch.
+#: zxcvbn results offered and not used yet, at most: the oldest go first.
+PRECOMPUTED_CAP = 1 << 15
 
-    They replace the previous batch's: by then whatever that batch saw is in the cache.
+
+def add_strengths(scores: dict[str, tuple[int, float]]) -> None:
+    """Offer zxcvbn results computed elsewhere (by the same function) for the batches to come.
+
+    Each is taken once, when its password is first seen. They add to those offered before (a
+    later batch's may come with an earlier one's: replacing them had that batch score every
+    password again in-process), and the oldest unused go past :data:`PRECOMPUTED_CAP` (a
+    re-sent batch's, say, whose passwords were cached already).
     """
-    _PRECOMPUTED.clear()
     _PRECOMPUTED.update(scores)
+    while len(_PRECOMPUTED) > PRECOMPUTED_CAP:
+        del _PRECOMPUTED[next(iter(_PRECOMPUTED))]
 
 
 _SHARED: dict[Any, Any] = {}

@@ -78,10 +78,11 @@ class Scorer:
         """Queue one batch's distinct passwords; the ticket for :meth:`take` (None: nothing owed)."""
         if not self._alive():
             return None
-        # Answers nobody took (a re-sent batch already applied takes none) first: they filled
-        # the socket and the pending list (a review).
+        # A full list may hold answers nobody will take (a re-sent batch already applied takes
+        # none): the oldest that have come make room, in order; their scores go with the next
+        # take (a review found the list full for good, and the socket with it).
         conn = self._helper.conn
-        while self._pending and conn is not None and conn.poll(0):
+        while len(self._pending) >= MAX_PENDING and conn is not None and conn.poll(0):
             if not self._receive(helperproc.TAKE_TIMEOUT):
                 return None
         if len(self._pending) >= MAX_PENDING:

@@ -191,3 +191,15 @@ def test_a_helper_ignores_the_hang_up_its_daemon_takes_for_a_key_reload() -> Non
         assert failures == []
     finally:
         s.close()
+
+
+def test_scores_offered_early_wait_for_their_batch() -> None:
+    """A later batch's scores may come with an earlier one's take: the next offer (empty) threw
+    them away, and that batch scored every password again in-process (the bench's cold audit
+    took twice as long)."""
+    cols = {"login.password": ["Offered-Early-2y!"], "nat": ["GB"]}
+    pwinfo._cached_info.cache_clear()
+    pwinfo.add_strengths({"Offered-Early-2y!": (0, 0.5)})  # a lie, to see that it is used
+    pwinfo.add_strengths({})  # the take of the batch it belongs to found nothing more
+    assert AuditSummary.from_columns(cols, b"k" * 32).figures()["zxcvbn_score"]["0"] == 1
+    pwinfo._cached_info.cache_clear()
