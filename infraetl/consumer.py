@@ -191,6 +191,8 @@ class Consumer:
                         break
                     taken += 1
                     msg, plain = self._open_frame(parts)
+                    if msg is not None and msg["kind"] == "end":
+                        msg["copy"] = wire.copy_id(parts[0])  # named in a "pending" answer
                     job = ticket = None
                     if msg is not None and msg["kind"] == "data":
                         job = self.workers.submit(plain, self.fp_key, self.s.reveal_passwords)
@@ -344,7 +346,9 @@ class Consumer:
             # lands. Until then its copies are answered "pending" with the first batches this
             # store lacks: if the producer had them ACKed already (this consumer's state was
             # reset or restored from a backup), they can never come, and it fails the run.
-            self._ack(msg, "end", "pending", missing=self.store.missing(run_id))
+            # ``copy`` names the END copy answered: the producer takes a "pending" only about the
+            # copy it sent after its last batch was settled (a replayed one failed a counted run).
+            self._ack(msg, "end", "pending", missing=self.store.missing(run_id), copy=msg.get("copy"))
 
     def _failed(self, run_id: str, why: str) -> None:
         logger.error("run %s failed: %s; none of it is counted", run_id, why)

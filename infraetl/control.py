@@ -265,10 +265,11 @@ def wait_run(client: ControlClient, run_id: str, *, timeout: float,
             last_error = e
             if on_error is not None:
                 on_error(e)
-        if time.monotonic() + poll > deadline:
+        left = deadline - time.monotonic()
+        if left <= 0:
             why = f" (last error: {last_error})" if last_error else ""
             raise ControlError(
                 f"run {run_id} is not finished after {timeout:g}s{why}; "
                 f"follow it with `infraetl-ctl wait {run_id}`"
             )
-        time.sleep(poll)
+        time.sleep(min(poll, left))  # the last look at the deadline, not a poll before it

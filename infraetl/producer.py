@@ -241,6 +241,14 @@ class RunWorker(threading.Thread):
             self._waited += time.monotonic() - t
 
 
+def _bounded_set(table: dict[str, float], key: str, value: float) -> None:
+    """``table[key] = value``, the newest last, and at most FAILED_KEPT keys (the oldest go)."""
+    table.pop(key, None)
+    table[key] = value
+    if len(table) > FAILED_KEPT:
+        del table[next(iter(table))]
+
+
 def _outcome(ack: dict[str, Any]) -> dict[str, Any] | None:
     """What the consumer counted of a complete run, as its ACK says (None from an older one)."""
     out: dict[str, Any] = {k: ack[k] for k in ("kept", "quarantined") if type(ack.get(k)) is int}
@@ -267,6 +275,28 @@ class _Cancelled(Exception):
     pass
 
 
+class _InFlight(dict[tuple[str, int], list[Any]]):
+    """(run, seq) -> [frame, kind, users, last send attempt], and the bytes of those frames."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes = 0
+
+    def __setitem__(self, key: tuple[str, int], entry: list[Any]) -> None:
+        old = super().get(key)
+        self.bytes += len(entry[0]) - (len(old[0]) if old is not None else 0)
+        super().__setitem__(key, entry)
+
+    def __delitem__(self, key: tuple[str, int]) -> None:
+        self.bytes -= len(self[key][0])
+        super().__delitem__(key)
+
+    def pop(self, key: tuple[str, int], *default: Any) -> Any:  # type: ignore[override]
+        if key in self:
+            self.bytes -= len(self[key][0])
+        return super().pop(key, *default)
+
+
 class Producer:
     """The producer's main loop (see module docstring)."""
 
@@ -285,14 +315,11 @@ class Producer:
         self.rejects: Counter[str] = Counter()
         self.control_nonces = ReplayGuard()
         self._warn = RateLimitedLog(logger)
-        # (run, seq) -> [frame, kind, users, last send attempt]
-        self.in_flight: dict[tuple[str, int], list[Any]] = {}
+        # (run, seq) -> [frame, kind, users, last send attempt]; a re-seal keeps a frame's size
+        self.in_flight = _InFlight()
         self.workers: dict[str, RunWorker] = {}
         #: Runs waiting for one of the MAX_PRODUCING places, oldest first: (run, spec, skip).
         self.queued: deque[tuple[str, dict[str, Any], int]] = deque()
-        #: The size of the last frame taken from a worker: the window in frames, within
-        #: IN_FLIGHT_BYTES (see _window).
-        self._frame_size = 1
         self.stages: dict[str, float] = defaultdict(float)   # seconds per stage, for the benchmark
         # Runs this producer failed: their late work is dropped. The latest FAILED_KEPT only (a
         # set of every cancelled run grew for good): late work comes within seconds.
@@ -301,14 +328,16 @@ class Producer:
         # Work the spool refused (disk full, read-only): held in order, retried, and no more taken.
         self.unspooled: deque[bytes] = deque()
         self._spool_retry_at = 0.0
-        #: The consumer's frame limit, as its newest ACK said (0: not known yet), and that ACK's
-        #: stamp: an old ACK replayed brought back an old limit and failed every large run (a review).
+        #: The consumer's frame limit, as the last ACK that answers something of ours now said
+        #: (0: not known yet): an old ACK replayed brought back an old limit (a review).
         self.consumer_max_frame = 0
-        self._max_frame_stamp = -math.inf
-        #: Per run with frames in flight: the newest stamp of an ACK that settled one of them. A
-        #: ``pending`` answer to its END no older than that is stale (sent before those ACKs, and
-        #: replayed: it failed a run the consumer had counted; a review). At most FAILED_KEPT.
-        self._settled_at: dict[str, float] = {}
+        #: This host's monotonic time of the last ACK that settled a frame of a run, and of the
+        #: sealing of the END copy in flight: a ``pending`` answer counts only for an END copy
+        #: sealed after that (see _answers_copy). At most FAILED_KEPT runs each.
+        self._settled_mono: dict[str, float] = {}
+        self._end_sealed: dict[str, float] = {}
+        #: Runs whose BEGIN was sent again at start (see _resume): their first answer is fresh.
+        self._hello_runs: set[str] = set()
         #: BEGINs sent again at start for the runs carried over (see _resume), until sent.
         self._hellos: list[bytes] = []
         #: When the consumer last answered (monotonic; -inf: never).
@@ -360,9 +389,11 @@ class Producer:
         # this producer the consumer's --max-frame, which a run whose frames are all too large
         # would otherwise never learn (none of them is ever ACKed). Not spooled: if it is lost,
         # so is only that.
+        carried = self.spool.unfinished_runs()
         self._hellos = [self.seal(wire.make("begin", run.run_id, BEGIN_SEQ, producer=self.producer_id,
                                             **begin_fields(run.spec)))
-                        for run in self.spool.unfinished_runs()]
+                        for run in carried]
+        self._hello_runs = {run.run_id for run in carried}
         if self.in_flight:
             logger.info("re-sending %d unACKed frame(s) from the spool", len(self.in_flight))
         foreign = sum(not self.sealer.holds_key_of(e[0]) for e in self.in_flight.values())
@@ -410,8 +441,8 @@ class Producer:
             while not self.signals.stop:
                 if self.unspooled and time.monotonic() >= self._spool_retry_at:
                     self._spool_held()
-                window = self._window()
-                want_work = len(self.in_flight) < window and not self.unspooled
+                room = self._room()
+                want_work = room > 0 and not self.unspooled
                 if want_work != work_registered:
                     (poller.register(self.work, zmq.POLLIN) if want_work else poller.unregister(self.work))
                     work_registered = want_work
@@ -421,7 +452,7 @@ class Producer:
                 if self.acks in events:
                     self._drain(self.acks, self._on_ack)
                 if self.work in events:
-                    self._drain(self.work, self._on_work, limit=window - len(self.in_flight))
+                    self._drain(self.work, self._on_work, limit=room, more=self._has_room)
                 self._send_hellos()  # when no frame is due (_send sends them ahead of any)
                 self._resend_due()
                 self._reap_workers()
@@ -441,8 +472,11 @@ class Producer:
             self.notifier.close()
             os.close(self._lock)
 
-    def _drain(self, sock: zmq.Socket, handle: Any, *, multipart: bool = False, limit: int = 1000) -> None:
+    def _drain(self, sock: zmq.Socket, handle: Any, *, multipart: bool = False, limit: int = 1000,
+               more: Callable[[], bool] = lambda: True) -> None:
         for _ in range(max(limit, 0)):
+            if not more():
+                return
             try:
                 msg = sock.recv_multipart(zmq.NOBLOCK) if multipart else sock.recv(zmq.NOBLOCK)
             except zmq.Again:
@@ -494,7 +528,8 @@ class Producer:
             logger.log(logging.WARNING if finish[0] == "cancelled" else logging.ERROR, "run %s %s: %s",
                        run_id, *finish)
         self.in_flight[(run_id, seq)] = [item["frame"], kind, item["users"], 0.0]
-        self._frame_size = max(1, len(item["frame"]))
+        if kind == "end":
+            _bounded_set(self._end_sealed, run_id, time.monotonic())
         self._send(run_id, seq)
 
     def _send(self, run_id: str, seq: int) -> None:
@@ -638,18 +673,20 @@ class Producer:
         # old frame limit, to re-seal a batch a thousand times a second, and to fail a run
         # the consumer had counted). Its stamp is the consumer's time when it was sent.
         stamp = self.sealer.sealed_at(sealed)
-        if type(msg.get("max_frame")) is int and msg["max_frame"] > 0 and stamp >= self._max_frame_stamp:
-            self.consumer_max_frame, self._max_frame_stamp = msg["max_frame"], stamp
         entry = self.in_flight.get((run_id, seq))
         if entry is not None and entry[1] != msg["of"]:
             # An END and the ABORT that replaced it share their seq: an ACK of the END that
             # crossed a cancel must not take the ABORT for answered.
             entry = None
         self._answered_at = time.monotonic()
-        if entry is not None and not self._answers_copy(run_id, entry, msg, stamp):
+        if entry is not None and not self._answers_copy(run_id, seq, entry, msg):
             return
-        if entry is not None:  # an answer to a frame of ours in flight: the consumer's time then
+        hello = msg["of"] == "begin" and run_id in self._hello_runs
+        if entry is not None or hello:  # it answers a frame of ours in flight: fresh
+            self._hello_runs.discard(run_id)
             self._heard_clock(stamp)
+            if type(msg.get("max_frame")) is int and msg["max_frame"] > 0:
+                self.consumer_max_frame = msg["max_frame"]
         if status == "clock":
             # Refused for its stamp: sealed again now, in the consumer's time as last heard, and
             # sent soon. Always sealed again: a consumer with a shorter --token-ttl than this
@@ -671,10 +708,11 @@ class Producer:
             if settles:
                 self.in_flight.pop((run_id, seq), None)
                 MALLOC.tick()
-            if status != "pending" and (settles or (run_id, END_SEQ) in self.in_flight):
-                self._settled(run_id, stamp)  # a BEGIN sent again after a restart is answered too
+            if settles:
+                _bounded_set(self._settled_mono, run_id, time.monotonic())
             if finish is not None:
-                self._settled_at.pop(run_id, None)
+                self._settled_mono.pop(run_id, None)
+                self._end_sealed.pop(run_id, None)
             if finish is not None and finish[0] == "complete":
                 if closed:  # once: every copy of the END (a re-send) is answered again
                     logger.info("run %s complete: %s users on %s", run_id, msg.get("applied"), msg.get("url"))
@@ -695,29 +733,30 @@ class Producer:
                 self.in_flight[(run_id, seq)] = entry
             self._warn.warning("spool", "cannot record an ACK: %s", e)
 
-    def _answers_copy(self, run_id: str, entry: list[Any], msg: dict[str, Any], stamp: float) -> bool:
+    def _answers_copy(self, run_id: str, seq: int, entry: list[Any], msg: dict[str, Any]) -> bool:
         """Whether an ACK of a frame in flight may be taken as answering the copy sent now.
 
-        A ``clock`` answer names the copy it refused (a consumer of this release does): one
-        about an earlier copy, already sealed again, is a replay or a late one. A
-        ``pending`` answer to an END is stale if an ACK that settled a batch of the run is as new
-        as it (ACKs leave the consumer in order: a pending sent before those batches came, and
-        replayed after). Anything else settles its frame once, and a copy of it then finds none.
+        ``clock`` and ``pending`` answers name the copy they answer (a consumer of this
+        release does; ``wire.copy_id``): one about an earlier copy, sealed again since, is a
+        replay or a late one. A ``pending`` answer counts only for an END copy sealed after
+        the run's last batch was settled here (by this host's clock: a stamp ordering broke
+        when the consumer's clock stepped back, and forgot a restart; a review): the END is
+        sealed again for that, so the next answer can count. Anything else settles its frame
+        once, and a copy of it then finds none.
         """
-        if msg["status"] == "clock":
-            refused = msg.get("copy")
-            return type(refused) is not bytes or refused == wire.copy_id(entry[0])
-        if msg["status"] == "pending":
-            return stamp > self._settled_at.get(run_id, -math.inf)
-        return True
-
-    def _settled(self, run_id: str, stamp: float) -> None:
-        """Remember the newest stamp of an ACK that settled a frame of ``run_id`` (see _answers_copy)."""
-        if stamp > self._settled_at.get(run_id, -math.inf):
-            self._settled_at.pop(run_id, None)  # the newest last, the oldest first to go
-            self._settled_at[run_id] = stamp
-            if len(self._settled_at) > FAILED_KEPT:
-                del self._settled_at[next(iter(self._settled_at))]
+        status, named = msg["status"], msg.get("copy")
+        if status not in ("clock", "pending") or type(named) is not bytes:
+            return True  # an older consumer names none: as before
+        if named != wire.copy_id(entry[0]):
+            return False
+        if status == "clock":
+            return True
+        if self._end_sealed.get(run_id, -math.inf) > self._settled_mono.get(run_id, -math.inf):
+            return True
+        # This copy went out before batches now settled (or before a restart): ask again.
+        if self._reseal(run_id, seq, entry):
+            _bounded_set(self._end_sealed, run_id, time.monotonic())
+        return False
 
     def _heard_clock(self, stamp: float) -> None:
         """Take the consumer's time from an ACK; tell the operator when it is off this host's."""
@@ -753,10 +792,13 @@ class Producer:
         reply = handle_control(self, frame)
         self.control.send_multipart([ident, reply], zmq.NOBLOCK)
 
-    def _window(self) -> int:
-        """Frames in flight at most: --window, and no more than IN_FLIGHT_BYTES of frames the
-        size of the last one."""
-        return max(1, min(self.s.window, IN_FLIGHT_BYTES // self._frame_size))
+    def _room(self) -> int:
+        """Frames to take from the workers now: what --window leaves, none once the frames in
+        flight hold IN_FLIGHT_BYTES (each taken is checked: over it by one frame at most)."""
+        return max(0, self.s.window - len(self.in_flight)) if self._has_room() else 0
+
+    def _has_room(self) -> bool:
+        return self.in_flight.bytes < IN_FLIGHT_BYTES
 
     def _reap_workers(self) -> None:
         for run_id, worker in list(self.workers.items()):

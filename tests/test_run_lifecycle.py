@@ -409,11 +409,16 @@ def test_an_old_ack_replayed_does_not_bring_back_an_old_frame_limit(tmp_path: Pa
     p = _producer_in_process(tmp_path)
     try:
         now = time.time()
-        p._on_ack(_sealed_ack(p, "r-new", 0, "begin", "applied", now, max_frame=16 << 20))
-        p._on_ack(_sealed_ack(p, "r-old", 0, "begin", "applied", now - 3600, max_frame=65536))
+        _run_in_flight(p, "r-new", (1, 2), end=False)
+        p._on_ack(_sealed_ack(p, "r-new", 1, "data", "applied", now, max_frame=16 << 20))
         assert p.consumer_max_frame == 16 << 20
-        p._on_ack(_sealed_ack(p, "r-new", 0, "begin", "applied", now + 1, max_frame=1 << 20))
-        assert p.consumer_max_frame == 1 << 20  # the newest answer says it: lowered since
+        # Captured back when the consumer had --max-frame 65536: it answers nothing in flight now.
+        p._on_ack(_sealed_ack(p, "r-old", 3, "data", "applied", now - 3600, max_frame=65536))
+        p._on_ack(_sealed_ack(p, "r-new", 1, "data", "applied", now - 3600, max_frame=65536))
+        assert p.consumer_max_frame == 16 << 20
+        # An answer to a frame in flight says the limit now, whatever its stamp (a clock stepped back).
+        p._on_ack(_sealed_ack(p, "r-new", 2, "data", "applied", now - 600, max_frame=1 << 20))
+        assert p.consumer_max_frame == 1 << 20
     finally:
         _close(p)
 
@@ -441,22 +446,47 @@ def test_a_clock_answer_seals_again_only_the_copy_it_refused(tmp_path: Path) -> 
 
 
 def test_a_stale_pending_answer_does_not_fail_a_run_the_consumer_counted(tmp_path: Path) -> None:
-    from infraetl.producer import END_SEQ
+    from infraetl import wire
+    from infraetl.config import ProducerSettings
+    from infraetl.producer import END_SEQ, Producer
 
     p = _producer_in_process(tmp_path)
     try:
         _run_in_flight(p, "r1", (1, 2), end=True)
         now = time.time()
         # The END was answered "pending [1, 2]" (captured), then both batches came and were ACKed.
-        stale = _sealed_ack(p, "r1", END_SEQ, "end", "pending", now - 5, missing=[1, 2])
+        first = p.in_flight[("r1", END_SEQ)][0]
+        stale = _sealed_ack(p, "r1", END_SEQ, "end", "pending", now, missing=[1, 2], copy=wire.copy_id(first))
         for seq in (1, 2):
             p._on_ack(_sealed_ack(p, "r1", seq, "data", "applied", now))
-        p._on_ack(stale)  # replayed: sent before those ACKs
+        for _ in range(3):  # replayed
+            p._on_ack(stale)
         row = p.spool.run("r1")
         assert row is not None and row.state == "running", row
-        assert ("r1", END_SEQ) in p.in_flight
-        # A consumer that lacks them now (its state was reset) still fails the run, saying so.
-        p._on_ack(_sealed_ack(p, "r1", END_SEQ, "end", "pending", now + 2, missing=[1, 2]))
+        # The END went out before those ACKs: it is sealed again, once, to be asked afresh.
+        second = p.in_flight[("r1", END_SEQ)][0]
+        assert second != first
+        settings = p.s
+    finally:
+        _close(p)
+    # A restart forgets what this host knew: an answer about the END copy spooled then is not
+    # taken either (the END is sealed anew first).
+    assert isinstance(settings, ProducerSettings)
+    p = Producer(settings)
+    p._open_sockets()
+    p._resume()
+    try:
+        spooled = p.in_flight[("r1", END_SEQ)][0]
+        p._on_ack(_sealed_ack(p, "r1", END_SEQ, "end", "pending", now, missing=[1, 2],
+                              copy=wire.copy_id(spooled)))
+        row = p.spool.run("r1")
+        assert row is not None and row.state == "running", row
+        # A consumer that really lacks them (its state was reset) answers the fresh copy: the run
+        # fails, saying so, whatever that consumer's clock says (its stamp is 10 minutes back).
+        fresh = p.in_flight[("r1", END_SEQ)][0]
+        assert fresh != spooled
+        p._on_ack(_sealed_ack(p, "r1", END_SEQ, "end", "pending", now - 600, missing=[1, 2],
+                              copy=wire.copy_id(fresh)))
         row = p.spool.run("r1")
         assert row is not None and row.state == "failed" and "lacks batch(es) 1, 2" in (row.reason or "")
     finally:
@@ -588,17 +618,23 @@ def test_runs_beyond_the_producing_limit_wait_their_turn_and_a_waiting_one_can_b
 
 
 def test_frames_in_flight_stay_within_their_byte_budget_whatever_the_window(tmp_path: Path) -> None:
+    """The bytes in flight are counted (a window by the last frame's size let a small frame
+    open it again to big ones: a review), and no work is taken once they reach the budget."""
     from infraetl import producer as prod
 
     p = _producer_in_process(tmp_path)
     try:
         p.s = p.s.__class__(**{**p.s.__dict__, "window": 100_000})
-        p._frame_size = 2_150_000  # a batch of 5,000 users
-        assert p._window() * p._frame_size <= prod.IN_FLIGHT_BYTES
-        assert p._window() >= 32
-        p._frame_size = 216_000  # of 500
-        assert p._window() == prod.IN_FLIGHT_BYTES // 216_000
-        p.s = p.s.__class__(**{**p.s.__dict__, "window": 64})
-        assert p._window() == 64
+        big, small = b"x" * (prod.IN_FLIGHT_BYTES // 8), b"y" * 250
+        for i in range(8):
+            p.in_flight[("r", i)] = [big, "data", 5000, 0.0]
+        p.in_flight[("r", -1)] = [small, "end", 0, 0.0]  # a small frame last
+        assert p.in_flight.bytes == 8 * len(big) + len(small)
+        assert p._room() == 0
+        p.in_flight.pop(("r", 3))
+        del p.in_flight[("r", 4)]
+        assert p._room() == 100_000 - 7
+        p.in_flight[("r", 5)] = [small, "data", 1, 0.0]  # re-sealed, say, to another size
+        assert p.in_flight.bytes == 5 * len(big) + 2 * len(small)
     finally:
         _close(p)
