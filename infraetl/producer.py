@@ -130,11 +130,15 @@ class RunWorker(threading.Thread):
         self.stopping = threading.Event()
         self._t_read = 0.0
         #: Seconds this run waited for the main loop to take its frames (the consumer's pace):
-        #: not the source's time, so not charged to its deadline.
+        #: not the source's time, so not charged to its deadline; and since when it waits now
+        #: (the API source's own threads read the clock meanwhile).
         self._waited = 0.0
+        self._waiting_since: float | None = None
 
     def _clock(self) -> float:
-        return time.monotonic() - self._waited
+        now = time.monotonic()
+        since = self._waiting_since
+        return now - self._waited - (now - since if since is not None else 0.0)
 
     def run(self) -> None:
         out = self._ctx.socket(zmq.PUSH)
@@ -229,7 +233,7 @@ class RunWorker(threading.Thread):
     def _push(self, out: zmq.Socket, item: dict[str, Any], always: bool = False) -> None:
         data = msgpack.packb(item, use_bin_type=True)
         # Blocks while the main loop's window is full: that is the back-pressure.
-        t = time.monotonic()
+        t = self._waiting_since = time.monotonic()
         try:
             while True:
                 if (self.cancel.is_set() and not always) or self.stopping.is_set():
@@ -239,6 +243,7 @@ class RunWorker(threading.Thread):
                     return
         finally:
             self._waited += time.monotonic() - t
+            self._waiting_since = None
 
 
 def _bounded_set(table: dict[str, float], key: str, value: float) -> None:
@@ -630,6 +635,8 @@ class Producer:
         if worker is not None:
             worker.cancel.set()
         self.queued = deque(q for q in self.queued if q[0] != run_id)  # never started: nothing to stop
+        self._settled_mono.pop(run_id, None)
+        self._end_sealed.pop(run_id, None)
         for key in [k for k in self.in_flight if k[0] == run_id]:
             del self.in_flight[key]
         self.in_flight[(run_id, END_SEQ)] = [abort, "abort", 0, 0.0]

@@ -232,6 +232,8 @@ class Spool:
         One transaction: a producer killed between an END's ACK and its run's close came back
         with the run running for good, its END ACKed and nothing left to close it (a review).
         """
+        if seq is None and finish is None:
+            return False  # nothing to write (an answer to nothing in flight: a copy, say)
         with self._tx():
             if seq is not None:
                 self._ack(run_id, seq)
