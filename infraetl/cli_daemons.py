@@ -41,8 +41,15 @@ def _load_keys_or_exit() -> tuple[bytes, ...]:
 
 
 def _serve(make: Callable[[], Any]) -> None:
+    from .daemon import Signals
+
+    # Before the daemon opens its state (a store upgrade may take a while): a SIGTERM or Ctrl-C
+    # meanwhile is a clean stop once it is up, not a traceback (a review).
+    early = Signals()
+    early.install()
     try:
         daemon = make()
+        daemon.signals = early
         code = daemon.serve()
     except InfraETLError as e:
         logger.error("%s", e)
