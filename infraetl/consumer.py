@@ -111,7 +111,9 @@ class Consumer:
         self.url = s.public_url or f"http://{shown_host}:{self.server.port}/"
         endpoints = {"data": bound_endpoint(self.data), "ack": bound_endpoint(self.acks),
                      "http": f"{shown_host}:{self.server.port}", "url": self.url, "pid": os.getpid()}
-        self.render()  # before anyone is told where it is: the site is never the last run's stale one
+        # Before anyone is told where it is: the site is never the last run's stale one. Not
+        # announced: a fresh consumer told every new stream a run with no id had just completed.
+        self.render(announce=None)
         tmp = s.state_dir / ".endpoints.json.tmp"
         tmp.write_text(json.dumps(endpoints))
         os.replace(tmp, s.state_dir / "endpoints.json")
@@ -260,7 +262,7 @@ class Consumer:
                 if late:
                     # The BEGIN came last (lost, or refused for its stamp, and sent again): the
                     # page showed the run without its source and filter until now.
-                    self.render()
+                    self.render(announce="updated")  # not "run-complete": that named the run before
             elif kind == "end":
                 self._on_end(msg)
             elif kind == "abort":
@@ -461,9 +463,11 @@ class Consumer:
 
         return build_stats(self.store, reveal=self.s.reveal_passwords)
 
-    def render(self, *, run_id: str | None = None, state: str = "complete") -> None:
-        """Re-render the site (files + the server's in-memory copy) and announce it: after run
-        ``run_id`` ended in ``state`` (default: the last complete run)."""
+    def render(self, *, run_id: str | None = None, state: str = "complete",
+               announce: str | None = "run-complete") -> None:
+        """Re-render the site (files + the server's in-memory copy) and announce it: by default
+        that run ``run_id`` ended in ``state`` (default: the last complete run); ``"updated"``
+        only that the figures changed (open pages fetch them); None: not at all."""
         from .dashboard.render import write_site
 
         t = time.perf_counter()
@@ -475,9 +479,12 @@ class Consumer:
             self._warn.warning("render", "could not write the site files under %s: %s", self.site_dir, e)
         if self.server is not None:
             self.server.update(doc, now)
-            self.server.publish("run-complete", {
-                "generated_at": now, "state": state,
-                "run_id": run_id if run_id is not None else (doc.get("last_run") or {}).get("run_id")})
+            if announce == "run-complete":
+                self.server.publish("run-complete", {
+                    "generated_at": now, "state": state,
+                    "run_id": run_id if run_id is not None else (doc.get("last_run") or {}).get("run_id")})
+            elif announce is not None:
+                self.server.publish(announce, {"generated_at": now})
         took = time.perf_counter() - t
         self.metrics.stage("render", took)
         self.metrics.last_render.set(took)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -423,3 +425,54 @@ def test_copies_of_a_late_begin_render_the_page_once(cluster: LocalCluster) -> N
     rendered = page.stat().st_mtime_ns
     handled([begin] * 3, 2)
     assert page.stat().st_mtime_ns == rendered
+
+
+def _events(url: str) -> Iterator[tuple[str, dict]]:
+    """The consumer's live update stream, event by event (name, data)."""
+    import socket
+    import urllib.parse
+
+    u = urllib.parse.urlsplit(url)
+    sock = socket.create_connection((u.hostname, u.port), timeout=30)
+    sock.sendall(f"GET /events HTTP/1.1\r\nHost: {u.netloc}\r\nAccept: text/event-stream\r\n\r\n".encode())
+    buf = b""
+    try:
+        while True:
+            while b"\n\n" not in buf:
+                got = sock.recv(65536)
+                if not got:
+                    return
+                buf += got
+            block, buf = buf.split(b"\n\n", 1)
+            fields = dict(line.split(": ", 1) for line in block.decode().splitlines() if ": " in line)
+            if "event" in fields:
+                yield fields["event"], json.loads(fields.get("data") or "null")
+    finally:
+        sock.close()
+
+
+def test_a_fresh_consumer_announces_no_run_and_a_late_begin_names_none(tmp_path: Path) -> None:
+    """A fresh consumer told every new stream that a run with no id had just completed; a late
+    BEGIN announced the run before it as complete (a review). Now: no news, and "updated"."""
+    from helpers import cluster_sealer, push_frames
+    from userfactory import sample_users
+
+    from infraetl import schema, wire
+
+    c = LocalCluster(tmp_path / "c")
+    c.consumer.start()
+    try:
+        stream = _events(c.url)
+        event, data = next(stream)
+        assert event == "hello" and data["last"] is None, data
+        sealer, sample = cluster_sealer(c), sample_users()
+        frames = [wire.make("data", "r-late", 1, producer="by-hand", n=len(sample), cols=schema.to_columns(sample),
+                            quarantine={}),
+                  wire.make("end", "r-late", -1, producer="by-hand", batches=1, delivered=len(sample), quarantine={}),
+                  wire.make("begin", "r-late", 0, producer="by-hand", requested=len(sample), source="file:/x.jsonl")]
+        push_frames(c.consumer.endpoints["data"], [sealer.seal(f) for f in frames])
+        seen = list(itertools.islice(((e, d) for e, d in stream if e not in ("progress", "ping")), 2))
+        assert seen[0][0] == "run-complete" and seen[0][1]["run_id"] == "r-late", seen
+        assert seen[1][0] == "updated" and set(seen[1][1]) == {"generated_at"}, seen
+    finally:
+        c.stop()

@@ -226,6 +226,8 @@
     });
     source.addEventListener('ping', heard);
     source.addEventListener('progress', function (event) { heard(); showProgress(parse(event)); });
+    // The figures changed without a run ending (a BEGIN that came last): fetch them.
+    source.addEventListener('updated', function () { heard(); refresh(8); });
     source.addEventListener('run-complete', function (event) {
       heard();
       showEnd(parse(event));
