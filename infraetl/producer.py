@@ -23,7 +23,7 @@ import uuid
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 import zmq
@@ -136,9 +136,8 @@ class RunWorker(threading.Thread):
         self._waiting_since: float | None = None
 
     def _clock(self) -> float:
-        now = time.monotonic()
-        since = self._waiting_since
-        return now - self._waited - (now - since if since is not None else 0.0)
+        since = self._waiting_since  # waiting now: the clock stands at its start
+        return (time.monotonic() if since is None else since) - self._waited
 
     def run(self) -> None:
         out = self._ctx.socket(zmq.PUSH)
@@ -246,7 +245,10 @@ class RunWorker(threading.Thread):
             self._waiting_since = None
 
 
-def _bounded_set(table: dict[str, float], key: str, value: float) -> None:
+V = TypeVar("V")
+
+
+def _bounded_set(table: dict[str, V], key: str, value: V) -> None:
     """``table[key] = value``, the newest last, and at most FAILED_KEPT keys (the oldest go)."""
     table.pop(key, None)
     table[key] = value
@@ -386,7 +388,8 @@ class Producer:
                 delivered=run.produced, quarantine={}, requested=run.spec.get("users"))))
         for frame_run, seq, kind, frame in self.spool.unacked():
             self.in_flight[(frame_run, seq)] = [frame, kind, 0, 0.0]
-        for run in self.spool.unfinished_runs():
+        carried = self.spool.unfinished_runs()
+        for run in carried:
             if not run.ended:
                 logger.info("run %s: resuming after restart from batch %d", run.run_id, run.batches + 1)
                 self._start_worker(run.run_id, run.spec, skip=run.batches)
@@ -394,7 +397,6 @@ class Producer:
         # this producer the consumer's --max-frame, which a run whose frames are all too large
         # would otherwise never learn (none of them is ever ACKed). Not spooled: if it is lost,
         # so is only that.
-        carried = self.spool.unfinished_runs()
         self._hellos = [self.seal(wire.make("begin", run.run_id, BEGIN_SEQ, producer=self.producer_id,
                                             **begin_fields(run.spec)))
                         for run in carried]
@@ -628,15 +630,12 @@ class Producer:
             logger.warning("run %s: %s", run_id, why)
         else:
             logger.error("run %s failed: %s", run_id, why)
-        self.failed_here[run_id] = None
-        if len(self.failed_here) > FAILED_KEPT:
-            del self.failed_here[next(iter(self.failed_here))]
+        _bounded_set(self.failed_here, run_id, None)
         worker = self.workers.get(run_id)
         if worker is not None:
             worker.cancel.set()
         self.queued = deque(q for q in self.queued if q[0] != run_id)  # never started: nothing to stop
-        self._settled_mono.pop(run_id, None)
-        self._end_sealed.pop(run_id, None)
+        self._forget_end(run_id)
         for key in [k for k in self.in_flight if k[0] == run_id]:
             del self.in_flight[key]
         self.in_flight[(run_id, END_SEQ)] = [abort, "abort", 0, 0.0]
@@ -714,12 +713,10 @@ class Producer:
                                        outcome=_outcome(msg) if finish and finish[0] == "complete" else None)
             if settles:
                 self.in_flight.pop((run_id, seq), None)
-                MALLOC.tick()
-            if settles:
                 _bounded_set(self._settled_mono, run_id, time.monotonic())
+                MALLOC.tick()
             if finish is not None:
-                self._settled_mono.pop(run_id, None)
-                self._end_sealed.pop(run_id, None)
+                self._forget_end(run_id)
             if finish is not None and finish[0] == "complete":
                 if closed:  # once: every copy of the END (a re-send) is answered again
                     logger.info("run %s complete: %s users on %s", run_id, msg.get("applied"), msg.get("url"))
@@ -764,6 +761,11 @@ class Producer:
         if self._reseal(run_id, seq, entry):
             _bounded_set(self._end_sealed, run_id, time.monotonic())
         return False
+
+    def _forget_end(self, run_id: str) -> None:
+        """The run is over here: what _answers_copy kept of it goes."""
+        self._settled_mono.pop(run_id, None)
+        self._end_sealed.pop(run_id, None)
 
     def _heard_clock(self, stamp: float) -> None:
         """Take the consumer's time from an ACK; tell the operator when it is off this host's."""

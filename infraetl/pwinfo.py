@@ -136,7 +136,7 @@ class PasswordInfo:
 _PRECOMPUTED: dict[str, tuple[int, float]] = {}
 
 
-#: zxcvbn results offered and not used yet, at most: the oldest go first.
+#: zxcvbn results offered and not used yet, at most (past it, those not used go all at once).
 PRECOMPUTED_CAP = 1 << 15
 
 

@@ -128,30 +128,20 @@ class Spool:
         from their frames), the start-run nonce (and its index), the consumer's counts, the
         index of the runs by age."""
         have = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
-        if "acked_batches" not in have:
-            with self._tx():
+        with self._tx():
+            if "acked_batches" not in have:
                 self._db.execute("ALTER TABLE runs ADD COLUMN acked_batches INTEGER NOT NULL DEFAULT 0")
                 self._db.execute("ALTER TABLE runs ADD COLUMN acked_users INTEGER NOT NULL DEFAULT 0")
-                self._db.execute(
-                    "UPDATE runs SET "
-                    "acked_batches=(SELECT COUNT(*) FROM frames f WHERE f.run_id=runs.run_id "
-                    "AND f.kind='data' AND f.acked=1), "
-                    "acked_users=(SELECT COALESCE(SUM(users), 0) FROM frames f WHERE f.run_id=runs.run_id "
-                    "AND f.kind='data' AND f.acked=1)")
-                self._db.execute("DELETE FROM frames WHERE acked=1 AND run_id IN "
-                                 "(SELECT run_id FROM runs WHERE state!='running')")
-        else:
-            # A release before the counters ACKed into the frames only (rolled back to, then
-            # forward again): its runs showed 0 ACKed for good (a review). Counted from the
+            # A release before the counters ACKed into the frames only (so did one rolled back to,
+            # then forward again: its runs showed 0 ACKed for good; a review). Counted from the
             # frames where they hold more; this release's own never do.
-            with self._tx():
-                self._db.execute(
-                    "WITH f AS (SELECT run_id, COUNT(*) AS n, SUM(users) AS u FROM frames "
-                    "WHERE kind='data' AND acked=1 GROUP BY run_id) "
-                    "UPDATE runs SET acked_batches=f.n, acked_users=f.u FROM f "
-                    "WHERE f.run_id=runs.run_id AND f.n > runs.acked_batches")
-                self._db.execute("DELETE FROM frames WHERE acked=1 AND run_id IN "
-                                 "(SELECT run_id FROM runs WHERE state!='running')")
+            self._db.execute(
+                "WITH f AS (SELECT run_id, COUNT(*) AS n, SUM(users) AS u FROM frames "
+                "WHERE kind='data' AND acked=1 GROUP BY run_id) "
+                "UPDATE runs SET acked_batches=f.n, acked_users=f.u FROM f "
+                "WHERE f.run_id=runs.run_id AND f.n > runs.acked_batches")
+            self._db.execute("DELETE FROM frames WHERE acked=1 AND run_id IN "
+                             "(SELECT run_id FROM runs WHERE state!='running')")
         for column in ("nonce", "outcome"):
             if column not in have:
                 with self._tx():
